@@ -1,0 +1,30 @@
+"""Shared fixtures: the tiny local base model every test trains, diffs or samples from."""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # the scripts are top-level modules, as in the original repo
+sys.path.insert(0, str(REPO / "scripts"))
+
+# Nothing may come from a model hub: fail fast instead of hanging on a network call.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
+    """A LLaMA-style base model (hidden 64, 2 layers) and tokenizer without a pad token, built once."""
+    from make_tiny_model import make_tiny_model
+
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> pathlib.Path:
+    return REPO
