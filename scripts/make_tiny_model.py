@@ -100,7 +100,7 @@ def make_tiny_model(
         num_hidden_layers=num_hidden_layers,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=1024,
+        max_position_embeddings=4096,  # RoPE: no extra weights; room for the Self-Instruct prompt
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=None,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, slow and multi-process tests included, in the repo's venv.
+# Runs the whole test suite (slow and multi-process tests included) in the repo's .venv,
+# installing the pinned requirements and test tools first if needed. Extra args go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -d .venv ] || { echo "no .venv: run the Quickstart setup command first (bash scripts/demo.sh)" >&2; exit 1; }
-. .venv/bin/activate
-exec python -m pytest "$@"
+bash scripts/setup.sh dev
+exec .venv/bin/python -m pytest "$@"
