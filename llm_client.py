@@ -1,0 +1,499 @@
+"""The LLM client of the project: any OpenAI-compatible endpoint, or a local Hugging Face model.
+
+Requests go to OpenAI, vLLM, Ollama or llama.cpp's server through the `openai` package (>=1; the client's
+own retries are off, ours are below), or to a causal LM generating in-process (`api_type="local"`).
+`LLMEndpoint` keeps `max_concurrency` requests in flight with asyncio, stays under optional requests- and
+tokens-per-minute limits, retries 429s, 5xx, timeouts and dropped connections with exponential backoff and
+jitter honouring Retry-After, shrinks `max_tokens` by 20% when the context is exceeded (as the original
+did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw response
+with its request in a cache directory before anyone parses it. `complete_in_order` runs batches
+concurrently and hands results back strictly in request order. `utils.openai_completion` is the original's
+synchronous interface on top of it.
+"""
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from email.utils import parsedate_to_datetime
+
+import openai
+
+logger = logging.getLogger(__name__)
+
+OPENAI_API_BASE = "https://api.openai.com/v1"
+# Current OpenAI models per endpoint: text-davinci-003, the original's default, was retired in January 2024;
+# gpt-3.5-turbo-instruct is the model OpenAI still serves on the completions endpoint.
+DEFAULT_MODEL_NAMES = {"completions": "gpt-3.5-turbo-instruct", "chat": "gpt-4o-mini"}
+API_TYPES = ("completions", "chat", "local")
+
+# -- requests and responses -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class OpenAIDecodingArguments:
+    """Decoding settings sent with every request. Settings left at their defaults marked "only if set" are
+    not sent at all, so servers that lack them (llama.cpp, Ollama) still accept the request."""
+
+    max_tokens: int = 1800  # tokens to generate per prompt; shrunk by 20% per context-length error
+    temperature: float = 0.2
+    top_p: float = 1.0
+    n: int = 1  # completions per prompt
+    stream: bool = False  # streaming is not supported; kept for the original's interface
+    stop: Sequence[str] | None = None
+    presence_penalty: float = 0.0  # only if set
+    frequency_penalty: float = 0.0  # only if set
+    suffix: str | None = None  # completions endpoint only; only if set
+    logprobs: int | None = None  # only if set; on the chat endpoint it becomes top_logprobs
+    echo: bool = False  # completions endpoint only; only if set
+
+
+class LLMError(RuntimeError):
+    """A failure that retrying cannot fix (bad key, unknown model, retries spent); the message says what to do."""
+
+
+def build_request(api_type: str, model_name: str, prompts: Sequence[str], decoding_args: OpenAIDecodingArguments,
+                  **decoding_kwargs) -> dict:
+    """The JSON body of one request: all `prompts` in one completions request, or the single prompt as a
+    chat user message. `decoding_kwargs` (e.g. logit_bias) are added as they are."""
+    args = decoding_args
+    if args.stream:
+        raise ValueError("stream=True is not supported: the generator needs whole responses.")
+    request: dict = {"model": model_name}
+    if api_type == "chat":
+        if len(prompts) != 1:
+            raise ValueError(f"A chat request carries one prompt, got {len(prompts)}.")
+        if args.suffix is not None or args.echo:
+            raise ValueError("suffix and echo exist only on the completions endpoint; use --api_type completions.")
+        request["messages"] = [{"role": "user", "content": prompts[0]}]
+    else:
+        request["prompt"] = list(prompts)
+    request.update(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, n=args.n)
+    if args.stop:
+        request["stop"] = list(args.stop)
+    if args.presence_penalty:
+        request["presence_penalty"] = args.presence_penalty
+    if args.frequency_penalty:
+        request["frequency_penalty"] = args.frequency_penalty
+    if args.suffix is not None:
+        request["suffix"] = args.suffix
+    if args.echo:
+        request["echo"] = True
+    if args.logprobs is not None:
+        request.update({"logprobs": True, "top_logprobs": args.logprobs} if api_type == "chat"
+                       else {"logprobs": args.logprobs})
+    request.update({k: v for k, v in decoding_kwargs.items() if v is not None})
+    return request
+
+
+def choices_of(response: dict) -> list[dict]:
+    """The choices of a raw completions or chat response, in index order, each a dict with `text`,
+    `finish_reason` ("stop" or "length") and `index`."""
+    choices = []
+    for choice in sorted(response["choices"], key=lambda c: c.get("index", 0)):
+        text = choice["message"].get("content") if "message" in choice else choice.get("text")
+        choices.append({"text": text or "", "finish_reason": choice.get("finish_reason"), "index": choice.get("index")})
+    return choices
+
+
+def usage_of(response: dict) -> dict:
+    """Token counts of a raw response (zeros where the server reports none)."""
+    usage = response.get("usage") or {}
+    counts = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens")}
+    counts["total_tokens"] = int(usage.get("total_tokens") or sum(counts.values()))
+    return counts
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+CONTEXT_LENGTH_MARKERS = ("maximum context length", "context_length_exceeded", "reduce your prompt",
+                          "reduce the length", "exceeds the available context size", "context window")
+
+
+def is_context_length_error(error: Exception) -> bool:
+    """True for the 400 that OpenAI, vLLM or llama.cpp return when prompt + max_tokens exceed the context."""
+    text = f"{error} {getattr(error, 'body', '')} {getattr(error, 'code', '')}".lower()
+    return isinstance(error, openai.BadRequestError) and any(m in text for m in CONTEXT_LENGTH_MARKERS)
+
+
+def retry_after_seconds(error: Exception) -> float | None:
+    """The wait a 429/503 asks for in its retry-after-ms or Retry-After header (seconds or an HTTP date)."""
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter: base * 2**attempt capped at `cap`, scaled by a random factor in
+    [0.5, 1) so that parallel requests do not retry in lockstep; never shorter than the server's Retry-After."""
+    delay = min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
+    return max(delay, retry_after or 0.0)
+
+
+def fatal_error_message(error: Exception, api_base: str, model_name: str) -> str | None:
+    """One sentence for an error that retrying will not fix, or None when the request is worth retrying."""
+    if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+        return (f"The endpoint {api_base} refused the API key ({error}); set OPENAI_API_KEY to a valid key "
+                f"for this endpoint.")
+    if isinstance(error, openai.NotFoundError):
+        return (f"The endpoint {api_base} does not know the model '{model_name}' ({error}); check --model_name "
+                f"(for vLLM the name given to `vllm serve`, for Ollama a pulled tag) and that --api_base ends in /v1.")
+    if isinstance(error, openai.RateLimitError) and getattr(error, "code", None) == "insufficient_quota":
+        return f"The account behind the API key has no quota left at {api_base} ({error}); add credit and re-run."
+    transient = (408, 409, 429)
+    if isinstance(error, openai.APIStatusError) and error.status_code < 500 and error.status_code not in transient:
+        return f"The endpoint {api_base} rejected the request ({error}); check the flags for model '{model_name}'."
+    return None
+
+
+# -- rate limits and the response cache -------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket holding at most `per_minute` units that refill evenly over a minute. `acquire(n)`
+    waits until n units are there and takes them; `adjust(n)` gives back (or, negative, charges) units
+    once the real cost of a request is known."""
+
+    def __init__(self, per_minute: float):
+        self.per_minute = float(per_minute)
+        self.level = self.per_minute
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.per_minute, self.level + (now - self.updated) * self.per_minute / 60)
+        self.updated = now
+
+    async def acquire(self, amount: float) -> None:
+        amount = min(amount, self.per_minute)  # a request bigger than the whole budget still goes, alone
+        async with self.lock:
+            self._refill()
+            while self.level < amount:
+                await asyncio.sleep((amount - self.level) * 60 / self.per_minute)
+                self._refill()
+            self.level -= amount
+
+    def adjust(self, amount: float) -> None:
+        self._refill()
+        self.level = min(self.per_minute, self.level + amount)
+
+
+def request_key(api_type: str, request: dict, tag: str) -> str:
+    """sha256 of the canonical JSON of everything that defines a request: endpoint kind, body (model,
+    prompts, decoding settings) and its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
+    equal prompts at different places keep their own responses. Never contains the API key."""
+    canonical = json.dumps({"api_type": api_type, "request": request, "tag": tag}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def cache_load(cache_dir: str | None, key: str) -> dict | None:
+    path = os.path.join(cache_dir, f"{key}.json") if cache_dir else None
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):  # a half-written entry from a killed run: ask again
+        return None
+
+
+def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
+    """Write one cache entry atomically (temp file + rename), so a kill never leaves half an entry."""
+    if not cache_dir:
+        return
+    os.makedirs(cache_dir, exist_ok=True)
+    path = os.path.join(cache_dir, f"{key}.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f, ensure_ascii=False)
+    os.replace(path + ".tmp", path)
+
+
+# -- the endpoint -----------------------------------------------------------------------------------
+
+
+def resolve_api_base(api_base: str | None) -> str:
+    return (api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE).rstrip("/")
+
+
+def resolve_api_key(api_base: str) -> str:
+    """OPENAI_API_KEY; a placeholder for self-hosted servers (vLLM, Ollama, llama.cpp) that need none."""
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        return key
+    if "api.openai.com" in api_base:
+        raise LLMError("OPENAI_API_KEY is not set: export your OpenAI API key, or pass --api_base to use a "
+                       "self-hosted OpenAI-compatible server (vLLM, Ollama, llama.cpp) instead.")
+    return "EMPTY"
+
+
+class LLMEndpoint:
+    """An OpenAI-compatible endpoint (api_type "completions" or "chat") or a local Hugging Face model
+    (api_type "local", model_name a directory), with concurrency, rate limits, retries and the cache.
+
+    Use inside a running event loop: `async with LLMEndpoint(...) as endpoint: await endpoint.complete(...)`.
+    """
+
+    def __init__(self, api_type: str = "completions", model_name: str | None = None, api_base: str | None = None,
+                 max_concurrency: int = 1, requests_per_minute: float | None = None,
+                 tokens_per_minute: float | None = None, max_retries: int = 8, retry_base_delay: float = 1.0,
+                 retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None):
+        if api_type not in API_TYPES:
+            raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
+        if api_type == "local" and not model_name:
+            raise LLMError("--api_type local needs --model_name set to a local Hugging Face model directory.")
+        self.api_type = api_type
+        self.model_name = model_name or DEFAULT_MODEL_NAMES[api_type]
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.semaphore = asyncio.Semaphore(self.max_concurrency)
+        self.request_limiter = RateLimiter(requests_per_minute) if requests_per_minute else None
+        self.token_limiter = RateLimiter(tokens_per_minute) if tokens_per_minute else None
+        self.max_retries, self.retry_base_delay, self.retry_max_delay = max_retries, retry_base_delay, retry_max_delay
+        self.cache_dir = cache_dir
+        self.max_tokens_cap: int | None = None  # learned from context-length errors, shared by later requests
+        self.succeeded = False
+        if api_type == "local":
+            self.api_base = "local"
+            self.local_model = LocalCausalLM(self.model_name)
+            self.local_lock = asyncio.Lock()
+            return
+        self.api_base = resolve_api_base(api_base)
+        # max_retries=0: the client must not retry on its own; we do, with backoff, Retry-After and logging.
+        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base), base_url=self.api_base,
+                                         organization=os.environ.get("OPENAI_ORG") or None,
+                                         timeout=request_timeout, max_retries=0)
+
+    async def __aenter__(self) -> "LLMEndpoint":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.api_type != "local":
+            await self.client.close()
+
+    def calls_per_batch(self, num_prompts: int) -> int:
+        """Requests one batch of prompts takes: one on the completions endpoint, one per prompt on chat."""
+        return num_prompts if self.api_type == "chat" else 1
+
+    async def complete(self, prompts: Sequence[str], decoding_args: OpenAIDecodingArguments, tag: str = "",
+                       **decoding_kwargs) -> dict:
+        """Complete a batch of prompts. Returns {"choices": [...] (choices_of, prompt-major), "usage":
+        token counts, "cached": bool, "seconds": wall time}. `tag` names the batch's place in the run."""
+        start = time.monotonic()
+        if self.api_type == "chat":
+            requests = [build_request("chat", self.model_name, [p], decoding_args, **decoding_kwargs) for p in prompts]
+        else:
+            requests = [build_request(self.api_type, self.model_name, prompts, decoding_args, **decoding_kwargs)]
+        results = await asyncio.gather(*(self._call(r, f"{tag}/{j}") for j, r in enumerate(requests)))
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        for response, _ in results:
+            usage = {k: usage[k] + v for k, v in usage_of(response).items()}
+        return {"choices": [c for response, _ in results for c in choices_of(response)], "usage": usage,
+                "cached": all(cached for _, cached in results), "seconds": time.monotonic() - start}
+
+    async def _call(self, request: dict, tag: str) -> tuple[dict, bool]:
+        """One request: from the cache when it holds it, else sent and stored before it is returned."""
+        key = request_key(self.api_type, request, tag)
+        record = cache_load(self.cache_dir, key)
+        if record is not None:
+            return record["response"], True
+        async with self.semaphore:
+            response, sent = await self._send(request, key)
+        cache_store(self.cache_dir, key, {"api_type": self.api_type, "tag": tag, "request": request,
+                                          "sent_max_tokens": sent.get("max_tokens"), "response": response})
+        return response, False
+
+    async def _send(self, request: dict, key: str) -> tuple[dict, dict]:
+        """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors."""
+        attempt = 0
+        max_tokens = request.get("max_tokens")
+        while True:
+            if max_tokens is not None and self.max_tokens_cap is not None:
+                max_tokens = min(max_tokens, self.max_tokens_cap)
+            sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
+            # Tokens the request may use, as OpenAI counts them against the quota: ~4 characters per prompt
+            # token plus max_tokens for every completion; settled with the real usage once it is known.
+            prompt_chars = sum(map(len, sent.get("prompt", [])))
+            prompt_chars += sum(len(m["content"]) for m in sent.get("messages", []))
+            estimate = prompt_chars / 4 + (max_tokens or 0) * len(sent.get("prompt", [None])) * sent.get("n", 1)
+            if self.request_limiter:
+                await self.request_limiter.acquire(1)
+            if self.token_limiter:
+                await self.token_limiter.acquire(estimate)
+            try:
+                response = await self._post(sent, key)
+            except Exception as error:  # noqa: BLE001 - sorted into shrink / retry / fatal below
+                if self.token_limiter:
+                    self.token_limiter.adjust(estimate)  # a failed request used no tokens
+                if is_context_length_error(error):
+                    max_tokens = int(max_tokens * 0.8) if max_tokens else 0
+                    if max_tokens < 1:
+                        raise LLMError(f"The prompt alone exceeds the context of model '{self.model_name}' at "
+                                       f"{self.api_base}; lower --num_prompt_instructions.") from error
+                    self.max_tokens_cap = min(self.max_tokens_cap or max_tokens, max_tokens)
+                    logger.warning("%s: context length exceeded; retrying with max_tokens=%d",
+                                   self.api_base, max_tokens)
+                    continue
+                self._raise_if_fatal(error, attempt)
+                retry_after = retry_after_seconds(error)
+                delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
+                attempt += 1
+                logger.warning("%s: %s; retry %d of %d in %.1f s",
+                               self.api_base, error, attempt, self.max_retries, delay)
+                await asyncio.sleep(delay)
+                continue
+            self.succeeded = True
+            if self.token_limiter:
+                self.token_limiter.adjust(estimate - usage_of(response)["total_tokens"])
+            return response, sent
+
+    def _raise_if_fatal(self, error: Exception, attempt: int) -> None:
+        if not isinstance(error, openai.OpenAIError):  # our own LLMError, or a local model's failure
+            raise error
+        message = fatal_error_message(error, self.api_base, self.model_name)
+        if message:
+            raise LLMError(message) from error
+        unreachable = isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
+        if unreachable and not self.succeeded and attempt >= 2:  # never answered: say so now, not after 8 tries
+            raise LLMError(f"Could not reach the endpoint {self.api_base} ({error}); check that the server is "
+                           f"running and that --api_base is right (it usually ends in /v1).") from error
+        if attempt >= self.max_retries:
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {error}. Everything kept so "
+                           f"far is saved; re-run the same command to resume.") from error
+
+    async def _post(self, request: dict, key: str) -> dict:
+        if self.api_type == "local":
+            async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
+                return await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
+        create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
+        raw = await create.with_raw_response.create(**request)
+        try:
+            response = json.loads(raw.http_response.text)
+            choices_of(response)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # retried like a dropped connection
+            raise openai.APIConnectionError(message=f"Malformed response ({error})",
+                                            request=raw.http_response.request) from error
+        return response
+
+
+async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int], list[str]],
+                            decoding_args: OpenAIDecodingArguments, first_index: int = 0,
+                            last_index: int | None = None, should_launch: Callable[[int], bool] = lambda pending: True,
+                            **decoding_kwargs) -> AsyncIterator[tuple[int, list[str], dict]]:
+    """Yield (index, prompts, result) for batches first_index, first_index+1, ... strictly in index order,
+    while up to `endpoint.max_concurrency` requests are in flight. `make_prompts(index)` builds a batch
+    (it must not depend on other batches' results); `should_launch(unprocessed)` may hold back new batches
+    (e.g. when those already sent will likely reach the goal). A fatal error stops new launches; the
+    batches before it are still yielded, then it is raised. Use with contextlib.aclosing."""
+    tasks: dict[int, tuple[list[str], asyncio.Task]] = {}
+    next_launch = next_yield = first_index
+    try:
+        # Batches in flight at once: enough to fill max_concurrency requests (the semaphore caps the exact count).
+        calls = endpoint.calls_per_batch(len(make_prompts(first_index)))
+        slots = -(-endpoint.max_concurrency // calls)
+        while last_index is None or next_yield <= last_index:
+            failed = any(t.done() and not t.cancelled() and t.exception() for _, t in tasks.values())
+            while (not failed and (last_index is None or next_launch <= last_index) and len(tasks) < 4 * slots
+                   and sum(not t.done() for _, t in tasks.values()) < slots
+                   and (not tasks or should_launch(len(tasks)))):
+                prompts = make_prompts(next_launch)
+                task = asyncio.create_task(endpoint.complete(prompts, decoding_args, f"request {next_launch}",
+                                                             **decoding_kwargs))
+                tasks[next_launch] = (prompts, task)
+                next_launch += 1
+            prompts, head = tasks[next_yield]
+            if not head.done():
+                await asyncio.wait([t for _, t in tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+                continue
+            del tasks[next_yield]
+            yield next_yield, prompts, head.result()
+            next_yield += 1
+    finally:
+        for _, task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*(t for _, t in tasks.values()), return_exceptions=True)
+
+
+# -- a local Hugging Face model ---------------------------------------------------------------------
+
+
+class LocalCausalLM:
+    """A local causal LM answering completions requests in-process: left-padded batches, sampling with the
+    request's temperature and top_p, text cut at the first stop string like the API does."""
+
+    def __init__(self, path: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not os.path.isdir(path):
+            raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
+                           f"'{path}' is not a directory.")
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        if self.tokenizer.pad_token is None:  # padding positions are masked out, so any id will do
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(self.device)
+        self.model.eval()
+        limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        self.context = min(int(x) for x in limits if x and x < 1e7) if any(x and x < 1e7 for x in limits) else 2048
+
+    def generate(self, request: dict, seed: int) -> dict:
+        """A completions-format response for request["prompt"] (a list of strings)."""
+        torch, tokenizer = self.torch, self.tokenizer
+        prompts = request["prompt"] if "prompt" in request else [request["messages"][-1]["content"]]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        prompt_length = batch["input_ids"].shape[1]
+        if prompt_length >= self.context:
+            raise LLMError(f"The prompt has {prompt_length} tokens, more than the local model's context of "
+                           f"{self.context}; lower --num_prompt_instructions.")
+        # Capped to the context, as a server would have to; a cut-short answer reports finish_reason "length".
+        max_new_tokens = max(1, min(int(request.get("max_tokens") or 16), self.context - prompt_length))
+        temperature = float(request.get("temperature", 1.0))
+        n = int(request.get("n", 1))
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(request.get("top_p", 1.0))} \
+            if temperature > 0 else {"do_sample": False}
+        stop = [s for s in request.get("stop") or [] if s]
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            output = self.model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                         pad_token_id=tokenizer.pad_token_id, **sampling,
+                                         **({"stop_strings": stop, "tokenizer": tokenizer} if stop else {}))
+        choices, completion_tokens = [], 0
+        for i, ids in enumerate(output):
+            prompt_ids = batch["input_ids"][i // n]
+            prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+            full_text = tokenizer.decode(ids, skip_special_tokens=True)
+            new_ids = ids[prompt_length:]
+            # Decoding prompt + continuation keeps the continuation's leading space, which SentencePiece drops.
+            text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else tokenizer.decode(
+                new_ids, skip_special_tokens=True)
+            cuts = [text.find(s) for s in stop if s in text]
+            ended = tokenizer.eos_token_id is not None and bool((new_ids == tokenizer.eos_token_id).any())
+            if cuts:
+                text = text[:min(cuts)]
+            completion_tokens += int((new_ids != tokenizer.pad_token_id).sum())
+            choices.append({"index": i, "text": text, "finish_reason": "stop" if cuts or ended else "length",
+                            "logprobs": None})
+        prompt_tokens = int(batch["attention_mask"].sum())
+        return {"object": "text_completion", "model": request.get("model"), "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}

@@ -1,0 +1,127 @@
+"""Shared helpers of the Alpaca scripts: JSON files and the original's `openai_completion`.
+
+The LLM client itself (endpoints, concurrency, retries, rate limits, the response cache, the local model)
+lives in llm_client.py; `openai_completion` below keeps the original's synchronous interface on top of it.
+"""
+
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import aclosing
+
+from llm_client import (  # noqa: F401 - re-exported: the original's names live in utils
+    DEFAULT_MODEL_NAMES,
+    LLMEndpoint,
+    LLMError,
+    OpenAIDecodingArguments,
+    complete_in_order,
+)
+
+logger = logging.getLogger(__name__)
+
+# -- JSON files -------------------------------------------------------------------------------------
+
+
+def _make_w_io_base(f, mode: str):
+    if not isinstance(f, io.IOBase):
+        directory = os.path.dirname(f)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        f = open(f, mode=mode, encoding="utf-8")
+    return f
+
+
+def _make_r_io_base(f, mode: str):
+    if not isinstance(f, io.IOBase):
+        f = open(f, mode=mode, encoding="utf-8")
+    return f
+
+
+def jdump(obj, f, mode: str = "w", indent: int = 4, default=str) -> None:
+    """Write a dict or list as JSON (a str is written as it is) to a path or an open file.
+
+    A path's parent directory is created when missing; `default` turns unknown objects into strings.
+    """
+    f = _make_w_io_base(f, mode)
+    try:
+        if isinstance(obj, (dict, list)):
+            json.dump(obj, f, indent=indent, default=default)
+        elif isinstance(obj, str):
+            f.write(obj)
+        else:
+            raise ValueError(f"jdump writes a dict, a list or a str, not {type(obj).__name__}.")
+    finally:
+        f.close()
+
+
+def jload(f, mode: str = "r"):
+    """Load a .json file (a path or an open file) into a dict or list."""
+    f = _make_r_io_base(f, mode)
+    try:
+        return json.load(f)
+    finally:
+        f.close()
+
+
+# -- the original's synchronous interface ------------------------------------------------------------
+
+
+def openai_completion(
+    prompts: str | Sequence[str],
+    decoding_args: OpenAIDecodingArguments,
+    model_name: str | None = None,
+    sleep_time: float = 2,
+    batch_size: int = 1,
+    max_instances: int = sys.maxsize,
+    max_batches: int = sys.maxsize,
+    return_text: bool = False,
+    *,
+    api_type: str = "completions",
+    api_base: str | None = None,
+    max_concurrency: int = 1,
+    max_retries: int = 8,
+    request_timeout: float = 600.0,
+    cache_dir: str | None = None,
+    **decoding_kwargs,
+):
+    """Complete `prompts` (`batch_size` per request) and return their choices in order.
+
+    Each choice is a dict with `text`, `finish_reason`, `index`, `total_tokens` (of its request, as in the
+    original) and `usage` (token counts of its request); with return_text only the texts. With
+    decoding_args.n > 1 every prompt gets a list of n; a single str prompt gets its result unwrapped.
+    `sleep_time` is the first retry's backoff in seconds. Runs its own event loop: call it from plain code.
+    """
+    is_single_prompt = isinstance(prompts, str)
+    prompts = [prompts] if is_single_prompt else list(prompts)
+    if max_batches < sys.maxsize:
+        logger.warning("max_batches is deprecated; using max_instances = max_batches * batch_size.")
+        max_instances = max_batches * batch_size
+    prompts = prompts[:max_instances]
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+
+    async def run() -> list[dict]:
+        choices: list[dict] = []
+        async with LLMEndpoint(api_type, model_name, api_base, max_concurrency, max_retries=max_retries,
+                               retry_base_delay=sleep_time, request_timeout=request_timeout,
+                               cache_dir=cache_dir) as endpoint:
+            results = complete_in_order(endpoint, lambda i: batches[i], decoding_args, 0, len(batches) - 1,
+                                        **decoding_kwargs)
+            async with aclosing(results) as stream:
+                async for _, _, result in stream:
+                    for choice in result["choices"]:
+                        choices.append({**choice, "total_tokens": result["usage"]["total_tokens"],
+                                        "usage": result["usage"]})
+        return choices
+
+    completions = asyncio.run(run()) if batches else []
+    if return_text:
+        completions = [c["text"] for c in completions]
+    if decoding_args.n > 1:
+        completions = [completions[i:i + decoding_args.n] for i in range(0, len(completions), decoding_args.n)]
+    if is_single_prompt:
+        (completions,) = completions
+    return completions
