@@ -399,7 +399,8 @@ def main(task: str, **kwargs):
         print(f"error: unknown task '{task}'; use generate_instruction_following_data.", file=sys.stderr)
         sys.exit(2)
     if kwargs.pop("help", False) or kwargs.pop("h", False):
-        defaults = "\n".join(f"    --{name} {p.default!r}" for name, p in inspect.signature(function).parameters.items())
+        parameters = inspect.signature(function).parameters.items()
+        defaults = "\n".join(f"    --{name} {parameter.default!r}" for name, parameter in parameters)
         print(f"usage: python -m generate_instruction {task} [--flag value ...]\n\n{inspect.getdoc(function)}\n\n"
               f"Flags and their defaults:\n{defaults}")
         return

@@ -28,3 +28,15 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> pathlib.Path:
     return REPO
+
+
+@pytest.fixture
+def openai_server(monkeypatch):
+    """A loopback OpenAI-compatible server (tests/openai_server.py) with a test key in the environment."""
+    from openai_server import OpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_ORG", raising=False)
+    with OpenAIServer() as server:
+        yield server

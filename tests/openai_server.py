@@ -149,7 +149,8 @@ class OpenAIServer:
     `push(*replies)` queues scripted replies (used first, in order, by any endpoint); `responder(endpoint,
     prompt, body) -> (text, finish_reason)` answers everything else; `delay` (seconds) slows every default
     answer; `max_context`, when set, answers a context-length error to any request whose prompt words plus
-    `max_tokens` exceed it. `requests` holds every request received: dicts with path, headers and json.
+    `max_tokens` exceed it. `requests` holds every request received: dicts with path, headers (lower-case
+    names), json and time (monotonic seconds).
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
@@ -234,7 +235,8 @@ class OpenAIServer:
                 except json.JSONDecodeError:
                     body = {"_unparsable": raw}
                 with server._lock:
-                    server.requests.append({"path": self.path, "headers": dict(self.headers), "json": body,
+                    headers = {name.lower(): value for name, value in self.headers.items()}
+                    server.requests.append({"path": self.path, "headers": headers, "json": body,
                                             "time": time.monotonic()})
                 if not (self.path.endswith("/completions")):
                     self._send(404, json.dumps({"error": {"message": f"Unknown path {self.path}", "type": "x"}}))

@@ -1,0 +1,230 @@
+"""utils.py and llm_client.py: JSON helpers and the LLM client, through the real openai client over real HTTP."""
+
+import asyncio
+import io
+import json
+import time
+
+import pytest
+
+import llm_client
+import utils
+from llm_client import LLMError, RateLimiter
+from openai_server import (
+    auth_error,
+    context_length_error,
+    fake_tasks,
+    malformed,
+    model_not_found,
+    ok,
+    rate_limited,
+    server_error,
+)
+
+FAST = {"sleep_time": 0.001}  # first backoff of openai_completion, in seconds: keeps the retry tests fast
+
+
+def args(**kwargs) -> utils.OpenAIDecodingArguments:
+    return utils.OpenAIDecodingArguments(**{"max_tokens": 50, **kwargs})
+
+
+def test_jdump_creates_parent_dir_and_round_trips(tmp_path):
+    path = tmp_path / "a" / "b" / "data.json"
+    data = [{"instruction": "Say hi.", "input": "", "output": "Hi!", "score": 0.5}]
+    utils.jdump(data, str(path))
+    assert utils.jload(str(path)) == data
+    assert path.read_text().startswith("[\n    {")  # the original's indent=4
+    buffer = io.StringIO('{"a": 1}')
+    assert utils.jload(buffer) == {"a": 1}
+    with pytest.raises(ValueError, match="dict, a list or a str"):
+        utils.jdump(3, str(tmp_path / "x.json"))
+
+
+def test_completions_batches_prompts_in_order(openai_server):
+    openai_server.push(ok("one", "two"), ok("three", finish_reason="length"))
+    choices = utils.openai_completion(["p1", "p2", "p3"], args(stop=["\n20"]), model_name="m", batch_size=2,
+                                      api_base=openai_server.url)
+    assert [c["text"] for c in choices] == ["one", "two", "three"]
+    assert [c["finish_reason"] for c in choices] == ["stop", "stop", "length"]
+    assert choices[0]["usage"]["total_tokens"] == choices[0]["total_tokens"] > 0
+    bodies = openai_server.bodies("/completions")
+    assert [b["prompt"] for b in bodies] == [["p1", "p2"], ["p3"]]
+    assert bodies[0]["stop"] == ["\n20"] and bodies[0]["max_tokens"] == 50 and bodies[0]["model"] == "m"
+    assert "logit_bias" not in bodies[0] and "presence_penalty" not in bodies[0]  # sent only when set
+    assert openai_server.requests[0]["headers"]["authorization"] == "Bearer sk-test-key-123"
+
+
+def test_single_prompt_return_text_and_n(openai_server):
+    openai_server.push(ok("only"), ok("a", "b"))
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url) == "only"
+    nested = utils.openai_completion(["p"], args(n=2), model_name="m", return_text=True, api_base=openai_server.url)
+    assert nested == [["a", "b"]]
+
+
+def test_chat_endpoint_sends_one_user_message_per_prompt(openai_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG", "org-test")
+    openai_server.push(ok("first"), ok("second"))
+    texts = utils.openai_completion(["p1", "p2"], args(), model_name="m", batch_size=2, return_text=True,
+                                    api_type="chat", api_base=openai_server.url)
+    assert texts == ["first", "second"]
+    bodies = openai_server.bodies("/chat/completions")
+    assert [b["messages"] for b in bodies] == [[{"role": "user", "content": "p1"}], [{"role": "user", "content": "p2"}]]
+    assert openai_server.requests[0]["headers"]["openai-organization"] == "org-test"
+
+
+def test_rate_limit_then_success_honours_retry_after(openai_server):
+    openai_server.push(rate_limited(retry_after=0.4), ok("done"))
+    start = time.monotonic()
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   **FAST) == "done"
+    assert len(openai_server.requests) == 2
+    gap = openai_server.requests[1]["time"] - openai_server.requests[0]["time"]
+    assert gap >= 0.4 and time.monotonic() - start >= 0.4  # waited what the server asked, not the 1 ms backoff
+
+
+@pytest.mark.parametrize("failure", [server_error, malformed], ids=["500", "malformed-body"])
+def test_transient_failure_then_success(openai_server, failure):
+    openai_server.push(failure(), failure(), ok("fine"))
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   **FAST) == "fine"
+    assert len(openai_server.requests) == 3
+
+
+def test_timeout_is_retried(openai_server):
+    openai_server.push(ok("too late", delay=1.5), ok("in time"))
+    text = utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   request_timeout=0.3, **FAST)
+    assert text == "in time" and len(openai_server.requests) == 2
+
+
+def test_retries_run_out_with_a_clear_error(openai_server):
+    openai_server.push(*[server_error()] * 3)
+    with pytest.raises(LLMError, match="Gave up after 3 attempts .* re-run the same command to resume"):
+        utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, max_retries=2, **FAST)
+    assert len(openai_server.requests) == 3
+
+
+@pytest.mark.parametrize("style", ["openai", "vllm"])
+def test_context_length_error_shrinks_max_tokens_by_20_percent(openai_server, style):
+    openai_server.push(context_length_error(style=style), context_length_error(style=style), ok("fits"))
+    assert utils.openai_completion("p", args(max_tokens=3072), model_name="m", return_text=True,
+                                   api_base=openai_server.url) == "fits"
+    assert [b["max_tokens"] for b in openai_server.bodies()] == [3072, 2457, 1965]  # int(x * 0.8), as the original
+
+
+def test_learned_max_tokens_carries_over_to_later_requests(openai_server):
+    openai_server.max_context = 2000  # the fake server counts prompt words + max_tokens
+    texts = utils.openai_completion(["a b c", "d e f"], args(max_tokens=3072), model_name="m", return_text=True,
+                                    api_base=openai_server.url)
+    assert len(texts) == 2
+    sent = [b["max_tokens"] for b in openai_server.bodies()]
+    assert sent == [3072, 2457, 1965, 1965]  # the second request starts where the first one had to go
+
+
+@pytest.mark.parametrize("reply,message", [
+    (auth_error(), "refused the API key .*set OPENAI_API_KEY"),
+    (model_not_found("gpt-9"), "does not know the model 'gpt-9'.*check --model_name"),
+])
+def test_fatal_errors_stop_at_once(openai_server, reply, message):
+    openai_server.push(reply)
+    with pytest.raises(LLMError, match=message):
+        utils.openai_completion("p", args(), model_name="gpt-9", api_base=openai_server.url, **FAST)
+    assert len(openai_server.requests) == 1
+
+
+def test_unreachable_endpoint_says_so(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-x")
+    with pytest.raises(LLMError, match="Could not reach the endpoint http://127.0.0.1:9/v1"):
+        utils.openai_completion("p", args(), model_name="m", api_base="http://127.0.0.1:9/v1", **FAST)
+
+
+def test_missing_key_for_openai_is_one_sentence(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(LLMError, match="OPENAI_API_KEY is not set"):
+        utils.openai_completion("p", args(), model_name="m")
+
+
+def test_self_hosted_server_needs_no_key(openai_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setenv("OPENAI_BASE_URL", openai_server.url)  # the environment variable works like --api_base
+    openai_server.push(ok("hi"))
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True) == "hi"
+
+
+def test_cache_stores_request_and_raw_response_and_replays(openai_server, tmp_path):
+    cache = str(tmp_path / "responses")
+    openai_server.push(ok("cached text"))
+    first = utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, cache_dir=cache)
+    files = list((tmp_path / "responses").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"
+    record = json.loads(files[0].read_text())
+    assert record["request"]["prompt"] == ["p"] and record["response"]["choices"][0]["text"] == "cached text"
+    assert "sk-test-key-123" not in files[0].read_text()
+    second = utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, cache_dir=cache)
+    assert second == first and len(openai_server.requests) == 1
+    openai_server.push(ok("new"))  # another setting is another request
+    assert utils.openai_completion("p", args(temperature=0.9), model_name="m", return_text=True,
+                                   api_base=openai_server.url, cache_dir=cache) == "new"
+
+
+def test_concurrency_keeps_order_and_limit(openai_server):
+    openai_server.delay = 0.2
+    start = time.monotonic()
+    prompts = [f"{i}. Instruction:" for i in range(8)]
+    texts = utils.openai_completion(prompts, args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                    max_concurrency=4)
+    elapsed = time.monotonic() - start
+    assert texts == [fake_tasks(p) for p in prompts]  # each answer in its prompt's place
+    assert 0.35 < elapsed < 1.2  # 8 requests of 0.2 s, 4 at a time: ~0.4 s, not 1.6 s
+
+
+def test_rate_limiter_waits_for_the_budget():
+    async def run() -> float:
+        limiter = RateLimiter(per_minute=600)  # 10 per second
+        await limiter.acquire(600)  # the whole minute's budget at once
+        start = time.monotonic()
+        await limiter.acquire(3)  # must wait for 3 units to refill: 0.3 s
+        return time.monotonic() - start
+
+    assert 0.25 < asyncio.run(run()) < 0.6
+
+
+def test_requests_per_minute_spaces_requests(openai_server):
+    texts = utils.openai_completion(["a", "b", "c"], args(), model_name="m", return_text=True,
+                                    api_base=openai_server.url, max_concurrency=3)
+    assert len(texts) == 3
+
+    async def run():
+        endpoint = llm_client.LLMEndpoint("completions", "m", openai_server.url, max_concurrency=3,
+                                          requests_per_minute=120)  # one every 0.5 s once the burst is spent
+        endpoint.request_limiter.level = 0  # start with an empty bucket
+        async with endpoint:
+            await asyncio.gather(*(endpoint.complete([p], args(), tag=p) for p in "xyz"))
+
+    asyncio.run(run())
+    times = sorted(r["time"] for r in openai_server.requests[3:])
+    assert times[2] - times[0] > 0.9
+
+
+def test_backoff_grows_with_jitter_and_respects_retry_after():
+    delays = [llm_client.backoff_seconds(a, base=1.0, cap=8.0) for a in range(6)]
+    assert 0.5 <= delays[0] < 1.0 and 2.0 <= delays[2] < 4.0 and 4.0 <= delays[5] < 8.0
+    assert llm_client.backoff_seconds(0, base=1.0, cap=8.0, retry_after=5.0) == 5.0
+
+
+def test_local_backend_cuts_at_stop_strings(tiny_model_dir):
+    model = llm_client.LocalCausalLM(str(tiny_model_dir))
+    greedy = {"prompt": ["1. Instruction: Describe a river.\n1. Input:", "Hello"], "max_tokens": 24,
+              "temperature": 0.0}
+    free = model.generate(greedy, seed=0)
+    assert [c["finish_reason"] for c in free["choices"]] == ["length", "length"]
+    assert free["usage"]["completion_tokens"] == 48 and free["usage"]["prompt_tokens"] > 0
+    text = free["choices"][0]["text"]
+    stop = text.strip()[3:6]  # a string the greedy continuation is known to contain
+    cut = model.generate({**greedy, "stop": [stop]}, seed=0)["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.find(stop)]
+    sampled = {**greedy, "temperature": 1.0, "top_p": 0.9}
+    assert model.generate(sampled, seed=7) == model.generate(sampled, seed=7)  # the seed fixes the sample
+    with pytest.raises(LLMError, match="more than the local model's context"):
+        model.generate({"prompt": ["word " * 5000], "max_tokens": 4}, seed=0)
