@@ -209,12 +209,16 @@ def copy_model_files(source: pathlib.Path, destination: pathlib.Path) -> None:
             shutil.copy2(source / name, destination / name)
 
 
+def check_output_free(final_dir: pathlib.Path | None) -> None:
+    if final_dir is not None and final_dir.exists():
+        raise FileExistsError(f"{final_dir} already exists; remove it or choose another output path.")
+
+
 @contextlib.contextmanager
 def staged_output(final_dir: pathlib.Path | None):
     """Yield a temporary directory next to final_dir; rename it into place only if the block succeeds.
     With final_dir None the directory is scratch space, removed at the end either way."""
-    if final_dir is not None and final_dir.exists():
-        raise FileExistsError(f"{final_dir} already exists; remove it or choose another output path.")
+    check_output_free(final_dir)
     parent = final_dir.parent if final_dir is not None else None
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
@@ -338,6 +342,7 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
     started = time.time()
     path_raw, path_tuned, path_diff = pathlib.Path(path_raw), pathlib.Path(path_tuned), pathlib.Path(path_diff)
     compute_device = resolve_device(device)
+    check_output_free(path_diff)
     tuned_specs = checkpoint_tensors(path_tuned)
     raw_specs = checkpoint_tensors(path_raw)
     added_tokens, vocab_size = pad_token_resize(path_raw)
@@ -401,6 +406,7 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     path_raw, path_diff = pathlib.Path(path_raw), pathlib.Path(path_diff)
     final_dir = pathlib.Path(path_tuned) if path_tuned is not None else None
     compute_device = resolve_device(device)
+    check_output_free(final_dir)
     diff_specs = checkpoint_tensors(path_diff)
     raw_specs = checkpoint_tensors(path_raw)
     added_tokens, vocab_size = pad_token_resize(path_raw)

@@ -1,0 +1,296 @@
+"""weight_diff.py: bit-exact round trips, the manifest check, streaming over shards, the original's diffs."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+from compare_checkpoints import first_difference
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+import weight_diff
+from make_tiny_model import make_tiny_model
+from train import smart_tokenizer_and_embedding_resize
+
+
+def perturb(model: torch.nn.Module, seed: int) -> None:
+    """Small noise on every weight, plus what breaks arithmetic diffs: exponent jumps, inf, NaN, -0.0."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            flat = param.view(-1)
+            flat.add_(torch.randn(flat.shape, generator=generator) * 1e-3)
+            picks = torch.randint(0, flat.numel(), (8,), generator=generator)
+            flat[picks[:4]] *= 2.0 ** torch.randint(-60, 60, (4,), generator=generator).float()
+            flat[picks[4:]] = torch.tensor([float("inf"), float("-inf"), float("nan"), -0.0])
+
+
+def make_tuned(raw_dir: pathlib.Path, out_dir: pathlib.Path, dtype: torch.dtype, seed: int = 0, **save) -> pathlib.Path:
+    """A stand-in for a fine-tuned model: the raw model resized for [PAD] as train.py does, then perturbed."""
+    tokenizer = AutoTokenizer.from_pretrained(raw_dir)
+    model = AutoModelForCausalLM.from_pretrained(raw_dir, dtype=torch.float32)
+    if tokenizer.pad_token is None:
+        smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+    perturb(model, seed)
+    model.to(dtype).save_pretrained(out_dir, **save)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def leftovers(parent: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if ".partial-" in p.name)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> pathlib.Path:
+    return tmp_path_factory.mktemp("weight-diff")
+
+
+@pytest.fixture(scope="module")
+def tuned_bf16(tiny_model_dir, work) -> pathlib.Path:
+    return make_tuned(tiny_model_dir, work / "tuned-bf16", torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def diff_bf16(tiny_model_dir, tuned_bf16, work) -> pathlib.Path:
+    return weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(work / "diff-bf16"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_round_trip_is_bit_exact_in_the_tuned_dtype(tiny_model_dir, tmp_path, dtype):
+    tuned = make_tuned(tiny_model_dir, tmp_path / "tuned", dtype, seed=1)
+    diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned), str(tmp_path / "diff"))
+    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "recovered"), test_inference=False)
+    assert first_difference(str(tuned), str(recovered)) is None
+    manifest = json.loads((diff / weight_diff.MANIFEST_NAME).read_text())
+    assert {entry["dtype"] for entry in manifest["tensors"].values()} == {str(dtype).removeprefix("torch.")}
+    assert manifest["pad_token_resize"]["added_tokens"] == 1  # the tiny raw tokenizer has no pad token
+    with safe_open(str(diff / "model.safetensors"), "pt") as f:  # diffs are integers as wide as the weights
+        assert f.get_tensor("model.norm.weight").dtype == weight_diff.BITS_DTYPES[dtype.itemsize]
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"):
+        assert (tuned / name).read_bytes() == (diff / name).read_bytes() == (recovered / name).read_bytes()
+    assert AutoTokenizer.from_pretrained(recovered).pad_token == "[PAD]"
+
+
+def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
+    """Every float bit pattern (NaN payloads, inf, -0.0, subnormals, any exponent gap) comes back exactly."""
+    generator = torch.Generator().manual_seed(0)
+
+    def random_bits(shape, dtype):
+        info = torch.iinfo(weight_diff.BITS_DTYPES[dtype.itemsize])
+        return torch.randint(info.min, info.max, shape, generator=generator, dtype=torch.int64).to(
+            weight_diff.BITS_DTYPES[dtype.itemsize]).view(dtype)
+
+    shapes = {"matrix": (300, 7), "vector": (11,), "scalar": ()}
+    for name, dtypes in (("raw", {}), ("tuned", {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16})):
+        model_dir = tmp_path / name
+        model_dir.mkdir()
+        for file in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+            (model_dir / file).write_bytes((tiny_model_dir / file).read_bytes())
+        tensors = {f"{kind}.{tag}": random_bits(shape, dtypes.get(tag, torch.float32))
+                   for kind, shape in shapes.items() for tag in ("f32", "bf16", "f16")}
+        save_file(tensors, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert torch.isnan(safe_open(str(tmp_path / "tuned/model.safetensors"), "pt").get_tensor("matrix.f32")).any()
+    diff = weight_diff.make_diff(str(tmp_path / "raw"), str(tmp_path / "tuned"), str(tmp_path / "diff"))
+    recovered = weight_diff.recover(str(tmp_path / "raw"), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir, threads):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+    specs = weight_diff.checkpoint_tensors(tiny_model_dir)
+    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir)
+    assert (added, vocab_size) == (1, len(tokenizer))
+    targets = {name: (torch.float32, tuple(p.shape)) for name, p in model.state_dict().items()}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        config = json.loads((tiny_model_dir / "config.json").read_text())
+        sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
+    finally:
+        torch.set_num_threads(previous)
+    for name, param in model.state_dict().items():
+        split = min(100, param.shape[0] - 1)  # in blocks of rows, as streamed: one block ends mid-vocabulary
+        streamed = torch.cat([weight_diff.raw_operand(sources[name], start, stop, torch.float32)
+                              for start, stop in [(0, split), (split, param.shape[0])]])
+        assert torch.equal(weight_diff.bits(streamed), weight_diff.bits(param)), name
+
+
+def test_sharded_checkpoints_in_and_out(tiny_model_dir, tmp_path):
+    raw = tmp_path / "raw"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(raw, max_shard_size="100KB")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(raw)
+    tuned = make_tuned(tiny_model_dir, tmp_path / "tuned", torch.float16, max_shard_size="60KB")
+    assert (raw / "model.safetensors.index.json").exists() and (tuned / "model.safetensors.index.json").exists()
+    diff = weight_diff.make_diff(str(raw), str(tuned), str(tmp_path / "diff"), max_shard_size="50KB")
+    recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out"), test_inference=False,
+                                    max_shard_size="80KB")
+    for out in (diff, recovered):
+        index = json.loads((out / "model.safetensors.index.json").read_text())
+        assert len(set(index["weight_map"].values())) > 2
+        assert not (out / "model.safetensors").exists()
+    assert first_difference(str(tuned), str(recovered)) is None
+    model = AutoModelForCausalLM.from_pretrained(recovered)  # a normal sharded checkpoint
+    assert model.dtype == torch.float16
+
+
+def test_tied_embeddings_and_a_raw_tokenizer_with_pad(tmp_path):
+    raw = make_tiny_model(str(tmp_path / "raw"))
+    config = LlamaConfig.from_pretrained(raw)
+    config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(raw)
+    with safe_open(str(raw / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys()  # what makes tied checkpoints special
+    tuned = make_tuned(raw, tmp_path / "tuned", torch.bfloat16)
+    diff = weight_diff.make_diff(str(raw), str(tuned), str(tmp_path / "diff"))
+    recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tuned), str(recovered)) is None
+
+    # The same base with a pad token already: no [PAD] is added, the embeddings keep their size.
+    tokenizer = AutoTokenizer.from_pretrained(raw)
+    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.save_pretrained(raw)
+    tuned_same_vocab = make_tuned(raw, tmp_path / "tuned2", torch.float32)
+    diff = weight_diff.make_diff(str(raw), str(tuned_same_vocab), str(tmp_path / "diff2"))
+    assert json.loads((diff / weight_diff.MANIFEST_NAME).read_text())["pad_token_resize"]["added_tokens"] == 0
+    recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out2"), test_inference=False)
+    assert first_difference(str(tuned_same_vocab), str(recovered)) is None
+
+
+def test_damaged_diff_is_named_and_nothing_is_written(tiny_model_dir, diff_bf16, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for file in diff_bf16.iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    data = bytearray((damaged / "model.safetensors").read_bytes())
+    header_size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + header_size])
+    begin, end = header["model.layers.1.mlp.up_proj.weight"]["data_offsets"]
+    data[8 + header_size + (begin + end) // 2] ^= 0x10
+    (damaged / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"diff is damaged: tensor 'model\.layers\.1\.mlp\.up_proj\.weight'"):
+        weight_diff.recover(str(tiny_model_dir), str(damaged), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_wrong_raw_model_is_named_and_nothing_is_written(diff_bf16, tmp_path):
+    other_raw = make_tiny_model(str(tmp_path / "other-raw"), seed=1)  # same architecture, other weights
+    with pytest.raises(ValueError, match=r"raw model is not the one this diff was made from: tensor 'lm_head\.weight'"):
+        weight_diff.recover(str(other_raw), str(diff_bf16), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    bigger_raw = make_tiny_model(str(tmp_path / "bigger-raw"), hidden_size=32)  # another architecture
+    with pytest.raises(ValueError, match=r"Tensor 'lm_head\.weight' has shape \[513, 64\] in the tuned model"):
+        weight_diff.recover(str(bigger_raw), str(diff_bf16), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_missing_paths_and_files_give_clear_errors(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        weight_diff.make_diff(str(tmp_path / "nowhere"), str(tuned_bf16), str(tmp_path / "diff"))
+    assert not (tmp_path / "diff").exists()
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    for file in diff_bf16.iterdir():
+        if file.name != "config.json":
+            (incomplete / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        weight_diff.recover(str(tiny_model_dir), str(incomplete), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+    with pytest.raises(FileExistsError, match="already exists"):
+        weight_diff.recover(str(tiny_model_dir), str(diff_bf16), str(tuned_bf16), test_inference=False)
+
+
+def original_recover_in_memory(raw_dir, diff_dir) -> dict[str, torch.Tensor]:
+    """The 2023 recover: both models in float32, raw resized for [PAD], diff += raw tensor by tensor."""
+    raw = AutoModelForCausalLM.from_pretrained(raw_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(raw_dir)
+    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, raw)
+    recovered = AutoModelForCausalLM.from_pretrained(diff_dir, dtype=torch.float32)
+    state, raw_state = recovered.state_dict(), raw.state_dict()
+    for name in state:
+        state[name].add_(raw_state[name])
+    return state
+
+
+def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_dir, tmp_path):
+    tuned = make_tuned(tiny_model_dir, tmp_path / "tuned", torch.float32)
+    raw_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, AutoTokenizer.from_pretrained(tiny_model_dir),
+                                         raw_model)
+    legacy = AutoModelForCausalLM.from_pretrained(tuned, dtype=torch.float32)
+    with torch.no_grad():
+        for name, param in legacy.state_dict().items():
+            param.add_(-raw_model.state_dict()[name])  # the 2023 make_diff: tuned - raw in float32
+    legacy.save_pretrained(tmp_path / "legacy-diff")
+    AutoTokenizer.from_pretrained(tuned).save_pretrained(tmp_path / "legacy-diff")
+
+    with pytest.raises(ValueError, match="not 50637.1836 as Alpaca-7B's do.*--check_integrity_naively False"):
+        weight_diff.recover(str(tiny_model_dir), str(tmp_path / "legacy-diff"), str(tmp_path / "out"),
+                            test_inference=False)  # no manifest: the naive check is on, as in the original
+    assert not (tmp_path / "out").exists()
+    out = weight_diff.recover(str(tiny_model_dir), str(tmp_path / "legacy-diff"), str(tmp_path / "out"),
+                              test_inference=False, check_integrity_naively=False)
+    expected = original_recover_in_memory(tiny_model_dir, tmp_path / "legacy-diff")
+    recovered = weight_diff.checkpoint_tensors(out)
+    assert set(recovered) == set(expected)
+    for name, tensor in expected.items():
+        got = weight_diff.read_rows(recovered[name], name)
+        assert got.dtype == torch.float32 and torch.equal(weight_diff.bits(got), weight_diff.bits(tensor)), name
+
+
+def test_naive_check_stays_available_behind_its_flag(tiny_model_dir, diff_bf16, tmp_path):
+    with pytest.raises(ValueError, match="Naive integrity check failed"):
+        weight_diff.recover(str(tiny_model_dir), str(diff_bf16), None, test_inference=False,
+                            check_integrity_naively=True)
+
+
+def test_recovered_model_generates_like_the_tuned_model(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, capsys):
+    scratch = lambda: set(pathlib.Path(tempfile.gettempdir()).glob("recover-*"))  # noqa: E731
+    before = scratch()
+    assert weight_diff.recover(str(tiny_model_dir), str(diff_bf16), None, test_inference=True) is None
+    printed = capsys.readouterr().out
+    assert "every tensor matches the manifest" in printed
+    assert "### Instruction:\nList three technologies that make life easier.\n\n### Response:" in printed
+    assert scratch() == before  # verify-only mode keeps nothing
+
+    out = weight_diff.recover(str(tiny_model_dir), str(diff_bf16), str(tmp_path / "out"), test_inference=False)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("Give three tips for staying healthy.", return_tensors="pt").input_ids
+    generated = [AutoModelForCausalLM.from_pretrained(d).generate(ids, max_new_tokens=8, do_sample=False)
+                 for d in (tuned_bf16, out)]
+    assert generated[0].shape[1] == ids.shape[1] + 8 and torch.equal(generated[0], generated[1])
+
+
+@pytest.mark.slow
+def test_command_line_as_in_the_readme(tiny_model_dir, tuned_bf16, tmp_path, repo_dir):
+    def run(*args):
+        return subprocess.run([sys.executable, str(repo_dir / "weight_diff.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    made = run("make_diff", "--path_raw", str(tiny_model_dir), "--path_tuned", str(tuned_bf16), "--path_diff", "diff")
+    assert made.returncode == 0, made.stderr
+    done = run("recover", "--path_raw", str(tiny_model_dir), "--path_diff", "diff", "--path_tuned", "out",
+               "--device", "cpu", "--test_inference", "True")
+    assert done.returncode == 0, done.stderr
+    assert "### Response:" in done.stdout and first_difference(str(tuned_bf16), str(tmp_path / "out")) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_and_cpu_diffs_are_interchangeable(tiny_model_dir, tuned_bf16, tmp_path):
+    diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(tmp_path / "diff"), device="cuda")
+    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), device="cpu",
+                                    test_inference=False)
+    assert first_difference(str(tuned_bf16), str(recovered)) is None
+    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out-cuda"), device="cuda",
+                                    test_inference=False)
+    assert first_difference(str(tuned_bf16), str(recovered)) is None
