@@ -33,7 +33,7 @@ import sys
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, set_seed
 
 from train import PROMPT_DICT
 
@@ -120,12 +120,18 @@ def load_model(
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
         )
-        tokenizer_source = lora_path if _has_tokenizer(lora_path) else model_name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise FileNotFoundError(
             f"Could not load a model from '{model_name_or_path}': it is not a local checkpoint directory and could not "
             f"be fetched from the Hugging Face Hub. Pass the --output_dir that train.py wrote. ({error})"
+        ) from error
+    tokenizer_source = lora_path if _has_tokenizer(lora_path) else model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:  # ValueError: a directory with no tokenizer files at all
+        raise FileNotFoundError(
+            f"Could not load a tokenizer from '{tokenizer_source}'. train.py saves one next to the weights; copy the "
+            f"tokenizer files of the model you fine-tuned into that directory. ({error})"
         ) from error
 
     if lora_path is not None:
@@ -259,14 +265,9 @@ def load_examples(path: str) -> list[dict]:
 
 
 def write_outputs(records: list[dict], path: str) -> None:
-    """Write the records as a JSON list, formatted like utils.jdump (indent 4)."""
-    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from utils import jdump
-    except ImportError:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(records, f, indent=4)
-        return
+    """Write the records as a JSON list with utils.jdump (indent 4, the Alpaca data files' format)."""
+    from utils import jdump  # imported here: utils pulls in the LLM client, which the other modes never need
+
     jdump(records, path)
 
 
@@ -336,7 +337,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    torch.manual_seed(args.seed)
+    set_seed(args.seed)
     examples = load_examples(args.data_path) if args.data_path else None  # bad data fails before the model loads
     model, tokenizer = load_model(args.model_name_or_path, args.lora_path, args.device, args.torch_dtype,
                                   args.trust_remote_code)
