@@ -1,4 +1,4 @@
-"""Generate Alpaca-style responses from a fine-tuned checkpoint, or from a base model plus a LoRA adapter.
+r"""Generate Alpaca-style responses from a fine-tuned checkpoint, or from a base model plus a LoRA adapter.
 
 Each instruction (and optional input) is wrapped in the same Alpaca prompt that `train.py` trained on
 (`PROMPT_DICT`), the model continues it, and only the continuation after "### Response:" is returned.
