@@ -19,14 +19,17 @@ How it stays exact:
   2*p*r/(p+r), 0 when L == 0. The algebraically equal 2L/(la+lb) differs in the last bit and flips the > 0.7
   decision on some pairs (la=7, lb=13, L=7). No fastmath anywhere.
 
-The kernel is compiled with numba (parallel over pool entries, cached on disk when a cache directory is writable).
-Without numba it falls back to rapidfuzz's LCS over the same token ids (exact as well, ~10x slower).
+The kernel is compiled with numba (cached on disk when a cache directory is writable) and runs over slices of the
+pool in `num_threads` threads. Without numba it falls back to rapidfuzz's LCS over the same token ids (exact as
+well, several times slower).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -36,6 +39,7 @@ except ImportError:  # the rapidfuzz backend below still gives exact scores
     numba = None
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
+MIN_ENTRIES_PER_SLICE = 2048  # smaller slices cost more in thread hand-offs than they gain
 
 
 def tokenize(text: str) -> list[str]:
@@ -98,54 +102,52 @@ def _build_match_masks(candidate_ids, vocab_size, num_words):
     return masks
 
 
-def _f1_one_word(pool_tokens, offsets, masks, candidate_len, out):
-    """F1 of a candidate of 1..64 tokens against every pool entry. masks: (vocab_size,) uint64; out: (n,) float64."""
+def _f1_one_word(pool_tokens, offsets, masks, candidate_len, out, first, last):
+    """F1 of a candidate of 1..64 tokens against pool entries first..last-1, written to out[first:last].
+    pool_tokens: uint32 token ids back to back; masks: (vocab_size,) uint64; out: (pool size,) float64."""
     low_bits = ALL_ONES if candidate_len == 64 else (np.uint64(1) << np.uint64(candidate_len)) - np.uint64(1)
-    for entry in numba.prange(out.shape[0]):
+    for entry in range(first, last):
         start = offsets[entry]
         end = offsets[entry + 1]
         v = ALL_ONES
         for j in range(start, end):
             u = v & masks[pool_tokens[j]]
             v = (v + u) | (v - u)
-        lcs = np.int64(_popcount(~v & low_bits))
-        out[entry] = _rouge_f1(lcs, end - start, candidate_len)
+        out[entry] = _rouge_f1(np.int64(_popcount(~v & low_bits)), end - start, candidate_len)
 
 
-def _f1_multi_word(pool_tokens, offsets, masks, candidate_len, out):
+def _f1_multi_word(pool_tokens, offsets, masks, candidate_len, out, first, last):
     """Same for candidates of any length: V spans masks.shape[1] words; the addition carries across words, while
     V - U needs no borrow because U is a subset of V's bits. masks: (vocab_size, num_words) uint64."""
     num_words = masks.shape[1]
-    n = out.shape[0]
-    block = 256  # one scratch vector per block of entries, not per entry
     last_word_bits = candidate_len - 64 * (num_words - 1)
     last_low_bits = ALL_ONES if last_word_bits == 64 else (np.uint64(1) << np.uint64(last_word_bits)) - np.uint64(1)
-    for block_index in numba.prange((n + block - 1) // block):
-        v = np.empty(num_words, dtype=np.uint64)
-        for entry in range(block_index * block, min(n, (block_index + 1) * block)):
-            start = offsets[entry]
-            end = offsets[entry + 1]
-            v[:] = ALL_ONES
-            for j in range(start, end):
-                token = pool_tokens[j]
-                carry = np.uint64(0)
-                for w in range(num_words):
-                    x = v[w]
-                    u = x & masks[token, w]
-                    s = x + u
-                    s_carried = s + carry
-                    carry = np.uint64(1) if (s < x or s_carried < s) else np.uint64(0)
-                    v[w] = s_carried | (x - u)
-            zeros = np.int64(0)
-            for w in range(num_words - 1):
-                zeros += np.int64(_popcount(~v[w]))
-            zeros += np.int64(_popcount(~v[num_words - 1] & last_low_bits))
-            out[entry] = _rouge_f1(zeros, end - start, candidate_len)
+    v = np.empty(num_words, dtype=np.uint64)
+    for entry in range(first, last):
+        start = offsets[entry]
+        end = offsets[entry + 1]
+        v[:] = ALL_ONES
+        for j in range(start, end):
+            token = pool_tokens[j]
+            carry = np.uint64(0)
+            for w in range(num_words):
+                x = v[w]
+                u = x & masks[token, w]
+                s = x + u
+                s_carried = s + carry
+                carry = np.uint64(1) if (s < x or s_carried < s) else np.uint64(0)
+                v[w] = s_carried | (x - u)
+        lcs = np.int64(0)
+        for w in range(num_words - 1):
+            lcs += np.int64(_popcount(~v[w]))
+        lcs += np.int64(_popcount(~v[num_words - 1] & last_low_bits))
+        out[entry] = _rouge_f1(lcs, end - start, candidate_len)
 
 
-def _compile(function, parallel: bool):
-    """njit with an on-disk cache (compiling takes seconds); without a writable cache location, compile per run."""
-    options = dict(parallel=parallel, fastmath=False, error_model="numpy", nogil=True)
+def _compile(function):
+    """njit with an on-disk cache (compiling takes a second or two); without a writable cache location, compile per
+    run. nogil lets several Python threads run the kernel on different slices of the pool at once."""
+    options = dict(fastmath=False, error_model="numpy", nogil=True)
     try:
         return numba.njit(cache=True, **options)(function)
     except RuntimeError:  # numba found no writable cache directory (set NUMBA_CACHE_DIR to enable caching)
@@ -154,11 +156,11 @@ def _compile(function, parallel: bool):
 
 NUMBA_USABLE = numba is not None and not numba.config.DISABLE_JIT
 if NUMBA_USABLE:
-    _popcount = _compile(_popcount, parallel=False)
-    _rouge_f1 = _compile(_rouge_f1, parallel=False)
-    _build_match_masks = _compile(_build_match_masks, parallel=False)
-    _f1_one_word = _compile(_f1_one_word, parallel=True)
-    _f1_multi_word = _compile(_f1_multi_word, parallel=True)
+    _popcount = _compile(_popcount)
+    _rouge_f1 = _compile(_rouge_f1)
+    _build_match_masks = _compile(_build_match_masks)
+    _f1_one_word = _compile(_f1_one_word)
+    _f1_multi_word = _compile(_f1_multi_word)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -168,13 +170,13 @@ class RougeLIndex:
     """A growing pool of instructions that scores a new one against all of them, exactly as rouge_score would.
 
     `scores(c)[i] == RougeScorer(["rougeL"]).score(pool[i], c)["rougeL"].fmeasure` (F1 is symmetric bit for bit, so
-    the original's `_score_lcs(new_tokens, pool_tokens)` gives the same value). Tokens are stored once as int32 ids
+    the original's `_score_lcs(new_tokens, pool_tokens)` gives the same value). Tokens are stored once as uint32 ids
     in a flat array that grows by doubling, so `add` is amortised O(tokens).
 
-    num_threads: worker threads for `scores` (numba threads, at most numba.config.NUMBA_NUM_THREADS; rapidfuzz
-    workers in the fallback). None uses all cores.
+    num_threads: threads that share one `scores` call (rapidfuzz workers in the fallback); None or more than the
+    cores this process may use means all of them.
     backend: "numba" (default when importable) or "rapidfuzz" (fallback, also exact).
-    Not safe to call from several Python threads at once.
+    `scores` may run in several threads at once, but not at the same time as `add`.
     """
 
     def __init__(self, instructions: Iterable[str] = (), num_threads: int | None = None, backend: str | None = None):
@@ -188,9 +190,10 @@ class RougeLIndex:
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None (all cores), got {num_threads!r}.")
         self.backend = backend
-        self.num_threads = num_threads
+        self.num_threads = min(num_threads or _available_cores(), _available_cores())
+        self._helpers: ThreadPoolExecutor | None = None  # started on the first multi-threaded scores call
         self._token_ids: dict[str, int] = {}
-        self._tokens = np.empty(1024, dtype=np.int32)  # all entries' token ids, back to back
+        self._tokens = np.empty(1024, dtype=np.uint32)  # all entries' token ids, back to back
         self._offsets = np.zeros(1024, dtype=np.int64)  # entry i is _tokens[_offsets[i]:_offsets[i + 1]]
         self._size = 0
         self._entry_strings: list[str] = []  # rapidfuzz backend: each entry's ids as a string of code points
@@ -222,7 +225,7 @@ class RougeLIndex:
             self._tokens = _grown(self._tokens, new_used)
         self._offsets[self._size + 1 : new_size + 1] = used + np.cumsum(lengths)
         flat = [token for ids in id_lists for token in ids]
-        self._tokens[used:new_used] = np.asarray(flat, dtype=np.int32) if flat else 0
+        self._tokens[used:new_used] = np.asarray(flat, dtype=np.uint32) if flat else 0
         self._size = new_size
         if self.backend == "rapidfuzz":
             if len(self._token_ids) >= 0x110000:
@@ -240,16 +243,45 @@ class RougeLIndex:
         candidate_ids = np.array([self._token_ids.get(token, -1) for token in tokens], dtype=np.int64)
         if self.backend == "rapidfuzz":
             return self._scores_rapidfuzz(candidate_ids)
-        if self.num_threads is not None:
-            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
         num_words = (len(tokens) + 63) // 64
         masks = _build_match_masks(candidate_ids, len(self._token_ids), num_words)
-        offsets = self._offsets[: self._size + 1]
         if num_words == 1:
-            _f1_one_word(self._tokens, offsets, masks.reshape(-1), len(tokens), out)
+            kernel, masks = _f1_one_word, masks.reshape(-1)
         else:
-            _f1_multi_word(self._tokens, offsets, masks, len(tokens), out)
+            kernel = _f1_multi_word
+        self._run_in_slices(kernel, (self._tokens, self._offsets, masks, len(tokens), out), self._size)
         return out
+
+    def _run_in_slices(self, kernel, arguments: tuple, size: int) -> None:
+        """Run kernel(*arguments, first, last) over entries 0..size-1 in slices shared by this thread and
+        num_threads - 1 helper threads (the kernels release the GIL).
+
+        Whoever is free takes the next slice, and a helper that has not started by the time this thread runs out of
+        slices is cancelled, so a core taken by another process delays the call by one slice at most. (numba's
+        prange waits for every thread instead: ~12 ms per call instead of ~2 ms when one of two cores is busy.)
+        """
+        num_slices = min(8 * self.num_threads, size // MIN_ENTRIES_PER_SLICE)
+        if self.num_threads == 1 or num_slices < 2:
+            kernel(*arguments, 0, size)
+            return
+        bounds = np.linspace(0, size, num_slices + 1).astype(np.int64).tolist()
+        slices_left = list(range(num_slices - 1, -1, -1))  # list.pop is atomic: each slice is taken exactly once
+
+        def take_slices() -> None:
+            while True:
+                try:
+                    i = slices_left.pop()
+                except IndexError:
+                    return
+                kernel(*arguments, bounds[i], bounds[i + 1])
+
+        if self._helpers is None:
+            self._helpers = ThreadPoolExecutor(self.num_threads - 1, thread_name_prefix="rouge_l")
+        helpers = [self._helpers.submit(take_slices) for _ in range(self.num_threads - 1)]
+        take_slices()
+        for helper in helpers:
+            if not helper.cancel():
+                helper.result()
 
     def _scores_rapidfuzz(self, candidate_ids: np.ndarray) -> np.ndarray:
         from rapidfuzz import process
@@ -258,9 +290,8 @@ class RougeLIndex:
         # Tokens unknown to the pool match nothing; any id no pool token has will do.
         candidate_ids = np.where(candidate_ids < 0, len(self._token_ids), candidate_ids)
         candidate = "".join(map(chr, candidate_ids.tolist()))
-        workers = -1 if self.num_threads is None else self.num_threads
         lcs = process.cdist([candidate], self._entry_strings, scorer=LCSseq.similarity, dtype=np.int64,
-                            workers=workers)[0]
+                            workers=self.num_threads)[0]
         prediction_len = np.diff(self._offsets[: self._size + 1])
         # rouge_score's float operations, elementwise and in its order; 0/0 entries are replaced below.
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -268,6 +299,11 @@ class RougeLIndex:
             recall = lcs / len(candidate)
             f1 = 2 * precision * recall / (precision + recall)
         return np.where((lcs > 0) & (prediction_len > 0), f1, 0.0)
+
+
+def _available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _grown(array: np.ndarray, needed: int) -> np.ndarray:

@@ -63,17 +63,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic pool")
     args = parser.parse_args()
 
-    import numba
-
     texts = make_pool(args.pool_size + args.num_candidates, args.vocab_size, args.seed)
     pool, candidates = texts[: args.pool_size], texts[args.pool_size :]
-    print(f"pool: {len(pool):,} instructions, {statistics.mean(len(tokenize(t)) for t in pool):.1f} tokens on average;"
-          f" {len(candidates)} candidates; threads: {args.num_threads or 'all'} of {os.cpu_count()} cores "
-          f"(numba threads {numba.config.NUMBA_NUM_THREADS})")
-
     start = time.perf_counter()
     index = RougeLIndex(pool, num_threads=args.num_threads)
     build_s = time.perf_counter() - start
+    print(f"pool: {len(pool):,} instructions, {statistics.mean(len(tokenize(t)) for t in pool):.1f} tokens on average;"
+          f" {len(candidates)} candidates; RougeLIndex threads: {index.num_threads} ({os.cpu_count()} cores)")
     start = time.perf_counter()
     index.scores(candidates[0])  # compiles the kernel, or loads it from numba's on-disk cache
     warmup_s = time.perf_counter() - start
@@ -83,8 +79,7 @@ def main() -> None:
         incremental.add(text)
     add_s = time.perf_counter() - start
     print(f"index build: add_many {build_s:.2f} s, {len(pool):,} x add {add_s:.2f} s; "
-          f"first scores call (compile or cache load) {warmup_s:.2f} s; backend {index.backend}, "
-          f"threading layer {numba.threading_layer()}")
+          f"first scores call (compile or cache load) {warmup_s:.2f} s; backend {index.backend}")
 
     call_ms, step_ms = [], []
     for candidate in candidates:
