@@ -90,7 +90,8 @@ def post_process_gpt3_response(num_prompt_instructions: int, response, drop_coun
         idx += num_prompt_instructions + 1
         splitted_data = re.split(rf"{idx}\.\s+(Instruction|Input|Output):", inst)
         if len(splitted_data) != 7:
-            drops["format"] += bool(inst.strip())  # the empty tail after the last ### is no task
+            if inst.strip():  # the empty tail after the last ### is no task
+                drops["format"] += 1
             continue
         inst = splitted_data[2].strip()
         task_input = splitted_data[4].strip()
@@ -303,8 +304,8 @@ def generate_instruction_following_data(
 
     progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(machine_instruction_data), unit="instr",
                              desc="kept")
-    totals = {"requests": 0, "parsed": 0, "kept": 0, "drops": Counter(), "prompt_tokens": 0, "completion_tokens": 0,
-              "cost": 0.0}
+    totals = {"requests": 0, "cached": 0, "parsed": 0, "kept": 0, "drops": Counter(), "prompt_tokens": 0,
+              "completion_tokens": 0, "cost": 0.0}
 
     def should_launch(unprocessed: int) -> bool:
         # Hold back new requests when those already sent will likely reach the goal (saves money at the end).
@@ -339,16 +340,18 @@ def generate_instruction_following_data(
             similarity_index.add(instruction_data_entry["instruction"])
             progress_bar.update(1)
         usage = result["usage"]
-        cost = (usage["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
-                + usage["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
+        paid = {k: 0 if result["cached"] else v for k, v in usage.items()}  # a replayed response costs nothing now
+        cost = (paid["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
+                + paid["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
         append_journal(journal_path, {"request_index": request_index, "kept": kept, "parsed": parsed,
                                       "dropped": dict(drops), "usage": usage})
         totals["requests"] += 1
         totals["parsed"] += parsed
         totals["kept"] += len(kept)
         totals["drops"].update(drops)
-        totals["prompt_tokens"] += usage["prompt_tokens"]
-        totals["completion_tokens"] += usage["completion_tokens"]
+        totals["cached"] += result["cached"]
+        totals["prompt_tokens"] += paid["prompt_tokens"]
+        totals["completion_tokens"] += paid["completion_tokens"]
         totals["cost"] += cost
         priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
         tqdm.tqdm.write(
@@ -384,7 +387,8 @@ def generate_instruction_following_data(
         os.replace(regen_path + ".tmp", regen_path)
         tokens = totals["prompt_tokens"] + totals["completion_tokens"]
         print(f"Kept {totals['kept']} of {totals['parsed']} parsed instructions from {totals['requests']} requests "
-              f"in {time.time() - start:.1f}s; dropped: {format_counts(totals['drops'])}; tokens {tokens:,} "
+              f"({totals['cached']} replayed from the cache) in {time.time() - start:.1f}s; dropped: "
+              f"{format_counts(totals['drops'])}; tokens used {tokens:,} "
               f"(prompt {totals['prompt_tokens']:,}, completion {totals['completion_tokens']:,})"
               + (f"; cost ${totals['cost']:.4f}" if totals["cost"] else "")
               + f". {len(machine_instruction_data)} instructions in {regen_path}")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -143,6 +144,13 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
+class QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client that gave up (a timeout test, a killed generator) resets its connection: not an error here.
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
+
 class OpenAIServer:
     """A loopback OpenAI-compatible server in a background thread. `url` is the base URL ending in /v1.
 
@@ -162,7 +170,7 @@ class OpenAIServer:
         self.requests: list[dict] = []
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

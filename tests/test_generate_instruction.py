@@ -1,0 +1,364 @@
+"""generate_instruction.py: the original's prompt and parser, and the Self-Instruct loop end to end against a
+loopback OpenAI-compatible server (tests/openai_server.py) through the real openai client."""
+
+import hashlib
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from rouge_score import rouge_scorer
+
+import generate_instruction as gi
+from openai_server import WORDS, answer, auth_error, fake_tasks, next_task_number
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+KEY = "sk-test-key-123"  # set by the openai_server fixture
+TOPICS = ["volcano", "sonnet", "budget", "recipe", "chess", "tax", "poem", "python", "history", "climate",
+          "marathon", "vaccine", "guitar", "email"]
+
+
+def write_seeds(path: pathlib.Path, count: int = 12) -> str:
+    lines = []
+    for i in range(count):
+        task = {"id": f"seed_task_{i}", "name": f"task_{i}", "is_classification": i % 4 == 0,
+                "instruction": f"Tell me something useful about the {TOPICS[i]} topic number {i}.",
+                "instances": [{"input": "" if i % 3 else f"Context about {TOPICS[i]}.", "output": f"Answer {i}."}]}
+        lines.append(json.dumps(task))
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def seeds(tmp_path) -> str:
+    return write_seeds(tmp_path / "seeds.jsonl")
+
+
+def generate(server, output_dir, seeds, **kwargs) -> list[dict]:
+    settings = {"num_instructions_to_generate": 30, "retry_base_delay": 0.001, "num_cpus": 1, **kwargs}
+    return gi.generate_instruction_following_data(output_dir=str(output_dir), seed_tasks_path=seeds,
+                                                  api_base=server.url, **settings)
+
+
+def read_journal(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (pathlib.Path(output_dir) / gi.JOURNAL_NAME).read_text().splitlines()]
+
+
+# -- the original's prompt and parser ---------------------------------------------------------------
+
+
+def test_encode_prompt_matches_the_format():
+    tasks = [{"instruction": "  Name three\n primary   colours: ", "input": "", "output": "Red, yellow, blue."},
+             {"instruction": "Sort these numbers::", "input": "3, 1, 2", "output": "1, 2, 3"}]
+    frame = pathlib.Path(gi.PROMPT_PATH).read_text()
+    expected = (frame + "\n"
+                "###\n1. Instruction: Name three primary colours\n1. Input:\n<noinput>\n"
+                "1. Output:\nRed, yellow, blue.\n"
+                "###\n2. Instruction: Sort these numbers\n2. Input:\n3, 1, 2\n2. Output:\n1, 2, 3\n"
+                "###\n3. Instruction:")
+    assert gi.encode_prompt(tasks) == expected
+    assert frame.rstrip().endswith("List of 20 tasks:")
+
+
+def task(n: int, instruction: str, task_input: str = "<noinput>", output: str = "An answer.") -> str:
+    return f"{n}. Instruction: {instruction}\n{n}. Input:\n{task_input}\n{n}. Output:\n{output}\n###\n"
+
+
+def test_post_process_applies_the_original_filters():
+    long_instruction = "Explain " + "very " * 150 + "clearly."
+    pieces = [
+        task(4, "Describe the water cycle in simple words.", "<NoInput>", "Water evaporates, condenses, falls."),
+        task(5, "Too short here."),  # 3 words
+        task(6, "Draw a cat using only letters please."),  # blacklisted, any case
+        task(7, "Describe the graphic design trends of 2020."),  # "graphic" is not the word "graph"
+        task(8, "Write a program that prints the first ten primes."),
+        task(9, '"Quote" this sentence in a formal tone.'),
+        task(10, "Écris une phrase sur la mer."),
+        task(12, "The number does not match this task."),
+        task(12, "Explain how to go to the nearest station."),  # "go to"
+        "13. Instruction: A task without its other fields.\n###\n",
+        task(14, long_instruction),
+        task(15, "Summarize the profile of this applicant.", "Jane, 12 years in nursing.", "An experienced nurse."),
+        task(16, "List three facts about the moon."),
+    ]
+    text = "".join(pieces)[len("4. Instruction:"):]  # the model continues after the prompt's "4. Instruction:"
+    drops = Counter()
+    kept = gi.post_process_gpt3_response(3, {"text": text, "finish_reason": "stop"}, drops)
+    assert kept == [
+        {"instruction": "Describe the water cycle in simple words.", "input": "",
+         "output": "Water evaporates, condenses, falls."},
+        {"instruction": "Describe the graphic design trends of 2020.", "input": "", "output": "An answer."},
+        {"instruction": "Summarize the profile of this applicant.", "input": "Jane, 12 years in nursing.",
+         "output": "An experienced nurse."},
+        {"instruction": "List three facts about the moon.", "input": "", "output": "An answer."},
+    ]
+    assert drops == Counter({"length": 2, "blacklist": 2, "format": 2, "write_a_program": 1, "punctuation": 1,
+                             "non_ascii": 1})
+    # Cut off at max_tokens: the last piece is dropped even when it looks complete.
+    cut = gi.post_process_gpt3_response(3, {"text": text.rstrip("#\n"), "finish_reason": "length"})
+    assert cut == kept[:-1]
+    assert gi.post_process_gpt3_response(3, None) == []
+    assert gi.post_process_gpt3_response(3, {"text": "no tasks at all", "finish_reason": "stop"}) == []
+
+
+def test_post_process_numbering_follows_num_prompt_instructions():
+    text = " Name a fruit that is red.\n2. Input:\n<noinput>\n2. Output:\nA strawberry.\n###\n" + task(
+        3, "Name a fruit that is yellow.")
+    kept = gi.post_process_gpt3_response(1, {"text": text, "finish_reason": "stop"})
+    assert [k["instruction"] for k in kept] == ["Name a fruit that is red.", "Name a fruit that is yellow."]
+    assert gi.post_process_gpt3_response(2, {"text": text, "finish_reason": "stop"}) == []
+
+
+@pytest.mark.parametrize("entry,reason", [
+    ({"input": "", "output": "A poem.\n5. Instruction: Write another poem."}, "merged_tasks"),
+    ({"input": "", "output": "N/A"}, "empty_output"),
+    ({"input": "", "output": "   "}, "empty_output"),
+    ({"input": "No input", "output": "Fine."}, "noinput_variant"),
+    ({"input": "None", "output": "Fine."}, "noinput_variant"),
+    ({"input": "https://example.com/report.pdf", "output": "Fine."}, "url_input"),
+    ({"input": "<attached image>", "output": "Fine."}, "url_input"),
+    ({"input": "None of the options apply to Tom.", "output": "Fine."}, None),
+    ({"input": "See https://example.com for the data: 1, 2, 3.", "output": "Six."}, None),
+    ({"input": "", "output": "No, penguins cannot fly."}, None),
+])
+def test_clean_filters(entry, reason):
+    assert gi.clean_drop_reason({"instruction": "Do something useful now.", **entry}) == reason
+
+
+def test_chat_reply_restating_the_number_parses_like_a_continuation():
+    reply = ("Sure! Here are more tasks:\n\n4. Instruction: Name a large ocean.\n4. Input:\n<noinput>\n"
+             "4. Output:\nThe Pacific.")
+    text = gi.chat_reply_as_continuation(reply, 4)
+    kept = gi.post_process_gpt3_response(3, {"text": text, "finish_reason": "stop"})
+    assert kept == [{"instruction": "Name a large ocean.", "input": "", "output": "The Pacific."}]
+
+
+def test_seed_file_errors_name_file_and_line(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    good = json.dumps({"instruction": "Say hi.", "instances": [{"input": "", "output": "Hi."}]})
+    path.write_text(good + "\n\n" + '{"instruction": "broken",\n')
+    with pytest.raises(gi.SeedTaskError, match=r"seeds.jsonl, line 3: not valid JSON"):
+        gi.load_seed_tasks(str(path))
+    path.write_text(good + "\n" + json.dumps({"instruction": "No instances."}) + "\n")
+    with pytest.raises(gi.SeedTaskError, match=r"seeds.jsonl, line 2: a seed task needs"):
+        gi.load_seed_tasks(str(path))
+    with pytest.raises(gi.SeedTaskError, match="does not exist"):
+        gi.load_seed_tasks(str(tmp_path / "missing.jsonl"))
+    path.write_text(good + "\n")
+    assert gi.load_seed_tasks(str(path)) == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
+
+
+def test_rouge_index_is_reexported():
+    from generate_instruction import RougeLIndex
+
+    index = RougeLIndex(["the cat sat on the mat"])
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    assert index.scores("a cat sat")[0] == scorer.score("the cat sat on the mat", "a cat sat")["rougeL"].fmeasure
+
+
+# -- the loop end to end ----------------------------------------------------------------------------
+
+
+def test_run_writes_the_original_format_and_sends_the_original_request(openai_server, seeds, tmp_path):
+    out = tmp_path / "out"
+    kept = generate(openai_server, out, seeds, num_instructions_to_generate=20, max_concurrency=1)
+    regen = json.loads((out / "regen.json").read_text())
+    assert regen == kept and len(regen) >= 20
+    assert set(regen[0]) == {"instruction", "input", "output", "most_similar_instructions", "avg_similarity_score"}
+    body = openai_server.bodies()[0]
+    assert body["model"] == "gpt-3.5-turbo-instruct" and len(body["prompt"]) == 5
+    assert body["max_tokens"] == 3072 and body["stop"] == ["\n20", "20."] and body["n"] == 1
+    assert body["temperature"] == 1.0 and body["top_p"] == 1.0 and "logit_bias" not in body
+    seed_instructions = [json.loads(line)["instruction"] for line in open(seeds)]
+    for prompt in body["prompt"]:
+        assert prompt.endswith("###\n4. Instruction:") and sum(s in prompt for s in seed_instructions) == 3
+    # Similarities are rouge_score's, against the seeds and every instruction kept before.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    for i in (0, 7, len(regen) - 1):
+        pool = seed_instructions + [e["instruction"] for e in regen[:i]]
+        scores = [scorer.score(p, regen[i]["instruction"])["rougeL"].fmeasure for p in pool]
+        assert regen[i]["avg_similarity_score"] == pytest.approx(float(np.mean(scores)), abs=1e-12)
+        top = sorted(scores, reverse=True)[:10]
+        assert list(regen[i]["most_similar_instructions"].values()) == top
+        assert max(scores) <= 0.7
+
+
+def test_similarity_and_clean_drops_are_counted(openai_server, seeds, tmp_path):
+    def responder(path, prompt, body):
+        rng = random.Random(prompt)
+        words = " ".join(rng.sample(WORDS, 8))
+        tasks = [task(4, f"Describe the {words} carefully."), task(5, f"Describe the {words} carefully today."),
+                 task(6, "Explain " + " ".join(rng.sample(WORDS, 8)) + ".", output="N/A")]
+        return "".join(tasks)[len("4. Instruction:"):], "stop"
+
+    openai_server.responder = responder
+    generate(openai_server, tmp_path / "plain", seeds, max_requests=1)
+    plain = read_journal(tmp_path / "plain")[0]
+    generate(openai_server, tmp_path / "clean", seeds, max_requests=1, clean=True)
+    clean = read_journal(tmp_path / "clean")[0]
+    assert plain["dropped"] == {"similarity": 5} and len(plain["kept"]) == 10  # task 5 copies task 4
+    assert clean["dropped"] == {"similarity": 5, "empty_output": 5} and len(clean["kept"]) == 5
+
+
+def slow_shuffled_responder(path, prompt, body):
+    """Answers after a random pause (so requests finish out of order) with tasks of which one in three is a
+    near-copy of a few shared instructions, so what is kept depends on the order requests are processed in."""
+    seed = hashlib.sha256(prompt.encode()).hexdigest()
+    time.sleep(random.Random(seed + "pause").random() * 0.05)
+    text = fake_tasks(prompt, last=9)
+    shared = random.Random(seed).randrange(4)
+    return text + task(10, f"Compare the {WORDS[shared]} with the {WORDS[shared + 5]} for a beginner."), "stop"
+
+
+def test_same_output_at_concurrency_1_and_8(openai_server, seeds, tmp_path):
+    openai_server.responder = slow_shuffled_responder
+    one = generate(openai_server, tmp_path / "c1", seeds, num_instructions_to_generate=150, max_concurrency=1)
+    eight = generate(openai_server, tmp_path / "c8", seeds, num_instructions_to_generate=150, max_concurrency=8)
+    assert (tmp_path / "c1" / "regen.json").read_bytes() == (tmp_path / "c8" / "regen.json").read_bytes()
+    assert any(r["dropped"].get("similarity") for r in read_journal(tmp_path / "c8"))
+    assert len(one) == len(eight) >= 150
+
+
+def test_resume_and_cache_replay_reproduce_an_uninterrupted_run(openai_server, seeds, tmp_path):
+    whole = generate(openai_server, tmp_path / "whole", seeds, num_instructions_to_generate=60, request_batch_size=1)
+    generate(openai_server, tmp_path / "split", seeds, num_instructions_to_generate=25, request_batch_size=1)
+    assert [r["request_index"] for r in read_journal(tmp_path / "split")] == [0, 1]
+    resumed = generate(openai_server, tmp_path / "split", seeds, num_instructions_to_generate=60, request_batch_size=1)
+    assert resumed == whole
+    assert [r["request_index"] for r in read_journal(tmp_path / "split")] == [0, 1, 2, 3]  # went on, not from 0
+
+    # Replay: same settings, no journal or regen.json left, every response from the cache: no HTTP at all.
+    for name in ("regen.json", gi.JOURNAL_NAME):
+        os.remove(tmp_path / "whole" / name)
+    requests_before = len(openai_server.requests)
+    replayed = generate(openai_server, tmp_path / "whole", seeds, num_instructions_to_generate=60, request_batch_size=1)
+    assert replayed == whole and len(openai_server.requests) == requests_before
+
+    # The API key is nowhere in what the runs wrote.
+    for path in tmp_path.rglob("*"):
+        assert not path.is_file() or KEY.encode() not in path.read_bytes(), path
+
+
+def test_resume_from_an_original_regen_json(openai_server, seeds, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = [{"instruction": "Suggest a name for a small bakery by the sea.", "input": "", "output": "Crumbs.",
+                "most_similar_instructions": {}, "avg_similarity_score": 0.1}]
+    (out / "regen.json").write_text(json.dumps(earlier, indent=4))
+    kept = generate(openai_server, out, seeds, num_instructions_to_generate=10)
+    assert kept[0] == earlier[0] and len(kept) >= 10
+    assert read_journal(out)[0]["source"] == "regen.json"
+    # The loaded instruction is in the similarity pool: its copy is dropped.
+    later = kept[1]["most_similar_instructions"]
+    assert "Suggest a name for a small bakery by the sea." in later
+
+
+def test_chat_endpoint_end_to_end(openai_server, seeds, tmp_path):
+    def chatty(path, prompt, body):
+        number = next_task_number(prompt)
+        return f"Sure, here you go!\n\n{number}. Instruction:" + fake_tasks(prompt, last=8), "stop"
+
+    openai_server.responder = chatty
+    kept = generate(openai_server, tmp_path / "chat", seeds, api_type="chat", model_name="my-chat-model",
+                    max_requests=2, request_batch_size=3, logit_bias={"50256": -100})
+    bodies = openai_server.bodies("/chat/completions")
+    assert len(bodies) == 6 and all(len(b["messages"]) == 1 for b in bodies)
+    assert bodies[0]["logit_bias"] == {"50256": -100}
+    assert len(kept) == 2 * 3 * 5 and not any("Instruction" in k["instruction"] for k in kept)
+
+
+def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_path):
+    openai_server.delay = 0.3
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data",
+               "--output_dir", str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "100000",
+               "--api_base", openai_server.url, "--max_concurrency", "2", "--num_cpus", "1",
+               "--request_batch_size", "1"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OPENAI_API_KEY": KEY})
+    journal = out / gi.JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert journal.exists(), "the run never completed a request"
+    entries, next_request = gi.load_generated(str(out))
+    assert next_request >= 3 and len(entries) == sum(len(r["kept"]) for r in read_journal(out)) > 0
+
+    openai_server.delay = 0.0
+    target = len(entries) + 20
+    resumed = generate(openai_server, out, seeds, num_instructions_to_generate=target, request_batch_size=1)
+    assert resumed[:len(entries)] == entries
+    whole = generate(openai_server, tmp_path / "whole", seeds, num_instructions_to_generate=target,
+                     request_batch_size=1)
+    assert resumed == whole
+
+
+def test_half_written_journal_line_is_dropped(openai_server, seeds, tmp_path):
+    out = tmp_path / "out"
+    generate(openai_server, out, seeds, num_instructions_to_generate=1000, max_requests=2)
+    journal = out / gi.JOURNAL_NAME
+    complete = journal.read_bytes()
+    journal.write_bytes(complete + b'{"request_index": 2, "kept": [{"instr')  # killed mid-write
+    entries, next_request = gi.load_generated(str(out))
+    assert next_request == 2 and journal.read_bytes() == complete
+    assert len(entries) == sum(len(r["kept"]) for r in read_journal(out))
+
+
+def test_auth_error_exits_clearly_and_keeps_the_data(openai_server, seeds, tmp_path):
+    openai_server.push(answer(), auth_error())
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+         str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "1000", "--api_base",
+         openai_server.url, "--max_concurrency", "1", "--num_cpus", "1"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refused the API key" in errors[0] and "Traceback" not in result.stderr
+    kept = json.loads((out / "regen.json").read_text())
+    assert len(kept) == len(read_journal(out)[0]["kept"]) > 0
+
+
+def test_cli_errors_are_one_sentence(seeds, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds)
+    assert exit_info.value.code == 1 and "OPENAI_API_KEY is not set" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "b"), seed_tasks_path=seeds,
+                api_base="http://127.0.0.1:9/v1", retry_base_delay=0.001)
+    assert "Could not reach the endpoint http://127.0.0.1:9/v1" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(pathlib.Path(seeds).read_text() + "not json\n")
+    with pytest.raises(SystemExit):
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "c"), seed_tasks_path=str(bad))
+    assert "bad.jsonl, line 13: not valid JSON" in capsys.readouterr().err
+
+
+def test_local_backend_runs_the_loop(tiny_model_dir, seeds, tmp_path):
+    out = tmp_path / "local"
+    kept = gi.generate_instruction_following_data(
+        output_dir=str(out), seed_tasks_path=seeds, num_instructions_to_generate=5, api_type="local",
+        model_name=str(tiny_model_dir), max_tokens=8, request_batch_size=2, max_requests=2, num_cpus=1)
+    journal = read_journal(out)
+    assert [r["request_index"] for r in journal] == [0, 1]
+    assert journal[0]["usage"]["completion_tokens"] == 2 * 8  # a random tiny model never stops early
+    assert json.loads((out / "regen.json").read_text()) == kept
+    cached = list((out / "responses").iterdir())
+    assert len(cached) == 2
+    response = json.loads(cached[0].read_text())["response"]
+    assert [c["finish_reason"] for c in response["choices"]] == ["length", "length"]
+    shutil.rmtree(out)
