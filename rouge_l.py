@@ -59,6 +59,8 @@ def most_similar(scores: np.ndarray, instructions: Sequence[str], k: int = 10) -
     and a text that appears twice keeps its first position with the later value. We use the same recipe.
     `scores` has shape (len(instructions),); the mean similarity the generator stores is `float(np.mean(scores))`.
     """
+    if k < 1:
+        raise ValueError(f"most_similar needs k >= 1, got {k}.")
     if len(scores) != len(instructions):
         raise ValueError(f"most_similar got {len(scores)} scores for {len(instructions)} instructions; "
                          "pass the scores returned by RougeLIndex.scores for the same pool.")

@@ -200,6 +200,8 @@ def test_most_similar_matches_the_original_recipe_with_ties_and_duplicates():
     )
     top_two = most_similar(scores, ["a", "b", "c", "d"], k=2)
     assert list(top_two.values()) == [0.9, 0.5] and list(top_two)[1] in ("a", "c")
+    with pytest.raises(ValueError, match="k >= 1"):
+        most_similar(scores, ["a", "b", "c", "d"], k=0)
     with pytest.raises(ValueError, match="3 instructions"):
         most_similar(scores, ["a", "b", "c"])
 
@@ -231,3 +233,21 @@ def test_falls_back_to_rapidfuzz_without_numba(how, repo_dir):
     result = subprocess.run([sys.executable, "-c", program], cwd=repo_dir, env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr
+
+
+def test_compiles_without_a_writable_cache_directory(repo_dir):
+    if "numba" not in BACKENDS:
+        pytest.skip("numba is not usable here")
+    # numba raises at decoration when no cache location is writable; rouge_l must then compile without a cache.
+    program = (
+        "import numba.core.caching as caching\n"
+        "caching.CacheImpl._locator_classes = []  # as if no directory were writable\n"
+        "import rouge_l\n"
+        "assert type(rouge_l._f1_one_word._cache).__name__ == 'NullCache'\n"
+        "index = rouge_l.RougeLIndex(['a b c d e f g h i j k l m', 'x y'])\n"
+        "assert index.backend == 'numba'\n"
+        "assert index.scores('a b c d e f g').tolist() == [0.7000000000000001, 0.0]\n"
+        "print('uncached ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], cwd=repo_dir, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "uncached ok" in result.stdout, result.stderr
