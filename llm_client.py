@@ -420,7 +420,9 @@ async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int],
                 next_launch += 1
             prompts, head = tasks[next_yield]
             if not head.done():
-                await asyncio.wait([t for _, t in tasks.values()], return_when=asyncio.FIRST_COMPLETED)
+                # Wake when any request finishes (a slot frees up), not only the head; done tasks would not wait.
+                running = [t for _, t in tasks.values() if not t.done()]
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 continue
             del tasks[next_yield]
             yield next_yield, prompts, head.result()
