@@ -413,6 +413,10 @@ def main(task: str, **kwargs):
     except (LLMError, SeedTaskError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: every instruction kept so far is saved; re-run the same command to resume.",
+              file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
