@@ -362,3 +362,21 @@ def test_local_backend_runs_the_loop(tiny_model_dir, seeds, tmp_path):
     response = json.loads(cached[0].read_text())["response"]
     assert [c["finish_reason"] for c in response["choices"]] == ["length", "length"]
     shutil.rmtree(out)
+
+
+def test_unparsable_completions_are_counted_and_the_run_goes_on(openai_server, seeds, tmp_path):
+    from openai_server import ok
+
+    openai_server.push(ok(*["I cannot help with that."] * 4, "4. Instruction: Only a title here"))
+    generate(openai_server, tmp_path / "out", seeds, num_instructions_to_generate=10, max_concurrency=1)
+    journal = read_journal(tmp_path / "out")
+    assert journal[0]["kept"] == [] and journal[0]["dropped"] == {"format": 5} and journal[0]["parsed"] == 0
+    assert journal[1]["request_index"] == 1 and len(journal[1]["kept"]) >= 10
+
+
+def test_help_lists_every_flag(capsys):
+    gi.main("generate_instruction_following_data", help=True)
+    text = capsys.readouterr().out
+    for flag in ("--output_dir", "--num_cpus", "--api_type", "--api_base", "--max_concurrency", "--seed",
+                 "--logit_bias None", "--clean False", "--max_tokens 3072", "--requests_per_minute"):
+        assert flag in text
