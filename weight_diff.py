@@ -39,7 +39,7 @@ FORMAT_NAME = "alpaca-weight-diff"
 FORMAT_VERSION = 1
 DEFAULT_PAD_TOKEN = "[PAD]"  # the token train.py adds when the base tokenizer has no pad token
 ALPACA_7B_NAIVE_SUM = 50637.1836  # sum of all Alpaca-7B weights: the original's only integrity check
-ROWS_PER_CHUNK_ELEMENTS = 1 << 22  # 4M elements (16 MB in float32) per piece of work bounds memory
+ROWS_PER_CHUNK_ELEMENTS = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
 INFERENCE_INSTRUCTION = "List three technologies that make life easier."
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
@@ -260,7 +260,9 @@ def mean_of_rows(spec: TensorSpec, name: str, rows: int) -> torch.Tensor:
     """The mean of rows [0, rows) in float32, computed on the CPU exactly as train.py's
     smart_tokenizer_and_embedding_resize does on a float32 model (same kernel, same summation order), and
     always on the CPU so that make_diff and recover agree bit for bit whatever device each one runs on."""
-    old_rows = read_rows(spec, name, 0, rows).to(torch.float32)
+    old_rows = torch.empty((rows, *spec.shape[1:]), dtype=torch.float32)
+    for start, stop in row_chunks((rows, *spec.shape[1:])):  # filled block by block: no second full copy
+        old_rows[start:stop] = read_rows(spec, name, start, stop)
     return old_rows.mean(dim=0, keepdim=True)
 
 
@@ -432,6 +434,7 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     outputs = [(name, dtype, shape) for name, (dtype, shape) in targets.items()]
     shards = plan_shards(outputs, parse_size(max_shard_size))
     file_names = shard_file_names(len(shards))
+    naive = check_integrity_naively if check_integrity_naively is not None else manifest is None
     weight_sum = 0.0
     with staged_output(final_dir) as staging, tqdm_bytes(outputs, "recover") as progress:
         for shard, file_name in zip(shards, file_names, strict=True):
@@ -450,14 +453,13 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
                             digests["raw_sha256"].update(as_bytes(raw))
                         handle.write(as_bytes(tuned))
                         digests["sha256"].update(as_bytes(tuned))
-                        if tuned.is_floating_point():
+                        if naive and tuned.is_floating_point():
                             weight_sum += tuned.to(torch.float64).sum().item()
                         progress.update(tuned.nbytes)
                     if manifest is not None:
                         check_tensor(name, manifest["tensors"][name], digests, sources[name], path_raw, path_diff)
         write_index(staging, shards, file_names)
         copy_model_files(path_diff, staging)
-        naive = check_integrity_naively if check_integrity_naively is not None else manifest is None
         if naive:
             check_naive_sum(weight_sum, legacy_buffer_sum(diff_specs, targets, path_raw), manifest is None)
         checked = "every tensor matches the manifest" if manifest else "no manifest to check against"
@@ -478,7 +480,10 @@ def write_manifest(path: pathlib.Path, manifest: dict) -> None:
 
 
 def read_manifest(path: pathlib.Path) -> dict:
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the diff is damaged; copy it again.") from error
     if manifest.get("format") != FORMAT_NAME or manifest.get("representation") != "xor":
         raise ValueError(f"{path} is not a weight-diff manifest this script understands.")
     if manifest.get("version", 0) > FORMAT_VERSION:
@@ -554,19 +559,12 @@ def tqdm_bytes(tensors: list, description: str):
 
 def run_test_inference(model_dir: pathlib.Path, device: str = "cpu", max_new_tokens: int = 128) -> str:
     """Load the recovered model, answer one fixed instruction with the no-input Alpaca prompt, print it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from inference import format_prompt, generate_responses, load_model  # the project's one generation path
 
-    from train import PROMPT_DICT
-
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto").to(device).eval()
-    prompt = PROMPT_DICT["prompt_no_input"].format(instruction=INFERENCE_INSTRUCTION)
-    inputs = tokenizer(prompt, return_tensors="pt").to(device)
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    response = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    print(f"test_inference:\n{prompt}{response}")
+    model, tokenizer = load_model(str(model_dir), device=device)
+    response = generate_responses(model, tokenizer, [{"instruction": INFERENCE_INSTRUCTION}],
+                                  max_new_tokens=max_new_tokens)[0]
+    print(f"test_inference:\n{format_prompt(INFERENCE_INSTRUCTION)}\n{response}")
     return response
 
 
