@@ -363,10 +363,10 @@ def generate_instruction_following_data(
     async def generate() -> None:
         cache_dir = os.path.join(output_dir, "responses") if cache else None
         async with LLMEndpoint(api_type, model_name, api_base, max_concurrency, requests_per_minute,
-                                     tokens_per_minute, max_retries, retry_base_delay, retry_max_delay,
-                                     request_timeout, cache_dir) as endpoint:
+                               tokens_per_minute, max_retries, retry_base_delay, retry_max_delay,
+                               request_timeout, cache_dir) as endpoint:
             tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({api_type}), "
-                  f"{max_concurrency} requests in flight, from request {first_request}")
+                            f"{max_concurrency} requests in flight, from request {first_request}")
             last_request = first_request + max_requests - 1 if max_requests is not None else None
             results = complete_in_order(endpoint, make_prompts, decoding_args, first_request, last_request,
                                         should_launch=should_launch, logit_bias=logit_bias)
