@@ -144,7 +144,7 @@ def clean_drop_reason(task: dict) -> str | None:
 def chat_reply_as_continuation(text: str, next_number: int) -> str:
     """A chat model answers the prompt instead of continuing it and usually restates the open `4. Instruction:`
     (sometimes after a preamble); cut up to it so the reply parses like a completions model's continuation."""
-    match = re.search(rf"{next_number}\.\s+Instruction:", text)
+    match = re.search(rf"(?<!\d){next_number}\.\s+Instruction:", text)  # "4." but not "14."
     return text[match.end():] if match else text
 
 

@@ -139,6 +139,10 @@ def test_chat_reply_restating_the_number_parses_like_a_continuation():
     text = gi.chat_reply_as_continuation(reply, 4)
     kept = gi.post_process_gpt3_response(3, {"text": text, "finish_reason": "stop"})
     assert kept == [{"instruction": "Name a large ocean.", "input": "", "output": "The Pacific."}]
+    # A reply that does continue the list is left alone, even though "14. Instruction:" contains "4. Instruction:".
+    continuation = fake_tasks("###\n4. Instruction:", last=16)
+    assert gi.chat_reply_as_continuation(continuation, 4) == continuation
+    assert len(gi.post_process_gpt3_response(3, {"text": continuation, "finish_reason": "stop"})) == 13
 
 
 def test_seed_file_errors_name_file_and_line(tmp_path):
