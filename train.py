@@ -1,6 +1,43 @@
-"""Supervised fine-tuning of a causal LM on Alpaca-format data (work in progress: being written)."""
+"""Supervised fine-tuning of a causal LM on Alpaca-format data with the Hugging Face Trainer.
+
+LLaMA-7B on 4 GPUs with FSDP, the 2023 recipe in transformers 5's flags:
+
+    torchrun --nproc_per_node=4 --master_port=29500 train.py \
+        --model_name_or_path /path/to/llama-7b-hf --data_path ./alpaca_data.json --output_dir output/alpaca \
+        --bf16 True --num_train_epochs 3 --per_device_train_batch_size 4 --per_device_eval_batch_size 4 \
+        --gradient_accumulation_steps 8 --eval_strategy no --save_strategy steps --save_steps 2000 \
+        --save_total_limit 1 --learning_rate 2e-5 --weight_decay 0. --warmup_steps 0.03 --lr_scheduler_type cosine \
+        --logging_steps 1 --fsdp --fsdp_config configs/fsdp_llama.json --tf32 True
+
+The 2023 README's command also runs as pasted: legacy_flags.py translates the flags transformers 5 renamed or
+dropped, with a notice each. DeepSpeed instead of FSDP: `--deepspeed configs/default_offload_opt_param.json`.
+LoRA: `--lora_r 16`. Less padding: `--train_sampling_strategy group_by_length`, or `--padding_free True` with
+`--attn_implementation flash_attention_2`. On a CPU: `--use_cpu True` (torchrun then runs DDP over gloo).
+"""
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from torch.utils.data import Dataset
+from tqdm import tqdm
+from transformers import DataCollatorWithFlattening, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from legacy_flags import translate_legacy_flags
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+DEFAULT_PAD_TOKEN = "[PAD]"
+DEFAULT_EOS_TOKEN = "</s>"
+DEFAULT_BOS_TOKEN = "<s>"
+DEFAULT_UNK_TOKEN = "<unk>"
 PROMPT_DICT = {
     "prompt_input": (
         "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -13,3 +50,361 @@ PROMPT_DICT = {
         "### Instruction:\n{instruction}\n\n### Response:"
     ),
 }
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # kernels that attend within each packed sequence
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(default="facebook/opt-125m",
+                                    metadata={"help": "Base model: a local directory or a Hugging Face Hub id."})
+    torch_dtype: str = field(default="float32", metadata={
+        "help": "dtype to load the weights in. float32 (the original) keeps fp32 master weights under --bf16 mixed "
+                "precision; bfloat16 halves the memory of a frozen LoRA base.",
+        "choices": ["float32", "bfloat16", "float16"]})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "Attention kernel: sdpa, eager, flash_attention_2, ... (default: the model's choice)."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Allow code shipped with the checkpoint to run. Only for checkpoints you trust."})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={
+        "help": "Training data: a JSON list or JSONL of {instruction, input, output} records (input may be omitted)."})
+    eval_data_path: str | None = field(default=None, metadata={"help": "Evaluation data, same format."})
+    val_set_size: int = field(default=0, metadata={
+        "help": "Hold out this many training examples (chosen with --seed) as the evaluation set."})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    cache_dir: str | None = field(default=None, metadata={"help": "Where to cache models downloaded from the Hub."})
+    optim: str = field(default="adamw_torch", metadata={"help": "Optimizer (the original's: adamw_torch)."})
+    model_max_length: int = field(default=512, metadata={
+        "help": "Maximum sequence length. Sequences are right-padded and possibly truncated."})
+    padding_free: bool = field(default=False, metadata={
+        "help": "Concatenate each batch into one sequence with position_ids instead of padding. Fast only with a "
+                "variable-length attention kernel (--attn_implementation flash_attention_2)."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains all weights."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], metadata={
+        "help": "Module names that get LoRA adapters (space separated), or all-linear."})
+    merge_lora: bool = field(default=False, metadata={
+        "help": "With --lora_r: also write base + adapter merged into a full checkpoint in output_dir/merged."})
+
+
+# ----------------------------------------------------------------------------- tokenizer and model
+
+def smart_tokenizer_and_embedding_resize(special_tokens_dict: dict, tokenizer, model) -> None:
+    """Add `special_tokens_dict` to the tokenizer and resize the model's embeddings to len(tokenizer).
+
+    Each new input and output embedding row is set to the mean of the rows before it, so a new token starts as an
+    average token rather than a random one. Note: the vocabulary may grow to a size not divisible by 64.
+    """
+    num_new_tokens = tokenizer.add_special_tokens(special_tokens_dict)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # the mean is set below, cheaply
+    if num_new_tokens > 0:
+        for embeddings in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if embeddings is None:
+                continue
+            weight = embeddings.weight.data
+            weight[-num_new_tokens:] = weight[:-num_new_tokens].mean(dim=0, keepdim=True)
+
+
+def missing_special_tokens(tokenizer) -> dict:
+    """The special tokens to add: pad, eos, bos, unk when absent or set to the empty string."""
+    defaults = {"pad_token": DEFAULT_PAD_TOKEN, "eos_token": DEFAULT_EOS_TOKEN,
+                "bos_token": DEFAULT_BOS_TOKEN, "unk_token": DEFAULT_UNK_TOKEN}
+    return {name: token for name, token in defaults.items() if not getattr(tokenizer, name)}
+
+
+def load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
+    """The base model and its tokenizer (right padding, model_max_length, special tokens added)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=getattr(torch, model_args.torch_dtype),
+        attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
+        use_safetensors=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        model_args.model_name_or_path, cache_dir=training_args.cache_dir, padding_side="right",
+        trust_remote_code=model_args.trust_remote_code)
+    tokenizer.model_max_length = training_args.model_max_length  # a saved tokenizer may say ~1e30
+    tokenizer.padding_side = "right"
+    smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- data
+
+def load_examples(data_path: str) -> list[dict]:
+    """Alpaca records from a JSON list or a JSONL file, checked: instruction and output are required strings,
+    input is an optional string (missing means no input, as in the original's `example.get("input", "")`)."""
+    if not os.path.isfile(data_path):
+        raise FileNotFoundError(f"Data file {data_path} does not exist. Pass --data_path to a JSON or JSONL file.")
+    with open(data_path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{data_path} is not valid JSON: {error}.") from error
+    else:
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{data_path}, line {line_number}: not a JSON record ({error}). Expected a JSON "
+                                 "list or one JSON object per line (JSONL).") from error
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{data_path}, record {index}: expected an object with instruction/input/output, "
+                             f"got {type(record).__name__}.")
+        for key in ("instruction", "input", "output"):
+            if key not in record and key != "input":
+                raise ValueError(f"{data_path}, record {index}: field '{key}' is missing.")
+            if key in record and not isinstance(record[key], str):
+                raise ValueError(f"{data_path}, record {index}: field '{key}' must be a string, "
+                                 f"got {type(record[key]).__name__}.")
+    if not records:
+        raise ValueError(f"{data_path} holds no examples.")
+    return records
+
+
+def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], list[str]]:
+    """(prompts, targets): the Alpaca template filled with each example, and output + eos."""
+    sources = [PROMPT_DICT["prompt_input"].format_map(example) if example.get("input", "") != ""
+               else PROMPT_DICT["prompt_no_input"].format_map(example) for example in examples]
+    targets = [f"{example['output']}{tokenizer.eos_token}" for example in examples]
+    return sources, targets
+
+
+def _tokenize_fn(strings: Sequence[str], tokenizer, chunk_size: int = 4096) -> dict:
+    """Token ids of each string on its own (truncated to model_max_length, no padding), in batched calls of the
+    fast tokenizer, and each one's count of non-pad tokens."""
+    input_ids = []
+    chunks = range(0, len(strings), chunk_size)
+    for start in tqdm(chunks, desc="Tokenizing", unit="chunk", disable=len(chunks) < 4, leave=False):
+        batch = tokenizer(list(strings[start:start + chunk_size]), max_length=tokenizer.model_max_length,
+                          truncation=True, return_attention_mask=False)
+        input_ids.extend(batch["input_ids"])
+    pad_id = tokenizer.pad_token_id
+    return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids])
+
+
+def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dict:
+    """Tokenize prompt + target and mask the prompt: dict(input_ids, labels), lists of 1-D LongTensors [seq_len].
+
+    Each full text and each prompt is tokenized on its own and truncated to model_max_length; the labels are the
+    input ids with the first n positions set to IGNORE_INDEX, n being the number of non-pad tokens of the prompt.
+    """
+    examples_tokenized = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
+    sources_tokenized = _tokenize_fn(sources, tokenizer)
+    input_ids, labels = [], []
+    for ids, source_len in zip(examples_tokenized["input_ids"], sources_tokenized["input_ids_lens"], strict=True):
+        input_ids.append(torch.tensor(ids, dtype=torch.long))
+        labels.append(torch.tensor([IGNORE_INDEX] * min(source_len, len(ids)) + ids[source_len:], dtype=torch.long))
+    return dict(input_ids=input_ids, labels=labels)
+
+
+class SupervisedDataset(Dataset):
+    """Alpaca examples, tokenized once. `lengths` (tokens per example) feeds the length-grouped sampler."""
+
+    def __init__(self, data_path: str | Sequence[dict], tokenizer):
+        super().__init__()
+        examples = load_examples(data_path) if isinstance(data_path, str) else data_path
+        sources, targets = format_examples(examples, tokenizer)
+        data_dict = preprocess(sources, targets, tokenizer)
+        keep = [i for i, labels in enumerate(data_dict["labels"]) if bool((labels != IGNORE_INDEX).any())]
+        if len(keep) < len(examples):
+            logger.warning(f"Dropped {len(examples) - len(keep)} of {len(examples)} examples whose prompt fills "
+                           f"model_max_length={tokenizer.model_max_length}: no response token is left to learn from.")
+        if not keep:
+            raise ValueError("Every example's prompt fills model_max_length; raise --model_max_length.")
+        self.input_ids = [data_dict["input_ids"][i] for i in keep]
+        self.labels = [data_dict["labels"][i] for i in keep]
+        self.lengths = [len(ids) for ids in self.input_ids]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i) -> dict[str, torch.Tensor]:
+        return dict(input_ids=self.input_ids[i], labels=self.labels[i])
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads a batch: input_ids with the pad id, labels with IGNORE_INDEX; attention_mask = input_ids != pad."""
+
+    tokenizer: transformers.PreTrainedTokenizerBase
+
+    def __call__(self, instances: Sequence[dict]) -> dict[str, torch.Tensor]:
+        input_ids = [instance["input_ids"] for instance in instances]
+        labels = [instance["labels"] for instance in instances]
+        input_ids = torch.nn.utils.rnn.pad_sequence(input_ids, batch_first=True,
+                                                    padding_value=self.tokenizer.pad_token_id)
+        labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX)
+        return dict(input_ids=input_ids, labels=labels, attention_mask=input_ids.ne(self.tokenizer.pad_token_id))
+
+
+def make_supervised_data_module(tokenizer, data_args: DataArguments, seed: int = 42, padding_free: bool = False,
+                                varlen_attention: bool = False) -> dict:
+    """Datasets and collator for the Trainer: dict(train_dataset, eval_dataset, data_collator).
+
+    Padding-free batches are one row [1, total_tokens] with position_ids restarting at 0 for each example and the
+    first label of each example masked, so no token learns from the previous example.
+    """
+    examples = load_examples(data_args.data_path)
+    eval_dataset = None
+    if data_args.val_set_size > 0:
+        if data_args.val_set_size >= len(examples):
+            raise ValueError(f"--val_set_size {data_args.val_set_size} leaves no training data: "
+                             f"{data_args.data_path} has {len(examples)} examples.")
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+        eval_dataset = SupervisedDataset([examples[i] for i in order[:data_args.val_set_size]], tokenizer)
+        examples = [examples[i] for i in sorted(order[data_args.val_set_size:])]
+    if data_args.eval_data_path:
+        eval_dataset = SupervisedDataset(data_args.eval_data_path, tokenizer)
+    train_dataset = SupervisedDataset(examples, tokenizer)
+    if padding_free:
+        data_collator = DataCollatorWithFlattening(return_flash_attn_kwargs=varlen_attention)
+    else:
+        data_collator = DataCollatorForSupervisedDataset(tokenizer=tokenizer)
+    return dict(train_dataset=train_dataset, eval_dataset=eval_dataset, data_collator=data_collator)
+
+
+class SupervisedTrainer(Trainer):
+    """The Trainer, with the length-grouped sampler reading the lengths measured at tokenization time."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=dataset.lengths)
+        return super()._get_train_sampler(train_dataset)
+
+
+# ----------------------------------------------------------------------------- saving
+
+def gather_full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict of an FSDP2-sharded model (parameters are DTensors), on the CPU of rank 0.
+
+    Every rank must call it: it all-gathers one tensor at a time, moves it to the CPU of rank 0 and frees it, so rank
+    0 ends with one full copy in CPU memory, the other ranks with {}, and no GPU ever holds more than one unsharded
+    tensor beyond its shard. (The original called model.state_dict() and copied it: a full copy on every GPU.)
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def safe_save_model_for_hf_trainer(trainer: Trainer, output_dir: str) -> None:
+    """Write an ordinary checkpoint (safetensors, config, tokenizer) to output_dir, whatever the model is wrapped in.
+
+    FSDP2 (transformers 5's FSDP): the full state dict is gathered to the CPU of rank 0 and written there, whatever
+    fsdp_config's state_dict_type says. DeepSpeed ZeRO-3 gathers the 16-bit weights on rank 0 (needs
+    stage3_gather_16bit_weights_on_model_save, set in configs/); DDP and single processes save rank 0's copy.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(trainer.model_wrapped, FSDPModule) or isinstance(trainer.model, FSDPModule):
+        state_dict = gather_full_state_dict(trainer.model)
+        if trainer.args.should_save:
+            trainer._save(output_dir, state_dict=state_dict)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.args.distributed_state is not None:
+        trainer.args.distributed_state.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def add_lora(model, training_args: TrainingArguments):
+    """Wrap the model with LoRA adapters; only they train."""
+    from peft import LoraConfig, get_peft_model
+
+    target_modules = training_args.lora_target_modules
+    config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
+                        lora_dropout=training_args.lora_dropout, task_type="CAUSAL_LM",
+                        target_modules="all-linear" if target_modules == ["all-linear"] else target_modules)
+    model = get_peft_model(model, config)
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model.print_trainable_parameters()
+    return model
+
+
+def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArguments, adapter_dir: str,
+                          merged_dir: str) -> None:
+    """Base model (resized exactly as in training) + adapter, merged and written as a full checkpoint, on the CPU."""
+    from peft import PeftModel
+
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    model.save_pretrained(merged_dir, safe_serialization=True)
+    tokenizer.save_pretrained(merged_dir)
+    logger.info(f"Merged LoRA checkpoint written to {merged_dir}")
+
+
+# ----------------------------------------------------------------------------- training
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments, list[str]]:
+    """The three argument groups from argv (old flags translated), and the translation notices."""
+    argv, notices = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    if data_args.data_path is None:
+        parser.error("--data_path is required: a JSON list or JSONL of {instruction, input, output} records.")
+    if training_args.lora_r < 0:
+        parser.error(f"--lora_r must be >= 0 (0 turns LoRA off), got {training_args.lora_r}.")
+    if training_args.fsdp and training_args.parallel_mode != transformers.training_args.ParallelMode.DISTRIBUTED:
+        parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N GPUs).")
+    if training_args.merge_lora and training_args.lora_r == 0:
+        parser.error("--merge_lora True needs LoRA: pass --lora_r (e.g. 16).")
+    return model_args, data_args, training_args, notices
+
+
+def train(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args, notices = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if training_args.should_log else logging.WARNING)
+    for notice in notices if training_args.should_log else []:
+        logger.warning(f"legacy flag: {notice}")
+
+    model, tokenizer = load_model_and_tokenizer(model_args, training_args)
+    attention = model.config._attn_implementation
+    if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:
+        logger.warning(f"--padding_free True with {attention} attention: no variable-length kernel, so transformers "
+                       "masks the whole flattened batch densely; this ran ~3x slower than padded batches on CPU. "
+                       "Use --attn_implementation flash_attention_2 on a GPU, or drop --padding_free.")
+    if training_args.lora_r > 0:
+        model = add_lora(model, training_args)
+    use_cache = model.config.use_cache
+    model.config.use_cache = False  # a cache in training is wasted memory, and leaks across packed sequences
+
+    data_module = make_supervised_data_module(tokenizer, data_args, seed=training_args.seed,
+                                              padding_free=training_args.padding_free,
+                                              varlen_attention=attention in VARLEN_ATTENTION)
+    logger.info(f"{len(data_module['train_dataset'])} training examples"
+                + (f", {len(data_module['eval_dataset'])} evaluation examples" if data_module["eval_dataset"] else ""))
+    trainer = SupervisedTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    if training_args.fsdp and not trainer.is_fsdp_enabled and training_args.should_log:
+        logger.warning("--fsdp was given, but FSDP is not in use here (it needs GPUs: on a CPU accelerate falls back "
+                       "to DDP, and a single process does not shard): every process holds the whole model.")
+
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
+    trainer.save_state()
+    if data_module["eval_dataset"] is not None:
+        trainer.log_metrics("eval", trainer.evaluate())
+    model.config.use_cache = use_cache
+    safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
+    if training_args.merge_lora and training_args.should_save:
+        merge_lora_checkpoint(model_args, training_args, training_args.output_dir,
+                              os.path.join(training_args.output_dir, "merged"))
+
+
+if __name__ == "__main__":
+    train()
