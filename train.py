@@ -398,7 +398,10 @@ def train(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
     trainer.save_state()
     if data_module["eval_dataset"] is not None:
-        trainer.log_metrics("eval", trainer.evaluate())
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(data_module["eval_dataset"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     model.config.use_cache = use_cache
     safe_save_model_for_hf_trainer(trainer=trainer, output_dir=training_args.output_dir)
     if training_args.merge_lora and training_args.should_save:
