@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 import weight_diff
 from make_tiny_model import make_tiny_model
-from train import smart_tokenizer_and_embedding_resize
+from train import DEFAULT_PAD_TOKEN, smart_tokenizer_and_embedding_resize
 
 
 def perturb(model: torch.nn.Module, seed: int) -> None:
@@ -35,7 +35,7 @@ def make_tuned(raw_dir: pathlib.Path, out_dir: pathlib.Path, dtype: torch.dtype,
     tokenizer = AutoTokenizer.from_pretrained(raw_dir)
     model = AutoModelForCausalLM.from_pretrained(raw_dir, dtype=torch.float32)
     if tokenizer.pad_token is None:
-        smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+        smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
     perturb(model, seed)
     model.to(dtype).save_pretrained(out_dir, **save)
     tokenizer.save_pretrained(out_dir)
@@ -70,11 +70,12 @@ def test_round_trip_is_bit_exact_in_the_tuned_dtype(tiny_model_dir, tmp_path, dt
     manifest = json.loads((diff / weight_diff.MANIFEST_NAME).read_text())
     assert {entry["dtype"] for entry in manifest["tensors"].values()} == {str(dtype).removeprefix("torch.")}
     assert manifest["pad_token_resize"]["added_tokens"] == 1  # the tiny raw tokenizer has no pad token
+    assert manifest["pad_token_resize"]["pad_token"] == DEFAULT_PAD_TOKEN  # the token training added
     with safe_open(str(diff / "model.safetensors"), "pt") as f:  # diffs are integers as wide as the weights
         assert f.get_tensor("model.norm.weight").dtype == weight_diff.BITS_DTYPES[dtype.itemsize]
     for name in ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"):
         assert (tuned / name).read_bytes() == (diff / name).read_bytes() == (recovered / name).read_bytes()
-    assert AutoTokenizer.from_pretrained(recovered).pad_token == "[PAD]"
+    assert AutoTokenizer.from_pretrained(recovered).pad_token == DEFAULT_PAD_TOKEN
 
 
 def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
@@ -105,7 +106,7 @@ def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
 def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir, threads):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, model)
+    smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
     specs = weight_diff.checkpoint_tensors(tiny_model_dir)
     added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir)
     assert (added, vocab_size) == (1, len(tokenizer))
@@ -214,7 +215,7 @@ def original_recover_in_memory(raw_dir, diff_dir) -> dict[str, torch.Tensor]:
     """The 2023 recover: both models in float32, raw resized for [PAD], diff += raw tensor by tensor."""
     raw = AutoModelForCausalLM.from_pretrained(raw_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(raw_dir)
-    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, tokenizer, raw)
+    smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, raw)
     recovered = AutoModelForCausalLM.from_pretrained(diff_dir, dtype=torch.float32)
     state, raw_state = recovered.state_dict(), raw.state_dict()
     for name in state:
@@ -225,8 +226,8 @@ def original_recover_in_memory(raw_dir, diff_dir) -> dict[str, torch.Tensor]:
 def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_dir, tmp_path):
     tuned = make_tuned(tiny_model_dir, tmp_path / "tuned", torch.float32)
     raw_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    smart_tokenizer_and_embedding_resize({"pad_token": "[PAD]"}, AutoTokenizer.from_pretrained(tiny_model_dir),
-                                         raw_model)
+    raw_tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, raw_tokenizer, raw_model)
     legacy = AutoModelForCausalLM.from_pretrained(tuned, dtype=torch.float32)
     with torch.no_grad():
         for name, param in legacy.state_dict().items():
