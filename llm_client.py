@@ -436,6 +436,15 @@ async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int],
 # -- a local Hugging Face model ---------------------------------------------------------------------
 
 
+def local_context_length(config, tokenizer) -> int:
+    """Tokens the local model can attend over: its position limit. A tokenizer's `model_max_length` is only
+    a fallback, since train.py saves its training truncation length there (e.g. 512), not the model's context."""
+    for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length):
+        if limit and limit < 1e7:  # saved tokenizers without a limit report ~1e30
+            return int(limit)
+    return 2048
+
+
 class LocalCausalLM:
     """A local causal LM answering completions requests in-process: left-padded batches, sampling with the
     request's temperature and top_p, text cut at the first stop string like the API does."""
@@ -455,8 +464,7 @@ class LocalCausalLM:
         dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(self.device)
         self.model.eval()
-        limits = [getattr(self.model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
-        self.context = min(int(x) for x in limits if x and x < 1e7) if any(x and x < 1e7 for x in limits) else 2048
+        self.context = local_context_length(self.model.config, self.tokenizer)
 
     def generate(self, request: dict, seed: int) -> dict:
         """A completions-format response for request["prompt"] (a list of strings)."""

@@ -228,3 +228,18 @@ def test_local_backend_cuts_at_stop_strings(tiny_model_dir):
     assert model.generate(sampled, seed=7) == model.generate(sampled, seed=7)  # the seed fixes the sample
     with pytest.raises(LLMError, match="more than the local model's context"):
         model.generate({"prompt": ["word " * 5000], "max_tokens": 4}, seed=0)
+
+
+def test_local_backend_context_is_the_models_not_the_training_truncation(tiny_model_dir, tmp_path):
+    # train.py saves its --model_max_length (e.g. 256) in the tokenizer; the Self-Instruct prompt is longer
+    # than that, and the model (4096 positions) can still read it.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir, model_max_length=256)
+    tokenizer.save_pretrained(tmp_path)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
+    model = llm_client.LocalCausalLM(str(tmp_path))
+    assert model.context == 4096
+    reply = model.generate({"prompt": ["word " * 600], "max_tokens": 2, "temperature": 0.0}, seed=0)
+    assert reply["usage"]["prompt_tokens"] > 256
