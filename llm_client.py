@@ -465,6 +465,7 @@ class LocalCausalLM:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(self.device)
         self.model.eval()
         self.context = local_context_length(self.model.config, self.tokenizer)
+        self.tokenizer.model_max_length = self.context  # no false "longer than the maximum" warning for long prompts
 
     def generate(self, request: dict, seed: int) -> dict:
         """A completions-format response for request["prompt"] (a list of strings)."""
