@@ -15,6 +15,8 @@ LoRA: `--lora_r 16`. Less padding: `--train_sampling_strategy group_by_length`, 
 `--attn_implementation flash_attention_2`. On a CPU: `--use_cpu True` (torchrun then runs DDP over gloo).
 """
 
+import bisect
+import itertools
 import json
 import logging
 import os
@@ -181,17 +183,50 @@ def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], lis
     return sources, targets
 
 
-def _tokenize_fn(strings: Sequence[str], tokenizer, chunk_size: int = 4096) -> dict:
+def _tokenize_fn(strings: Sequence[str], tokenizer, offsets: bool = False, chunk_size: int = 4096) -> dict:
     """Token ids of each string on its own (truncated to model_max_length, no padding), in batched calls of the
-    fast tokenizer, and each one's count of non-pad tokens."""
-    input_ids = []
+    fast tokenizer; each one's count of non-pad tokens; with `offsets`, each token's (start, end) in its string."""
+    input_ids, offset_mapping = [], []
     chunks = range(0, len(strings), chunk_size)
     for start in tqdm(chunks, desc="Tokenizing", unit="chunk", disable=len(chunks) < 4, leave=False):
         batch = tokenizer(list(strings[start:start + chunk_size]), max_length=tokenizer.model_max_length,
-                          truncation=True, return_attention_mask=False)
+                          truncation=True, return_attention_mask=False, return_offsets_mapping=offsets)
         input_ids.extend(batch["input_ids"])
+        offset_mapping.extend(batch["offset_mapping"] if offsets else [])
     pad_id = tokenizer.pad_token_id
-    return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids])
+    return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids],
+                offset_mapping=offset_mapping)
+
+
+def _prompt_is_a_token_prefix(tokenizer) -> bool:
+    """Whether a prompt's tokens can be read off its full text's tokens instead of tokenizing it again.
+
+    True for SentencePiece-style BPE tokenizers (LLaMA, Mistral): no normalizer beyond prepending/replacing
+    characters, no pre-tokenizer beyond Metaspace, special tokens added at the start only. Greedy BPE then never
+    merges across a point where the full text's tokens have a boundary, so the tokens before that point are exactly
+    the prompt's own tokens. Other tokenizers tokenize prompts separately.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        return False
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    normalizers = [backend["normalizer"]] if backend["normalizer"] else []
+    normalizers = [n for outer in normalizers for n in (outer.get("normalizers") or [outer])]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    with_special = tokenizer("x")["input_ids"]
+    return (backend["model"]["type"] == "BPE" and not backend["model"].get("dropout")
+            and all(n["type"] in ("Prepend", "Replace") for n in normalizers)
+            and (backend["pre_tokenizer"] is None or backend["pre_tokenizer"]["type"] == "Metaspace")
+            and with_special[len(with_special) - len(plain):] == plain)
+
+
+def _prompt_len_from_offsets(ids: list[int], offsets: list[tuple[int, int]], prompt_chars: int, num_special: int,
+                             pad_id: int | None) -> int | None:
+    """Non-pad tokens of the prompt (the first `prompt_chars` characters), when a token boundary falls exactly there
+    within the kept tokens; None when a token straddles it or truncation cut the text before it."""
+    k = bisect.bisect_left(offsets, prompt_chars, lo=num_special, key=lambda offset: offset[0])
+    if k == len(ids) or (k > num_special and offsets[k - 1][1] > prompt_chars):
+        return None
+    return k - ids[:k].count(pad_id)
 
 
 def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dict:
@@ -199,14 +234,32 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
 
     Each full text and each prompt is tokenized on its own and truncated to model_max_length; the labels are the
     input ids with the first n positions set to IGNORE_INDEX, n being the number of non-pad tokens of the prompt.
+    For LLaMA-style tokenizers the prompt's tokens are read off the full text's (see _prompt_is_a_token_prefix),
+    checked against separate tokenization on the first 64 examples.
     """
-    examples_tokenized = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
-    sources_tokenized = _tokenize_fn(sources, tokenizer)
-    input_ids, labels = [], []
-    for ids, source_len in zip(examples_tokenized["input_ids"], sources_tokenized["input_ids_lens"], strict=True):
-        input_ids.append(torch.tensor(ids, dtype=torch.long))
-        labels.append(torch.tensor([IGNORE_INDEX] * min(source_len, len(ids)) + ids[source_len:], dtype=torch.long))
-    return dict(input_ids=input_ids, labels=labels)
+    examples_tokenized = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer,
+                                      offsets=_prompt_is_a_token_prefix(tokenizer))
+    source_lens = [None] * len(sources)
+    if examples_tokenized["offset_mapping"]:
+        num_special = len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
+        source_lens = [_prompt_len_from_offsets(ids, offsets, len(source), num_special, tokenizer.pad_token_id)
+                       for ids, offsets, source in zip(examples_tokenized["input_ids"],
+                                                       examples_tokenized["offset_mapping"], sources, strict=True)]
+        check = _tokenize_fn(sources[:64], tokenizer)["input_ids_lens"]
+        if any(n is not None and n != m for n, m in zip(source_lens, check, strict=False)):  # not foreseen
+            logger.warning("Prompt lengths read off the full texts disagree with tokenizing the prompts; "
+                           "tokenizing every prompt separately.")
+            source_lens = [None] * len(sources)
+    redo = [i for i, n in enumerate(source_lens) if n is None]
+    for i, n in zip(redo, _tokenize_fn([sources[i] for i in redo], tokenizer)["input_ids_lens"], strict=True):
+        source_lens[i] = n
+    all_ids = examples_tokenized["input_ids"]
+    all_labels = [[IGNORE_INDEX] * min(n, len(ids)) + ids[n:] for ids, n in zip(all_ids, source_lens, strict=True)]
+    lengths = [len(ids) for ids in all_ids]
+    # Two tensors for the whole set, split into per-example views: far cheaper than one tensor per example.
+    input_ids = torch.tensor(list(itertools.chain.from_iterable(all_ids)), dtype=torch.long).split(lengths)
+    labels = torch.tensor(list(itertools.chain.from_iterable(all_labels)), dtype=torch.long).split(lengths)
+    return dict(input_ids=list(input_ids), labels=list(labels))
 
 
 class SupervisedDataset(Dataset):

@@ -102,13 +102,20 @@ def reference_preprocess(sources, targets, tokenizer) -> dict:
     return dict(input_ids=input_ids, labels=labels)
 
 
-def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer):
+@pytest.mark.parametrize("read_prompt_off_full_text", [True, False])
+def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeypatch, read_prompt_off_full_text):
     _, tokenizer = model_and_tokenizer
+    assert train._prompt_is_a_token_prefix(tokenizer)  # the fast path is taken for a LLaMA-style tokenizer
+    if not read_prompt_off_full_text:
+        monkeypatch.setattr(train, "_prompt_is_a_token_prefix", lambda tokenizer: False)
     examples = make_examples(300, seed=1, max_output_words=60)
-    examples += [  # edge cases: a literal [PAD] in the prompt, unicode, an empty output, a very long prompt
+    examples += [  # edge cases: a literal [PAD] or </s> in the text, unicode, odd whitespace, a very long prompt
         {"instruction": "Repeat [PAD] twice.", "input": "[PAD] [PAD]", "output": "[PAD][PAD]"},
         {"instruction": "Traduis: café, naïve, 東京 🦙", "input": "", "output": "ok"},
         {"instruction": "Say nothing.", "input": "", "output": ""},
+        {"instruction": "Spaces after   ", "input": "x</s>y", "output": "  two leading spaces"},
+        {"instruction": "Newline first.", "input": "", "output": "\n\nafter two newlines </s> and more"},
+        {"instruction": "Punctuation.", "input": "", "output": ":### Response: ### ::"},
         {"instruction": " ".join(WORDS * 5), "input": "x", "output": "never seen"},
     ]
     sources, targets = format_examples(examples, tokenizer)
@@ -122,6 +129,15 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer):
             truncated += len(mine) == tokenizer.model_max_length
     assert truncated > 0  # model_max_length=256 really cuts some examples
     assert all(labels[0] == IGNORE_INDEX for labels in ours["labels"])
+
+
+def test_prompt_length_is_read_off_only_at_a_clean_token_boundary():
+    offsets = [(0, 0), (0, 3), (3, 5), (5, 9), (9, 12)]  # <s> then four tokens
+    ids = [1, 10, 11, 12, 13]
+    assert train._prompt_len_from_offsets(ids, offsets, 5, 1, 0) == 3  # <s> + two tokens end exactly at char 5
+    assert train._prompt_len_from_offsets(ids, offsets, 4, 1, 0) is None  # a token straddles char 4
+    assert train._prompt_len_from_offsets(ids, offsets, 12, 1, 0) is None  # truncated before the prompt ended
+    assert train._prompt_len_from_offsets([1, 0, 11, 12], offsets[:4], 5, 1, 0) == 2  # a pad id is not counted
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
