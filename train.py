@@ -71,7 +71,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data_path: str = field(default=None, metadata={
+    data_path: str | None = field(default=None, metadata={
         "help": "Training data: a JSON list or JSONL of {instruction, input, output} records (input may be omitted)."})
     eval_data_path: str | None = field(default=None, metadata={"help": "Evaluation data, same format."})
     val_set_size: int = field(default=0, metadata={
@@ -202,9 +202,9 @@ def _prompt_is_a_token_prefix(tokenizer) -> bool:
     """Whether a prompt's tokens can be read off its full text's tokens instead of tokenizing it again.
 
     True for SentencePiece-style BPE tokenizers (LLaMA, Mistral): no normalizer beyond prepending/replacing
-    characters, no pre-tokenizer beyond Metaspace, special tokens added at the start only. Greedy BPE then never
-    merges across a point where the full text's tokens have a boundary, so the tokens before that point are exactly
-    the prompt's own tokens. Other tokenizers tokenize prompts separately.
+    characters, no pre-tokenizer beyond Metaspace, special tokens added at the start only, truncation on the right.
+    Greedy BPE then never merges across a point where the full text's tokens have a boundary, so the tokens before
+    that point are exactly the prompt's own tokens. Other tokenizers tokenize prompts separately.
     """
     if not getattr(tokenizer, "is_fast", False):
         return False
@@ -216,7 +216,7 @@ def _prompt_is_a_token_prefix(tokenizer) -> bool:
     return (backend["model"]["type"] == "BPE" and not backend["model"].get("dropout")
             and all(n["type"] in ("Prepend", "Replace") for n in normalizers)
             and (backend["pre_tokenizer"] is None or backend["pre_tokenizer"]["type"] == "Metaspace")
-            and with_special[len(with_special) - len(plain):] == plain)
+            and tokenizer.truncation_side == "right" and with_special[len(with_special) - len(plain):] == plain)
 
 
 def _prompt_len_from_offsets(ids: list[int], offsets: list[tuple[int, int]], prompt_chars: int, num_special: int,
@@ -430,8 +430,9 @@ def train(argv: list[str] | None = None) -> None:
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:
         logger.warning(f"--padding_free True with {attention} attention: no variable-length kernel, so transformers "
-                       "masks the whole flattened batch densely; this ran ~3x slower than padded batches on CPU. "
-                       "Use --attn_implementation flash_attention_2 on a GPU, or drop --padding_free.")
+                       "masks the whole flattened batch with a dense block mask, whose cost grows with the square of "
+                       "the batch's tokens (on CPU: up to 3x slower than padded batches at batch size 8). The fast "
+                       "path is --attn_implementation flash_attention_2 on a GPU.")
     if training_args.lora_r > 0:
         model = add_lora(model, training_args)
     use_cache = model.config.use_cache

@@ -12,7 +12,8 @@ It prints:
       scaled to the whole set; their outputs are checked to be identical on that sample;
   (2) the share of processed tokens that are real, not padding, over one epoch at batch size 4: the original's
       random batches vs --train_sampling_strategy group_by_length vs --padding_free;
-  (3) training throughput on the tiny model (real tokens per second, forward + backward + AdamW step) per mode.
+  (3) training throughput (real tokens per second, forward + backward + AdamW step) per mode, on the tiny model and
+      on a wider one (--larger_hidden_size, 4 layers), where attention weighs more.
 """
 
 import argparse
@@ -126,26 +127,32 @@ def flattened_token_share(order: list[int], dataset, batch_size: int) -> float:
     return real / processed
 
 
-def tokens_per_second(model_dir: str, dataset, order: list[int], collate, steps: int, batch_size: int) -> float:
-    """Real (non-pad) tokens trained per second over `steps` batches of `order` (after 3 warm-up steps)."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.resize_token_embeddings(len(dataset.tokenizer), mean_resizing=False)
-    model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    spacing = max(1, len(order) // batch_size // (steps + 3))  # batches spread over the epoch, not its start
-    batches = [[dataset[i] for i in order[k * batch_size:(k + 1) * batch_size]]
-               for k in range(0, spacing * (steps + 3), spacing)]
-    real = 0
-    for step, instances in enumerate(batches):
-        if step == 3:
+def tokens_per_second(model_dir: str, dataset, modes: dict, steps: int, batch_size: int) -> dict[str, float]:
+    """Real (non-pad) tokens trained per second in each mode (name -> (order, collate)), over `steps` batches spread
+    through the epoch, after 3 warm-up steps. The modes take turns step by step, so a load change on the machine
+    hits them all alike."""
+    runs = {}
+    for name, (order, collate) in modes.items():
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model.resize_token_embeddings(len(dataset.tokenizer), mean_resizing=False)
+        model.config.use_cache = False
+        spacing = max(1, len(order) // batch_size // (steps + 3))  # batches spread over the epoch, not its start
+        batches = [[dataset[i] for i in order[k * batch_size:(k + 1) * batch_size]]
+                   for k in range(0, spacing * (steps + 3), spacing)]
+        runs[name] = dict(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-4), batches=batches,
+                          collate=collate, seconds=0.0, tokens=0)
+    for step in range(steps + 3):
+        for run in runs.values():
+            instances = run["batches"][step]
             start = time.perf_counter()
-        batch = collate(instances)
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        real += sum(len(x["input_ids"]) for x in instances) if step >= 3 else 0
-    return real / (time.perf_counter() - start)
+            run["model"](**run["collate"](instances)).loss.backward()
+            run["optimizer"].step()
+            run["optimizer"].zero_grad(set_to_none=True)
+            if step >= 3:
+                run["seconds"] += time.perf_counter() - start
+                run["tokens"] += sum(len(x["input_ids"]) for x in instances)
+    return {name: run["tokens"] / run["seconds"] for name, run in runs.items()}
 
 
 def main() -> None:
@@ -157,6 +164,8 @@ def main() -> None:
     parser.add_argument("--vocab_size", type=int, default=4000,
                         help="SentencePiece vocabulary of the tiny tokenizer (LLaMA's: 32000)")
     parser.add_argument("--batch_size", type=int, default=4, help="per-device batch size (the original's 4)")
+    parser.add_argument("--larger_hidden_size", type=int, default=512,
+                        help="width of the second, larger model timed in (3)")
     parser.add_argument("--train_steps", type=int, default=40, help="timed training steps per mode")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -216,12 +225,16 @@ def main() -> None:
         flat = DataCollatorWithFlattening()
         modes = {"original, random batches": (random_order, padded), "group_by_length": (grouped_order, padded),
                  "padding_free (sdpa)": (random_order, flat)}
-        print(f"\n(3) training throughput on the tiny model (hidden 64, 2 layers), {args.train_steps} steps each")
-        speeds = {name: tokens_per_second(model_dir, dataset, order, collate, args.train_steps, args.batch_size)
-                  for name, (order, collate) in modes.items()}
-        base = speeds["original, random batches"]
-        for name, speed in speeds.items():
-            print(f"    {name:26s} {speed:10,.0f} real tokens/s  ({speed / base:.2f}x)")
+        for hidden_size, layers in ((64, 2), (args.larger_hidden_size, 4)):
+            sized_dir = model_dir if hidden_size == 64 else str(make_tiny_model(
+                pathlib.Path(tmp) / f"h{hidden_size}", vocab_size=args.vocab_size, hidden_size=hidden_size,
+                num_hidden_layers=layers))
+            print(f"\n(3) training throughput, model hidden {hidden_size}, {layers} layers, sdpa attention, "
+                  f"{args.train_steps} steps each")
+            speeds = tokens_per_second(sized_dir, dataset, modes, args.train_steps, args.batch_size)
+            base = speeds["original, random batches"]
+            for name, speed in speeds.items():
+                print(f"    {name:26s} {speed:10,.0f} real tokens/s  ({speed / base:.2f}x)")
 
 
 if __name__ == "__main__":
