@@ -15,7 +15,6 @@ LoRA: `--lora_r 16`. Less padding: `--train_sampling_strategy group_by_length`, 
 `--attn_implementation flash_attention_2`. On a CPU: `--use_cpu True` (torchrun then runs DDP over gloo).
 """
 
-import bisect
 import itertools
 import json
 import logging
@@ -24,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import transformers
 from torch.utils.data import Dataset
@@ -183,19 +183,38 @@ def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], lis
     return sources, targets
 
 
-def _tokenize_fn(strings: Sequence[str], tokenizer, offsets: bool = False, chunk_size: int = 4096) -> dict:
-    """Token ids of each string on its own (truncated to model_max_length, no padding), in batched calls of the
-    fast tokenizer; each one's count of non-pad tokens; with `offsets`, each token's (start, end) in its string."""
-    input_ids, offset_mapping = [], []
+def _tokenize_fn(strings: Sequence[str], tokenizer, prompt_chars: Sequence[int] | None = None,
+                 chunk_size: int = 4096) -> dict:
+    """Token ids of each string on its own (truncated to model_max_length, no padding) and each one's count of
+    non-pad tokens. A fast tokenizer encodes whole chunks in Rust on all cores. With `prompt_chars`, also the number
+    of tokens before that character of each string, where a token boundary falls exactly there (else None)."""
+    input_ids, tokens_before = [], []
     chunks = range(0, len(strings), chunk_size)
     for start in tqdm(chunks, desc="Tokenizing", unit="chunk", disable=len(chunks) < 4, leave=False):
-        batch = tokenizer(list(strings[start:start + chunk_size]), max_length=tokenizer.model_max_length,
-                          truncation=True, return_attention_mask=False, return_offsets_mapping=offsets)
-        input_ids.extend(batch["input_ids"])
-        offset_mapping.extend(batch["offset_mapping"] if offsets else [])
+        chunk = list(strings[start:start + chunk_size])
+        # This call configures truncation and special tokens exactly as for one string at a time ...
+        batch = tokenizer(chunk[:1] if tokenizer.is_fast else chunk, max_length=tokenizer.model_max_length,
+                          truncation=True, return_attention_mask=False)
+        if not tokenizer.is_fast:
+            input_ids.extend(batch["input_ids"])
+            continue
+        encodings = tokenizer.backend_tokenizer.encode_batch(chunk)  # ... and Rust's encodings are read directly
+        input_ids.extend(encoding.ids for encoding in encodings)
+        if prompt_chars is not None:
+            tokens_before.extend(_tokens_before(encoding, chars) for encoding, chars
+                                 in zip(encodings, prompt_chars[start:start + chunk_size], strict=True))
     pad_id = tokenizer.pad_token_id
     return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids],
-                offset_mapping=offset_mapping)
+                tokens_before=tokens_before)
+
+
+def _tokens_before(encoding, chars: int) -> int | None:
+    """How many tokens of `encoding` come before character `chars`, if a token boundary falls exactly there (None
+    when one token spans it, or truncation cut the text before it)."""
+    first_after = encoding.char_to_token(chars)
+    if first_after is None or first_after == encoding.char_to_token(chars - 1):
+        return None
+    return first_after
 
 
 def _prompt_is_a_token_prefix(tokenizer) -> bool:
@@ -219,16 +238,6 @@ def _prompt_is_a_token_prefix(tokenizer) -> bool:
             and tokenizer.truncation_side == "right" and with_special[len(with_special) - len(plain):] == plain)
 
 
-def _prompt_len_from_offsets(ids: list[int], offsets: list[tuple[int, int]], prompt_chars: int, num_special: int,
-                             pad_id: int | None) -> int | None:
-    """Non-pad tokens of the prompt (the first `prompt_chars` characters), when a token boundary falls exactly there
-    within the kept tokens; None when a token straddles it or truncation cut the text before it."""
-    k = bisect.bisect_left(offsets, prompt_chars, lo=num_special, key=lambda offset: offset[0])
-    if k == len(ids) or (k > num_special and offsets[k - 1][1] > prompt_chars):
-        return None
-    return k - ids[:k].count(pad_id)
-
-
 def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dict:
     """Tokenize prompt + target and mask the prompt: dict(input_ids, labels), lists of 1-D LongTensors [seq_len].
 
@@ -237,14 +246,15 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     For LLaMA-style tokenizers the prompt's tokens are read off the full text's (see _prompt_is_a_token_prefix),
     checked against separate tokenization on the first 64 examples.
     """
+    read_off = _prompt_is_a_token_prefix(tokenizer)
     examples_tokenized = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer,
-                                      offsets=_prompt_is_a_token_prefix(tokenizer))
+                                      prompt_chars=[len(s) for s in sources] if read_off else None)
+    all_ids = examples_tokenized["input_ids"]
     source_lens = [None] * len(sources)
-    if examples_tokenized["offset_mapping"]:
-        num_special = len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])
-        source_lens = [_prompt_len_from_offsets(ids, offsets, len(source), num_special, tokenizer.pad_token_id)
-                       for ids, offsets, source in zip(examples_tokenized["input_ids"],
-                                                       examples_tokenized["offset_mapping"], sources, strict=True)]
+    if read_off:
+        pad_id = tokenizer.pad_token_id
+        source_lens = [None if k is None else k - ids[:k].count(pad_id)
+                       for ids, k in zip(all_ids, examples_tokenized["tokens_before"], strict=True)]
         check = _tokenize_fn(sources[:64], tokenizer)["input_ids_lens"]
         if any(n is not None and n != m for n, m in zip(source_lens, check, strict=False)):  # not foreseen
             logger.warning("Prompt lengths read off the full texts disagree with tokenizing the prompts; "
@@ -253,13 +263,13 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     redo = [i for i, n in enumerate(source_lens) if n is None]
     for i, n in zip(redo, _tokenize_fn([sources[i] for i in redo], tokenizer)["input_ids_lens"], strict=True):
         source_lens[i] = n
-    all_ids = examples_tokenized["input_ids"]
-    all_labels = [[IGNORE_INDEX] * min(n, len(ids)) + ids[n:] for ids, n in zip(all_ids, source_lens, strict=True)]
+    # One tensor for the whole set, split into per-example views: far cheaper than a tensor per example.
     lengths = [len(ids) for ids in all_ids]
-    # Two tensors for the whole set, split into per-example views: far cheaper than one tensor per example.
-    input_ids = torch.tensor(list(itertools.chain.from_iterable(all_ids)), dtype=torch.long).split(lengths)
-    labels = torch.tensor(list(itertools.chain.from_iterable(all_labels)), dtype=torch.long).split(lengths)
-    return dict(input_ids=list(input_ids), labels=list(labels))
+    flat_ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(all_ids), dtype=np.int64, count=sum(lengths)))
+    input_ids, labels = list(flat_ids.split(lengths)), list(flat_ids.clone().split(lengths))
+    for label, source_len in zip(labels, source_lens, strict=True):
+        label[:source_len] = IGNORE_INDEX
+    return dict(input_ids=input_ids, labels=labels)
 
 
 class SupervisedDataset(Dataset):

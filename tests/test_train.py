@@ -131,13 +131,17 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeyp
     assert all(labels[0] == IGNORE_INDEX for labels in ours["labels"])
 
 
-def test_prompt_length_is_read_off_only_at_a_clean_token_boundary():
-    offsets = [(0, 0), (0, 3), (3, 5), (5, 9), (9, 12)]  # <s> then four tokens
-    ids = [1, 10, 11, 12, 13]
-    assert train._prompt_len_from_offsets(ids, offsets, 5, 1, 0) == 3  # <s> + two tokens end exactly at char 5
-    assert train._prompt_len_from_offsets(ids, offsets, 4, 1, 0) is None  # a token straddles char 4
-    assert train._prompt_len_from_offsets(ids, offsets, 12, 1, 0) is None  # truncated before the prompt ended
-    assert train._prompt_len_from_offsets([1, 0, 11, 12], offsets[:4], 5, 1, 0) == 2  # a pad id is not counted
+def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    text = "Below is an instruction that describes a task."
+    encoding = tokenizer.backend_tokenizer.encode(text)
+    ends = {end for start, end in encoding.offsets[1:]}  # after <s>
+    inside = [c for start, end in encoding.offsets[1:] for c in range(start + 1, end)]
+    assert inside and len(ends) > 3
+    for chars in sorted(ends)[:-1]:  # a token ends at `chars`: the prefix's own tokens are the ones before it
+        assert train._tokens_before(encoding, chars) == len(tokenizer(text[:chars])["input_ids"])
+    assert all(train._tokens_before(encoding, c) is None for c in inside)  # one token spans the cut
+    assert train._tokens_before(encoding, len(text)) is None  # nothing after the end: as when truncation cut it
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
