@@ -263,6 +263,8 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     redo = [i for i, n in enumerate(source_lens) if n is None]
     for i, n in zip(redo, _tokenize_fn([sources[i] for i in redo], tokenizer)["input_ids_lens"], strict=True):
         source_lens[i] = n
+    logger.info(f"Tokenized {len(sources)} examples; {len(sources) - len(redo)} prompt lengths read off the full "
+                f"texts, {len(redo)} prompts tokenized on their own")
     # One tensor for the whole set, split into per-example views: far cheaper than a tensor per example.
     lengths = [len(ids) for ids in all_ids]
     flat_ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(all_ids), dtype=np.int64, count=sum(lengths)))
