@@ -432,6 +432,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 
 def train(argv: list[str] | None = None) -> None:
+    """The recipe: parse flags, load model and tokenizer, tokenize the data once, train, save to output_dir."""
     model_args, data_args, training_args, notices = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO if training_args.should_log else logging.WARNING)
