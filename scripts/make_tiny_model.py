@@ -65,6 +65,8 @@ def train_sentencepiece(lines: list[str], vocab_size: int) -> bytes:
         byte_fallback=True,
         character_coverage=1.0,
         split_digits=True,
+        normalization_rule_name="identity",  # as LLaMA's: keep newlines and runs of spaces, which the
+        remove_extra_whitespaces=False,  # Alpaca template and the converted fast tokenizer rely on
         unk_id=0,
         bos_id=1,
         eos_id=2,

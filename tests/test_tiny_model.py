@@ -36,3 +36,15 @@ def test_unknown_characters_fall_back_to_bytes(tiny_model_dir):
     ids = tokenizer(text).input_ids
     assert tokenizer.unk_token_id not in ids
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_newlines_and_spaces_survive_like_llama(tiny_model_dir):
+    # The Alpaca template is built from "\n\n### ...": the tokenizer must not fold whitespace.
+    # The SentencePiece model itself must agree with its fast conversion (LLaMA's normalises nothing).
+    import sentencepiece as spm
+
+    text = "### Instruction:\nSort  these.\n\n### Response:"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+    sentencepiece = spm.SentencePieceProcessor(model_file=str(tiny_model_dir / "tokenizer.model"))
+    assert sentencepiece.decode(sentencepiece.encode(text)) == text
