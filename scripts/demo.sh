@@ -27,26 +27,28 @@ python train.py \
   --data_path data/demo_alpaca.json \
   --output_dir "$out/tuned" \
   --use_cpu True \
-  --num_train_epochs 6 \
+  --num_train_epochs 30 \
   --per_device_train_batch_size 8 \
-  --learning_rate 3e-3 \
+  --learning_rate 5e-3 \
   --lr_scheduler_type cosine \
-  --warmup_ratio 0.03 \
+  --warmup_steps 0.03 \
   --model_max_length 256 \
-  --logging_steps 15 \
+  --logging_steps 75 \
   --save_strategy no \
   --report_to none
 
-step "3/5 Answer instructions with inference.py"
+step "3/5 Answer instructions with inference.py (two seen in training, two new)"
 cat > "$out/questions.json" <<'JSON'
 [
+  {"instruction": "Name the largest ocean on Earth.", "input": ""},
+  {"instruction": "Classify the sentiment of the sentence as positive or negative.",
+   "input": "The hotel room was spotless and the staff were wonderful."},
   {"instruction": "Give three tips for staying healthy.", "input": ""},
-  {"instruction": "Translate the sentence into French.", "input": "The weather is nice today."},
-  {"instruction": "Name a primary color.", "input": ""}
+  {"instruction": "Translate the sentence into French.", "input": "The weather is nice today."}
 ]
 JSON
 python inference.py --model_name_or_path "$out/tuned" --data_path "$out/questions.json" \
-  --output_path "$out/answers.json" --max_new_tokens 32
+  --output_path "$out/answers.json" --max_new_tokens 40
 python - "$out/answers.json" <<'PY'
 import json, sys
 for record in json.load(open(sys.argv[1])):
@@ -82,7 +84,6 @@ are, for example (see README.md):
   torchrun --nproc_per_node=4 --master_port=29500 train.py \
       --model_name_or_path huggyllama/llama-7b --data_path ./alpaca_data.json --bf16 True \
       --output_dir output/alpaca --num_train_epochs 3 --per_device_train_batch_size 4 \
-      --gradient_accumulation_steps 8 --learning_rate 2e-5 --fsdp "full_shard auto_wrap" \
-      --fsdp_config configs/fsdp_llama.json
+      --gradient_accumulation_steps 8 --learning_rate 2e-5 --fsdp --fsdp_config configs/fsdp_llama.json
   python inference.py --model_name_or_path output/alpaca --instruction "Give three tips for staying healthy."
 TXT

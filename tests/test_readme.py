@@ -1,5 +1,6 @@
 """The README cannot drift from the code: its Quickstart is what CI runs, and its CPU commands run here."""
 
+import json
 import os
 import pathlib
 import re
@@ -75,3 +76,17 @@ def test_readme_cpu_commands_run(tmp_path):
                                        f"\n{result.stderr[-5000:]}"
     assert (workdir / "output" / "tiny-alpaca" / "model.safetensors").exists()
     assert (workdir / "output" / "tiny-generated" / "regen.json").exists()
+
+
+@pytest.mark.slow
+def test_quickstart_demo_runs_every_step(tmp_path):
+    """The first Quickstart command, minus the install (the suite already runs inside that venv)."""
+    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "DEMO_OUT": str(tmp_path / "demo")}
+    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "bit-exact: every tensor" in result.stdout
+    assert re.search(r"Kept \d+ of \d+ parsed instructions from 2 requests", result.stdout + result.stderr)
+    answers = json.loads((tmp_path / "demo" / "answers.json").read_text())
+    assert len(answers) == 4 and all(isinstance(a["output"], str) for a in answers)
+    assert (tmp_path / "demo" / "generated" / "regen.json").exists()
