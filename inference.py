@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, set_seed
 
+import utils
 from train import PROMPT_DICT
 
 logger = logging.getLogger("inference")
@@ -228,32 +229,7 @@ def generate_responses(
 
 def load_examples(path: str) -> list[dict]:
     """Records from a JSON list or a JSONL file, each checked to have a string "instruction" (and "input", if any)."""
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--data_path '{path}' does not exist or is not a file.")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix != ".jsonl" and text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
-                "Give a JSON list of records, or one JSON object per line (JSONL)."
-            ) from error
-    else:
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"{path}, line {line_number}: not valid JSON ({error.msg}). A JSONL file needs one JSON "
-                    "object per line; a JSON list must start with '['."
-                ) from error
-    if not isinstance(records, list):
-        raise ValueError(f"{path} must hold a JSON list of records, not a {type(records).__name__}.")
+    records = utils.load_records(path)
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise ValueError(f"{path}: record {index} is a {type(record).__name__}, not an object with an instruction.")
@@ -266,9 +242,7 @@ def load_examples(path: str) -> list[dict]:
 
 def write_outputs(records: list[dict], path: str) -> None:
     """Write the records as a JSON list with utils.jdump (indent 4, the Alpaca data files' format)."""
-    from utils import jdump  # imported here: utils pulls in the LLM client, which the other modes never need
-
-    jdump(records, path)
+    utils.jdump(records, path)
 
 
 def interactive(model, tokenizer, **generation_kwargs) -> None:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from transformers import DataCollatorWithFlattening, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+import utils
 from legacy_flags import translate_legacy_flags
 
 logger = logging.getLogger(__name__)
@@ -141,25 +142,7 @@ def load_model_and_tokenizer(model_args: ModelArguments, training_args: Training
 def load_examples(data_path: str) -> list[dict]:
     """Alpaca records from a JSON list or a JSONL file, checked: instruction and output are required strings,
     input is an optional string (missing means no input, as in the original's `example.get("input", "")`)."""
-    if not os.path.isfile(data_path):
-        raise FileNotFoundError(f"Data file {data_path} does not exist. Pass --data_path to a JSON or JSONL file.")
-    with open(data_path, encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{data_path} is not valid JSON: {error}.") from error
-    else:
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{data_path}, line {line_number}: not a JSON record ({error}). Expected a JSON "
-                                 "list or one JSON object per line (JSONL).") from error
+    records = utils.load_records(data_path)
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise ValueError(f"{data_path}, record {index}: expected an object with instruction/input/output, "

@@ -9,19 +9,28 @@ import io
 import json
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from contextlib import aclosing
+from typing import TYPE_CHECKING
 
-from llm_client import (  # noqa: F401 - re-exported: the original's names live in utils
-    DEFAULT_MODEL_NAMES,
-    LLMEndpoint,
-    LLMError,
-    OpenAIDecodingArguments,
-    complete_in_order,
-)
+if TYPE_CHECKING:
+    from llm_client import OpenAIDecodingArguments
 
 logger = logging.getLogger(__name__)
+
+# The LLM client's names, re-exported here (the original kept them in utils) but imported on first use: the openai
+# package takes ~1 s to import, which train.py and inference.py, readers of JSON files only, need not pay.
+_CLIENT_NAMES = ("DEFAULT_MODEL_NAMES", "LLMEndpoint", "LLMError", "OpenAIDecodingArguments", "complete_in_order")
+
+
+def __getattr__(name: str):
+    if name in _CLIENT_NAMES:
+        import llm_client
+
+        return getattr(llm_client, name)
+    raise AttributeError(f"module 'utils' has no attribute {name!r}")
 
 # -- JSON files -------------------------------------------------------------------------------------
 
@@ -39,6 +48,37 @@ def _make_r_io_base(f, mode: str):
     if not isinstance(f, io.IOBase):
         f = open(f, mode=mode, encoding="utf-8")
     return f
+
+
+def load_records(path: str) -> list:
+    """The records of a JSON list or a JSONL file (one JSON value per line; blank lines skipped).
+
+    Errors name the file and the line: a missing file, malformed JSON, or a JSON value that is not a list.
+    The fields of each record are for the caller to check.
+    """
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"Data file '{path}' does not exist or is not a file.")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
+                             "Give a JSON list of records, or one JSON object per line (JSONL).") from error
+        if not isinstance(records, list):
+            raise ValueError(f"{path} must hold a JSON list of records, not a {type(records).__name__}.")
+        return records
+    records = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg}). A JSONL file needs one "
+                             "JSON object per line; a JSON list must start with '['.") from error
+    return records
 
 
 def jdump(obj, f, mode: str = "w", indent: int = 4, default=str) -> None:
@@ -72,7 +112,7 @@ def jload(f, mode: str = "r"):
 
 def openai_completion(
     prompts: str | Sequence[str],
-    decoding_args: OpenAIDecodingArguments,
+    decoding_args: "OpenAIDecodingArguments",
     model_name: str | None = None,
     sleep_time: float = 2,
     batch_size: int = 1,
@@ -95,6 +135,8 @@ def openai_completion(
     decoding_args.n > 1 every prompt gets a list of n; a single str prompt gets its result unwrapped.
     `sleep_time` is the first retry's backoff in seconds. Runs its own event loop: call it from plain code.
     """
+    from llm_client import LLMEndpoint, complete_in_order
+
     is_single_prompt = isinstance(prompts, str)
     prompts = [prompts] if is_single_prompt else list(prompts)
     if max_batches < sys.maxsize:

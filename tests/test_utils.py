@@ -3,6 +3,9 @@
 import asyncio
 import io
 import json
+import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -243,3 +246,29 @@ def test_local_backend_context_is_the_models_not_the_training_truncation(tiny_mo
     assert model.context == 4096
     reply = model.generate({"prompt": ["word " * 600], "max_tokens": 2, "temperature": 0.0}, seed=0)
     assert reply["usage"]["prompt_tokens"] > 256
+
+
+def test_load_records_reads_json_lists_and_jsonl_and_names_bad_lines(tmp_path):
+    records = [{"instruction": "a", "input": "", "output": "b"}, {"instruction": "c", "output": "d"}]
+    (tmp_path / "list.json").write_text(json.dumps(records, indent=4))
+    (tmp_path / "lines.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    assert utils.load_records(str(tmp_path / "list.json")) == records
+    assert utils.load_records(str(tmp_path / "lines.jsonl")) == records
+    (tmp_path / "object.json").write_text('{"instruction": "a"}')
+    (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\n{"instruction": \n')
+    (tmp_path / "bad.json").write_text('[{"instruction": "a"},\n {"instruction": }]')
+    # A single JSON object is one JSONL record; a broken line or list is named by its line.
+    assert utils.load_records(str(tmp_path / "object.json")) == [{"instruction": "a"}]
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
+        utils.load_records(str(tmp_path / "bad.jsonl"))
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(line 2"):
+        utils.load_records(str(tmp_path / "bad.json"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        utils.load_records(str(tmp_path / "missing.json"))
+
+
+def test_json_readers_do_not_import_the_llm_client():
+    # train.py and inference.py read data through utils; the openai import (~1 s) is only for generation.
+    code = "import sys, utils, train, inference; assert 'openai' not in sys.modules; utils.LLMError; " \
+           "assert 'openai' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
