@@ -9,8 +9,10 @@ tuned model from RAW + DIFF, checks every tensor against the manifest and stops 
 As in training, a raw tokenizer without a pad token gets `[PAD]`, and the raw input and output
 embeddings grow by rows holding the mean of the old rows, before the diff is taken or applied.
 
-Both work one tensor (and one block of rows) at a time from safetensors files, single-file or
-sharded, so they never hold a whole model. Output goes to a temporary directory that is renamed
+Both stream one block of rows at a time straight from the safetensors files (single-file or sharded)
+with numpy, so they never hold a whole model, and they import neither torch nor transformers (together
+~350 MiB before any weight is read): the peak memory is a few tens of MiB whatever the model's size.
+Only `test_inference` loads the recovered model. Output goes to a temporary directory that is renamed
 into place only when everything has been written and checked.
 
 A diff made by the original 2023 code (float32 tuned minus raw, no manifest, as published for
@@ -27,17 +29,17 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import fire
-import torch
-from safetensors import safe_open
+import numpy as np
 from tqdm import tqdm
 
 MANIFEST_NAME = "weight_diff_manifest.json"
 FORMAT_NAME = "alpaca-weight-diff"
 FORMAT_VERSION = 1
-DEFAULT_PAD_TOKEN = "[PAD]"  # train.DEFAULT_PAD_TOKEN (importing train.py would cost ~100 MB of memory)
+DEFAULT_PAD_TOKEN = "[PAD]"  # train.DEFAULT_PAD_TOKEN (importing train.py would import torch and transformers)
 ALPACA_7B_NAIVE_SUM = 50637.1836  # sum of all Alpaca-7B weights: the original's only integrity check
 ROWS_PER_CHUNK_ELEMENTS = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
 INFERENCE_INSTRUCTION = "List three technologies that make life easier."
@@ -47,43 +49,81 @@ TOKENIZER_FILES = (
     "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json",
 )
 
-# safetensors' dtype names <-> torch dtypes.
-SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+# Tensors are handled by their safetensors dtype name ("F32", "BF16", ...) and held in numpy as the
+# little-endian type below; numpy has no bfloat16, so bfloat16 tensors are held as their 16-bit patterns.
+STORAGE = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
+    "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?",
 }
-DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
-# The diff of a tensor is the XOR of the tuned and raw bit patterns, stored as integers of the same width.
-BITS_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+FLOATS = ("F64", "F32", "F16", "BF16")
+# The names the manifest uses (PyTorch's), as in `str(torch.bfloat16)` without "torch.".
+MANIFEST_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+FROM_MANIFEST_DTYPE = {name: dtype for dtype, name in MANIFEST_DTYPES.items()}
+# The diff of a tensor is the XOR of the tuned and raw bit patterns, stored as integers of the same width
+# (types PyTorch has always had, so that a diff loads anywhere).
+DIFF_DTYPES = {1: "U8", 2: "I16", 4: "I32", 8: "I64"}
+BITS = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 # Why XOR: `tuned == raw ^ (tuned ^ raw)` holds for every bit pattern (NaN payloads, inf, -0.0,
-# subnormals, any exponent gap), in the tuned dtype, on any device. Arithmetic diffs are not exact:
-# `(tuned - raw) + raw` rounds twice, a wider dtype does not help in general (the exact difference of
-# two float32 numbers can need ~280 bits when their exponents are far apart) and inf - inf is NaN.
-# XOR keeps the diff as small as the tuned weights, zero wherever a weight did not change, and with
-# zero high bits wherever it changed a little (same sign and exponent), which compresses well.
+# subnormals, any exponent gap), in the tuned dtype. Arithmetic diffs are not exact: `(tuned - raw) + raw`
+# rounds twice, a wider dtype does not help in general (the exact difference of two float32 numbers can
+# need ~280 bits when their exponents are far apart) and inf - inf is NaN. XOR keeps the diff as small as
+# the tuned weights, zero wherever a weight did not change, and with zero high bits wherever it changed a
+# little (same sign and exponent), which compresses well.
+
+
+def itemsize(dtype: str) -> int:
+    return np.dtype(STORAGE[dtype]).itemsize
 
 
 class TensorSpec(NamedTuple):
-    """Where a tensor lives in a checkpoint and what it is, read from the safetensors header only."""
+    """Where a tensor's bytes lie in a safetensors file and what they are, from the file's header."""
 
     file: pathlib.Path
-    dtype: torch.dtype
+    dtype: str  # safetensors name: "F32", "BF16", ...
     shape: tuple[int, ...]
+    offset: int  # of the first byte, from the start of the file
 
 
 class RawSource(NamedTuple):
-    """How to build the raw operand of one output tensor: rows [0, kept_rows) of `name`, then copies of
-    `appended_row` (the mean of the kept rows) for the tokens the pad-token resize added."""
+    """How to build the raw operand of one output tensor: rows [0, kept_rows) of `spec`, then copies of
+    `appended_row` (the mean of the kept rows, float32) for the tokens the pad-token resize added."""
 
     spec: TensorSpec
     name: str
     kept_rows: int
-    appended_row: torch.Tensor | None
+    appended_row: np.ndarray | None
 
 
 # ----------------------------------------------------------------------------- reading checkpoints
+
+def read_safetensors_header(file: pathlib.Path) -> dict[str, TensorSpec]:
+    """The tensors of one safetensors file: an 8-byte little-endian header length, a JSON header, the data."""
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if not 2 <= length <= size - 8:
+            raise ValueError(f"{file} is not a safetensors file (or is truncated): header length {length}.")
+        try:
+            header = json.loads(handle.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{file} has a damaged safetensors header ({error}).") from error
+    specs = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if entry["dtype"] not in STORAGE:
+            raise ValueError(f"{file}: tensor {name!r} has dtype {entry['dtype']}, which is not supported.")
+        begin, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        if end - begin != math.prod(shape) * itemsize(entry["dtype"]) or 8 + length + end > size:
+            raise ValueError(f"{file}: tensor {name!r} does not fit in the file: it is damaged or truncated.")
+        specs[name] = TensorSpec(file, entry["dtype"], shape, 8 + length + begin)
+    return specs
+
 
 def checkpoint_tensors(model_dir: pathlib.Path) -> dict[str, TensorSpec]:
     """Map every tensor name of a safetensors checkpoint (single file or sharded) to its spec."""
@@ -105,23 +145,21 @@ def checkpoint_tensors(model_dir: pathlib.Path) -> dict[str, TensorSpec]:
     for file in files:
         if not file.exists():
             raise FileNotFoundError(f"{file} is listed in {index} but missing: the checkpoint is incomplete.")
-        with safe_open(str(file), "pt") as f:
-            for name in f.keys():
-                piece = f.get_slice(name)
-                dtype = SAFETENSORS_DTYPES.get(piece.get_dtype())
-                if dtype is None:
-                    raise ValueError(f"{file}: tensor {name!r} has dtype {piece.get_dtype()}, which is not supported.")
-                specs[name] = TensorSpec(file, dtype, tuple(piece.get_shape()))
+        specs.update(read_safetensors_header(file))
     return specs
 
 
-def read_rows(spec: TensorSpec, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-    """Rows [start, stop) of a tensor (all of it when start is None), copied out of the memory-mapped
-    file so that the file's pages are released when it closes: the whole file never stays resident."""
-    with safe_open(str(spec.file), "pt") as f:
-        if start is None or not spec.shape:
-            return f.get_tensor(name).clone()
-        return f.get_slice(name)[start:stop].clone()
+def read_rows(spec: TensorSpec, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """Rows [start, stop) of a tensor (all of it when start is None), flattened, in its storage type.
+    Read with plain file reads, not a memory map, so that no page of the file stays resident."""
+    row_elements = math.prod(spec.shape[1:])
+    first, count = (0, math.prod(spec.shape)) if start is None else (start, (stop - start) * row_elements)
+    with open(spec.file, "rb") as handle:
+        handle.seek(spec.offset + first * row_elements * itemsize(spec.dtype))
+        data = np.fromfile(handle, dtype=STORAGE[spec.dtype], count=count)
+    if data.size != count:
+        raise ValueError(f"{spec.file} ended before the data of a tensor did: the file is truncated.")
+    return data
 
 
 def row_chunks(shape: tuple[int, ...]) -> list[tuple[int | None, int | None]]:
@@ -132,14 +170,70 @@ def row_chunks(shape: tuple[int, ...]) -> list[tuple[int | None, int | None]]:
     return [(start, min(start + rows_per_chunk, shape[0])) for start in range(0, shape[0], rows_per_chunk)]
 
 
-def bits(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor's bit patterns as integers of the same width (a view, no copy)."""
-    return tensor.view(BITS_DTYPES[tensor.element_size()])
+def bits(array: np.ndarray) -> np.ndarray:
+    """The array's bit patterns as unsigned integers of the same width (a view, no copy)."""
+    return array.view(BITS[array.itemsize])
 
 
-def as_bytes(tensor: torch.Tensor):
-    """The tensor's bytes, little-endian and row-major, as in a safetensors file (a numpy view)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+# ----------------------------------------------------------------------------- float conversions
+
+def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
+    """Exact for float16 and bfloat16 (a bfloat16 is the top half of a float32); float64 rounds to nearest even."""
+    if dtype == "BF16":
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(np.float32)
+
+
+def from_float32(array: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 -> dtype with round-to-nearest-even, as PyTorch casts (a NaN becomes bfloat16's quiet NaN)."""
+    if dtype != "BF16":
+        with np.errstate(over="ignore", invalid="ignore"):
+            return array.astype(STORAGE[dtype])
+    patterns = array.view(np.uint32)
+    rounded = ((patterns + (((patterns >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(array), np.uint16(0x7FC0), rounded)
+
+
+# ----------------------------------------------------------------------------- the mean of embedding rows
+
+def cascade_column_sums(row_blocks: Iterable[np.ndarray], rows: int, width: int) -> np.ndarray:
+    """Column sums of a [rows, width] float32 matrix fed as blocks of rows, added in the order of PyTorch's CPU
+    sum over dim 0: four levels of float32 accumulators; every 2**power rows the first level is added into the
+    next (and carried further when a higher block boundary is crossed), with power = max(4, ceil(log2 rows) / 4).
+    For widths that are a multiple of 64 this equals `torch.sum(dim=0)` bit for bit on any number of threads."""
+    levels, power = 4, max(4, (rows - 1).bit_length() // 4)
+    step = 1 << power
+    cascaded_rows = rows - rows % step  # rows after the last whole step go into the first level only
+    accumulators = np.zeros((levels, width), np.float32)
+    done = 0
+    for block in row_blocks:
+        for row in block.reshape(-1, width):
+            accumulators[0] += row
+            done += 1
+            if done % step == 0 and done <= cascaded_rows:
+                for level in range(1, levels):
+                    accumulators[level] += accumulators[level - 1]
+                    accumulators[level - 1] = 0
+                    if done & ((step - 1) << (level * power)):
+                        break
+    return accumulators[0] + accumulators[1] + accumulators[2] + accumulators[3]
+
+
+def mean_of_rows(spec: TensorSpec, rows: int) -> np.ndarray:
+    """The float32 mean of rows [0, rows), shape [1, *row shape], equal bit for bit to what train.py's
+    smart_tokenizer_and_embedding_resize computes on the float32 model (`weight[:rows].mean(dim=0)`, which
+    PyTorch evaluates as a sum, then a division), read block by block: no full copy of the matrix."""
+    width = math.prod(spec.shape[1:])
+    blocks = (to_float32(read_rows(spec, start, stop), spec.dtype)
+              for start, stop in row_chunks((rows, *spec.shape[1:])))
+    if width % 64 == 0:  # every embedding width in practice
+        total = cascade_column_sums(blocks, rows, width)
+    else:  # PyTorch sums the last columns of such widths in an order that depends on the CPU's vector width
+        import torch
+
+        total = torch.from_numpy(np.concatenate(list(blocks)).reshape(rows, width)).sum(dim=0).numpy()
+    return (total / np.float32(rows)).reshape(1, *spec.shape[1:])
 
 
 # ----------------------------------------------------------------------------- writing checkpoints
@@ -156,11 +250,12 @@ def parse_size(size: int | str) -> int:
     return int(text)
 
 
-def plan_shards(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], max_shard_bytes: int) -> list[list]:
-    """Group tensors, in order, into shards of at most max_shard_bytes (a bigger tensor gets a shard alone)."""
+def plan_shards(tensors: list[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> list[list]:
+    """Group (name, dtype, shape) tensors, in order, into shards of at most max_shard_bytes (a bigger tensor
+    gets a shard alone)."""
     shards, current, current_bytes = [], [], 0
     for name, dtype, shape in tensors:
-        size = math.prod(shape) * dtype.itemsize
+        size = math.prod(shape) * itemsize(dtype)
         if current and current_bytes + size > max_shard_bytes:
             shards.append(current)
             current, current_bytes = [], 0
@@ -169,13 +264,13 @@ def plan_shards(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], max_sha
     return shards + [current] if current else shards
 
 
-def write_header(handle, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str]) -> None:
+def write_header(handle, tensors: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> None:
     """Write a safetensors header for tensors whose bytes will follow in this order, so that a shard can be
     written one tensor at a time instead of being assembled in memory first."""
     header, offset = {"__metadata__": metadata}, 0
     for name, dtype, shape in tensors:
-        size = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        size = math.prod(shape) * itemsize(dtype)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data must start 8-byte aligned
@@ -192,7 +287,7 @@ def write_index(out_dir: pathlib.Path, shards: list[list], file_names: list[str]
     if len(shards) == 1:
         return
     weight_map = {name: file for shard, file in zip(shards, file_names, strict=True) for name, _, _ in shard}
-    total = sum(math.prod(shape) * dtype.itemsize for shard in shards for _, dtype, shape in shard)
+    total = sum(math.prod(shape) * itemsize(dtype) for shard in shards for _, dtype, shape in shard)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -241,33 +336,38 @@ def read_json(path: pathlib.Path) -> dict:
     return json.loads(path.read_text())
 
 
-def pad_token_resize(path_raw: pathlib.Path) -> tuple[int, int]:
-    """(number of tokens added, vocabulary size after) when [PAD] is added to the raw tokenizer as training
-    did; (0, size) when it already has a pad token."""
-    from transformers import AutoTokenizer  # imported here: only this step needs it
+def raw_pad_token(path_raw: pathlib.Path) -> str | None:
+    """The raw tokenizer's pad token as its saved files declare it (tokenizer_config.json, then
+    special_tokens_map.json), None when neither sets one. Read from the files rather than by loading the
+    tokenizer, which would import transformers and torch: more memory than the whole diff needs."""
+    declared = [path_raw / name for name in ("tokenizer_config.json", "special_tokens_map.json")]
+    if not any(path.exists() for path in declared) and not any((path_raw / n).exists() for n in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path_raw} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                                "the raw model directory must hold its tokenizer.")
+    for path in declared:
+        if path.exists():
+            token = read_json(path).get("pad_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            if token:
+                return token
+    return None
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path_raw))
-    except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"Could not load the raw tokenizer from {path_raw}: {error}") from error
-    if tokenizer.pad_token is not None:
-        return 0, len(tokenizer)
-    added = tokenizer.add_special_tokens({"pad_token": DEFAULT_PAD_TOKEN})
-    return added, len(tokenizer)
 
-
-def mean_of_rows(spec: TensorSpec, name: str, rows: int) -> torch.Tensor:
-    """The mean of rows [0, rows) in float32, computed on the CPU exactly as train.py's
-    smart_tokenizer_and_embedding_resize does on a float32 model (same kernel, same summation order), and
-    always on the CPU so that make_diff and recover agree bit for bit whatever device each one runs on."""
-    old_rows = torch.empty((rows, *spec.shape[1:]), dtype=torch.float32)
-    for start, stop in row_chunks((rows, *spec.shape[1:])):  # filled block by block: no second full copy
-        old_rows[start:stop] = read_rows(spec, name, start, stop)
-    return old_rows.mean(dim=0, keepdim=True)
+def pad_token_resize(path_raw: pathlib.Path, tuned_config: dict) -> tuple[int, int]:
+    """(number of tokens training added, vocabulary size after) for a tuned model trained from this raw one:
+    (1, the tuned vocabulary) when the raw tokenizer has no pad token (or an empty one), as train.py then adds
+    [PAD] and resizes the embeddings to len(tokenizer); (0, the tuned vocabulary) otherwise."""
+    vocab_size = tuned_config.get("vocab_size")
+    if raw_pad_token(path_raw) is not None:
+        return 0, vocab_size
+    if not isinstance(vocab_size, int):
+        raise ValueError("The tuned config.json has no vocab_size: cannot tell how far training grew the embeddings "
+                         "for [PAD].")
+    return 1, vocab_size
 
 
 def match_raw_tensors(
-    raw_specs: dict[str, TensorSpec], targets: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+    raw_specs: dict[str, TensorSpec], targets: dict[str, tuple[str, tuple[int, ...]]],
     raw_config: dict, added_tokens: int, vocab_size: int, path_raw: pathlib.Path, skip_missing=lambda name: False,
 ) -> dict[str, RawSource]:
     """For every target tensor (name -> dtype, shape), the raw tensor it is diffed against, after the pad-token
@@ -275,10 +375,10 @@ def match_raw_tensors(
     of the rows before them. A tied raw model has no output embedding in its file: its input embedding serves.
     Raises ValueError naming the first tensor whose name or shape does not match."""
     raw_rows = raw_config.get("vocab_size")
-    kept_rows = vocab_size - added_tokens
+    kept_rows = vocab_size - added_tokens if added_tokens else raw_rows
     if added_tokens and (raw_rows is None or kept_rows > raw_rows):
-        raise ValueError(f"{path_raw}: the raw embeddings have {raw_rows} rows but the tokenizer has {kept_rows} "
-                         "tokens before [PAD] is added; the tokenizer and the weights do not belong together.")
+        raise ValueError(f"{path_raw}: the raw embeddings have {raw_rows} rows but the tuned model's vocabulary has "
+                         f"{kept_rows} tokens besides [PAD]; the tuned model was not trained from this raw model.")
     embeddings = [name for name, spec in raw_specs.items() if len(spec.shape) == 2 and spec.shape[0] == raw_rows]
     tied = raw_config.get("tie_word_embeddings", False) and len(embeddings) == 1
     sources, means, used = {}, {}, set()
@@ -299,11 +399,11 @@ def match_raw_tensors(
             raise ValueError(f"Tensor {name!r} has shape {list(shape)} in the tuned model but the raw model "
                              f"{path_raw} gives {list(expected)}" + (" after adding [PAD]" if resized else "")
                              + ": these are not the same architecture.")
-        if spec.dtype.is_floating_point != dtype.is_floating_point or (
-                not dtype.is_floating_point and spec.dtype != dtype):
-            raise ValueError(f"Tensor {name!r} is {dtype} in the tuned model but {spec.dtype} in {path_raw}.")
+        if (spec.dtype in FLOATS) != (dtype in FLOATS) or (dtype not in FLOATS and spec.dtype != dtype):
+            raise ValueError(f"Tensor {name!r} is {MANIFEST_DTYPES[dtype]} in the tuned model but "
+                             f"{MANIFEST_DTYPES[spec.dtype]} in {path_raw}.")
         if resized and raw_name not in means:
-            means[raw_name] = mean_of_rows(spec, raw_name, kept_rows)
+            means[raw_name] = mean_of_rows(spec, kept_rows)
         rows = kept_rows if resized else (shape[0] if shape else 0)
         sources[name] = RawSource(spec, raw_name, rows, means.get(raw_name) if resized else None)
         used.add(raw_name)
@@ -314,21 +414,24 @@ def match_raw_tensors(
     return sources
 
 
-def raw_operand(source: RawSource, start: int | None, stop: int | None, dtype: torch.dtype) -> torch.Tensor:
-    """Rows [start, stop) of the resized raw tensor, in `dtype`. Floating-point raw weights pass through float32,
-    as the original loaded them, so that the raw operand is the same whatever dtype the raw files hold."""
+def raw_operand(source: RawSource, start: int | None, stop: int | None, dtype: str) -> np.ndarray:
+    """Rows [start, stop) of the resized raw tensor, flattened, in `dtype`'s storage type. Floating-point raw
+    weights pass through float32, as the original loaded them, so that the raw operand is the same whatever
+    dtype the raw files hold."""
+    spec = source.spec
     if start is None:
-        tensor = read_rows(source.spec, source.name)
-        return tensor.to(torch.float32).to(dtype) if dtype.is_floating_point else tensor
-    parts = []
-    if start < source.kept_rows:
-        parts.append(read_rows(source.spec, source.name, start, min(stop, source.kept_rows)))
-    if stop > source.kept_rows:
-        count = stop - max(start, source.kept_rows)
-        parts.append(source.appended_row.expand(count, *source.appended_row.shape[1:]))
-    if dtype.is_floating_point:
-        parts = [part.to(torch.float32).to(dtype) for part in parts]
-    return torch.cat(parts) if len(parts) > 1 else parts[0]
+        parts = [read_rows(spec)]
+    else:
+        parts = []
+        if start < source.kept_rows:
+            parts.append(read_rows(spec, start, min(stop, source.kept_rows)))
+        if stop > source.kept_rows:
+            count = stop - max(start, source.kept_rows)
+            parts.append(np.tile(source.appended_row.reshape(-1), count))  # already float32
+    if dtype not in FLOATS:
+        return parts[0]
+    parts = [part if part.dtype == np.float32 else to_float32(part, spec.dtype) for part in parts]
+    return from_float32(np.concatenate(parts) if len(parts) > 1 else parts[0], dtype)
 
 
 # ----------------------------------------------------------------------------- make_diff / recover
@@ -339,20 +442,22 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
 
     Every tuned tensor `t` (any shape, float32/bfloat16/float16 or other) is stored as the XOR of its bits with
     the raw operand `r` (the raw tensor resized for [PAD] and cast to t's dtype), same shape, as an integer
-    tensor of the same width: recover computes `t = r ^ diff` exactly. Returns the diff directory.
+    tensor of the same width: recover computes `t = r ^ diff` exactly. The XOR is a memory-bound byte
+    operation that runs on the CPU; `device` is accepted for the original's command line. Returns the diff
+    directory.
     """
     started = time.time()
     path_raw, path_tuned, path_diff = pathlib.Path(path_raw), pathlib.Path(path_tuned), pathlib.Path(path_diff)
-    compute_device = resolve_device(device)
+    check_device(device)
     check_output_free(path_diff)
     tuned_specs = checkpoint_tensors(path_tuned)
     raw_specs = checkpoint_tensors(path_raw)
-    added_tokens, vocab_size = pad_token_resize(path_raw)
+    added_tokens, vocab_size = pad_token_resize(path_raw, read_json(path_tuned / "config.json"))
     targets = {name: (spec.dtype, spec.shape) for name, spec in sorted(tuned_specs.items())}
     sources = match_raw_tensors(raw_specs, targets, read_json(path_raw / "config.json"), added_tokens,
                                 vocab_size, path_raw)
 
-    outputs = [(name, BITS_DTYPES[dtype.itemsize], shape) for name, (dtype, shape) in targets.items()]
+    outputs = [(name, DIFF_DTYPES[itemsize(dtype)], shape) for name, (dtype, shape) in targets.items()]
     shards = plan_shards(outputs, parse_size(max_shard_size))
     file_names = shard_file_names(len(shards))
     entries = {}
@@ -364,15 +469,15 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
                     dtype = targets[name][0]
                     digests = {key: hashlib.sha256() for key in ("sha256", "diff_sha256", "raw_sha256")}
                     for start, stop in row_chunks(shape):
-                        tuned = read_rows(tuned_specs[name], name, start, stop).to(compute_device)
-                        raw = raw_operand(sources[name], start, stop, dtype).to(compute_device)
-                        diff = as_bytes(bits(tuned) ^ bits(raw))
+                        tuned = read_rows(tuned_specs[name], start, stop)
+                        raw = raw_operand(sources[name], start, stop, dtype)
+                        diff = bits(tuned) ^ bits(raw)
                         handle.write(diff)
-                        digests["sha256"].update(as_bytes(tuned))
+                        digests["sha256"].update(tuned)
                         digests["diff_sha256"].update(diff)
-                        digests["raw_sha256"].update(as_bytes(raw))
+                        digests["raw_sha256"].update(raw)
                         progress.update(diff.nbytes)
-                    entries[name] = {"dtype": str(dtype).removeprefix("torch."), "shape": list(shape),
+                    entries[name] = {"dtype": MANIFEST_DTYPES[dtype], "shape": list(shape),
                                      **{key: digest.hexdigest() for key, digest in digests.items()},
                                      "raw_tensor": sources[name].name}
         write_index(staging, shards, file_names)
@@ -402,29 +507,32 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     weights are raw + diff, as the original computed them. check_integrity_naively compares the sum of all
     recovered weights with Alpaca-7B's; None (the default) does so only for a diff without a manifest.
     With path_tuned None the model is recovered to a scratch directory, checked, then deleted.
-    Returns path_tuned.
+    The weights are rebuilt on the CPU; `device` is where test_inference runs the model. Returns path_tuned.
     """
     started = time.time()
     path_raw, path_diff = pathlib.Path(path_raw), pathlib.Path(path_diff)
     final_dir = pathlib.Path(path_tuned) if path_tuned is not None else None
-    compute_device = resolve_device(device)
+    check_device(device)
     check_output_free(final_dir)
     diff_specs = checkpoint_tensors(path_diff)
     raw_specs = checkpoint_tensors(path_raw)
-    added_tokens, vocab_size = pad_token_resize(path_raw)
     manifest_path = path_diff / MANIFEST_NAME
     manifest = read_manifest(manifest_path) if manifest_path.exists() else None
     if manifest is None:
         print(f"recover: {path_diff} has no {MANIFEST_NAME}; treating it as a diff made by the original code "
               "(float32 tuned minus raw), recovered as raw + diff in float32.")
-        targets = {name: (torch.float32, spec.shape) for name, spec in sorted(diff_specs.items())}
+        targets = {name: ("F32", spec.shape) for name, spec in sorted(diff_specs.items())}
+        added_tokens, vocab_size = pad_token_resize(path_raw, read_json(path_diff / "config.json"))
     else:
-        targets = {name: (getattr(torch, entry["dtype"]), tuple(entry["shape"]))
+        targets = {name: (FROM_MANIFEST_DTYPE[entry["dtype"]], tuple(entry["shape"]))
                    for name, entry in manifest["tensors"].items()}
         check_diff_tensors(targets, diff_specs, path_diff)
-    if manifest is not None and manifest["pad_token_resize"]["added_tokens"] != added_tokens:
-        raise ValueError(f"The diff was made from a raw tokenizer that needed {manifest['pad_token_resize']} "
-                         f"but the one in {path_raw} needs {added_tokens} new token(s): wrong raw model.")
+        added_tokens, vocab_size = manifest["pad_token_resize"]["added_tokens"], manifest["pad_token_resize"][
+            "vocab_size"]
+        needed = 0 if raw_pad_token(path_raw) is not None else 1
+        if needed != added_tokens:
+            raise ValueError(f"The diff was made from a raw tokenizer that needed {manifest['pad_token_resize']} "
+                             f"but the one in {path_raw} needs {needed} new token(s): wrong raw model.")
     # 2023 LLaMA checkpoints stored RoPE's inv_freq buffers, which today's models recompute and do not save.
     is_legacy_buffer = lambda name: manifest is None and name.endswith("rotary_emb.inv_freq")  # noqa: E731
     sources = match_raw_tensors(raw_specs, targets, read_json(path_raw / "config.json"), added_tokens,
@@ -443,18 +551,19 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
                 for name, dtype, shape in shard:
                     digests = {key: hashlib.sha256() for key in ("sha256", "diff_sha256", "raw_sha256")}
                     for start, stop in row_chunks(shape):
-                        diff = read_rows(diff_specs[name], name, start, stop).to(compute_device)
-                        raw = raw_operand(sources[name], start, stop, dtype).to(compute_device)
-                        if manifest is None:
-                            tuned = diff.to(torch.float32) + raw  # the original: diff.add_(raw) in float32
+                        diff = read_rows(diff_specs[name], start, stop)
+                        raw = raw_operand(sources[name], start, stop, dtype)
+                        if manifest is None:  # the original: diff.add_(raw) in float32
+                            tuned = to_float32(diff, diff_specs[name].dtype) + raw
                         else:
-                            tuned = (bits(raw) ^ diff).view(dtype)
-                            digests["diff_sha256"].update(as_bytes(diff))
-                            digests["raw_sha256"].update(as_bytes(raw))
-                        handle.write(as_bytes(tuned))
-                        digests["sha256"].update(as_bytes(tuned))
-                        if naive and tuned.is_floating_point():
-                            weight_sum += tuned.to(torch.float64).sum().item()
+                            tuned = (bits(raw) ^ bits(diff)).view(STORAGE[dtype])
+                            digests["diff_sha256"].update(diff)
+                            digests["raw_sha256"].update(raw)
+                        handle.write(tuned)
+                        digests["sha256"].update(tuned)
+                        if naive and dtype in FLOATS:
+                            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the sum is NaN
+                                weight_sum += float(to_float32(tuned, dtype).sum(dtype=np.float64))
                         progress.update(tuned.nbytes)
                     if manifest is not None:
                         check_tensor(name, manifest["tensors"][name], digests, sources[name], path_raw, path_diff)
@@ -489,6 +598,9 @@ def read_manifest(path: pathlib.Path) -> dict:
     if manifest.get("version", 0) > FORMAT_VERSION:
         raise ValueError(f"{path} has format version {manifest['version']}; this script reads up to "
                          f"{FORMAT_VERSION}. Update weight_diff.py.")
+    unknown = {entry.get("dtype") for entry in manifest.get("tensors", {}).values()} - set(FROM_MANIFEST_DTYPE)
+    if unknown:
+        raise ValueError(f"{path} lists tensors of unknown dtype {sorted(map(str, unknown))}: the diff is damaged.")
     return manifest
 
 
@@ -498,9 +610,10 @@ def check_diff_tensors(targets: dict, diff_specs: dict[str, TensorSpec], path_di
         spec = diff_specs.get(name)
         if spec is None:
             raise ValueError(f"The diff {path_diff} lacks tensor {name!r} listed in its manifest: it is incomplete.")
-        if spec.shape != shape or spec.dtype != BITS_DTYPES[dtype.itemsize]:
+        expected = DIFF_DTYPES[itemsize(dtype)]
+        if spec.shape != shape or spec.dtype != expected:
             raise ValueError(f"Tensor {name!r} in {spec.file} is {spec.dtype} {list(spec.shape)}; the manifest "
-                             f"expects {BITS_DTYPES[dtype.itemsize]} {list(shape)}: the diff is damaged.")
+                             f"expects {expected} {list(shape)}: the diff is damaged.")
     extra = sorted(set(diff_specs) - set(targets))
     if extra:
         raise ValueError(f"The diff {path_diff} has tensors its manifest does not list, e.g. {extra[:3]}.")
@@ -530,8 +643,9 @@ def legacy_buffer_sum(diff_specs: dict[str, TensorSpec], targets: dict, path_raw
     config = read_json(path_raw / "config.json")
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     base = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    return sum((read_rows(diff_specs[name], name).float() + inv_freq).double().sum().item() for name in skipped)
+    inv_freq = (1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
+    return sum(float((to_float32(read_rows(diff_specs[name]), diff_specs[name].dtype) + inv_freq)
+                     .sum(dtype=np.float64)) for name in skipped)
 
 
 def check_naive_sum(weight_sum: float, buffer_sum: float, legacy: bool) -> None:
@@ -543,15 +657,14 @@ def check_naive_sum(weight_sum: float, buffer_sum: float, legacy: bool) -> None:
     print(f"recover: naive integrity check passed (sum of weights {total:.4f})")
 
 
-def resolve_device(device: str) -> torch.device:
-    compute_device = torch.device(device)
-    if compute_device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu.")
-    return compute_device
+def check_device(device: str) -> None:
+    """Refuse a device name PyTorch would not accept before any work is done (checked without importing it)."""
+    if str(device).split(":")[0] not in ("cpu", "cuda", "mps", "xpu", "auto"):
+        raise ValueError(f"--device {device!r} is not a device: use cpu or cuda (or cuda:N).")
 
 
 def tqdm_bytes(tensors: list, description: str):
-    total = sum(math.prod(shape) * dtype.itemsize for _, dtype, shape in tensors)
+    total = sum(math.prod(shape) * itemsize(dtype) for _, dtype, shape in tensors)
     return tqdm(total=total, unit="B", unit_scale=True, desc=description, disable=None, file=sys.stderr)
 
 
@@ -559,8 +672,13 @@ def tqdm_bytes(tensors: list, description: str):
 
 def run_test_inference(model_dir: pathlib.Path, device: str = "cpu", max_new_tokens: int = 128) -> str:
     """Load the recovered model, answer one fixed instruction with the no-input Alpaca prompt, print it."""
+    import torch
+
     from inference import format_prompt, generate_responses, load_model  # the project's one generation path
 
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu. "
+                           f"The recovered weights are in {model_dir}.")
     model, tokenizer = load_model(str(model_dir), device=device)
     response = generate_responses(model, tokenizer, [{"instruction": INFERENCE_INSTRUCTION}],
                                   max_new_tokens=max_new_tokens)[0]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from compare_checkpoints import first_difference
@@ -16,6 +17,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import weight_diff
 from make_tiny_model import make_tiny_model
 from train import DEFAULT_PAD_TOKEN, smart_tokenizer_and_embedding_resize
+
+INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # diff tensors, by width
 
 
 def perturb(model: torch.nn.Module, seed: int) -> None:
@@ -72,7 +75,7 @@ def test_round_trip_is_bit_exact_in_the_tuned_dtype(tiny_model_dir, tmp_path, dt
     assert manifest["pad_token_resize"]["added_tokens"] == 1  # the tiny raw tokenizer has no pad token
     assert manifest["pad_token_resize"]["pad_token"] == DEFAULT_PAD_TOKEN  # the token training added
     with safe_open(str(diff / "model.safetensors"), "pt") as f:  # diffs are integers as wide as the weights
-        assert f.get_tensor("model.norm.weight").dtype == weight_diff.BITS_DTYPES[dtype.itemsize]
+        assert f.get_tensor("model.norm.weight").dtype == INTEGERS[dtype.itemsize]
     for name in ("config.json", "generation_config.json", "tokenizer_config.json", "tokenizer.json"):
         assert (tuned / name).read_bytes() == (diff / name).read_bytes() == (recovered / name).read_bytes()
     assert AutoTokenizer.from_pretrained(recovered).pad_token == DEFAULT_PAD_TOKEN
@@ -83,9 +86,9 @@ def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
     generator = torch.Generator().manual_seed(0)
 
     def random_bits(shape, dtype):
-        info = torch.iinfo(weight_diff.BITS_DTYPES[dtype.itemsize])
+        info = torch.iinfo(INTEGERS[dtype.itemsize])
         return torch.randint(info.min, info.max, shape, generator=generator, dtype=torch.int64).to(
-            weight_diff.BITS_DTYPES[dtype.itemsize]).view(dtype)
+            INTEGERS[dtype.itemsize]).view(dtype)
 
     shapes = {"matrix": (300, 7), "vector": (11,), "scalar": ()}
     for name, dtypes in (("raw", {}), ("tuned", {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16})):
@@ -102,27 +105,99 @@ def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
     assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir, threads):
+def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
     specs = weight_diff.checkpoint_tensors(tiny_model_dir)
-    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir)
+    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, model.config.to_dict())
     assert (added, vocab_size) == (1, len(tokenizer))
-    targets = {name: (torch.float32, tuple(p.shape)) for name, p in model.state_dict().items()}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        config = json.loads((tiny_model_dir / "config.json").read_text())
-        sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
-    finally:
-        torch.set_num_threads(previous)
+    targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
     for name, param in model.state_dict().items():
         split = min(100, param.shape[0] - 1)  # in blocks of rows, as streamed: one block ends mid-vocabulary
-        streamed = torch.cat([weight_diff.raw_operand(sources[name], start, stop, torch.float32)
-                              for start, stop in [(0, split), (split, param.shape[0])]])
-        assert torch.equal(weight_diff.bits(streamed), weight_diff.bits(param)), name
+        streamed = np.concatenate([weight_diff.raw_operand(sources[name], start, stop, "F32")
+                                   for start, stop in [(0, split), (split, param.shape[0])]])
+        assert np.array_equal(streamed.view(np.uint32), param.numpy().reshape(-1).view(np.uint32)), name
+
+
+@pytest.mark.parametrize("rows,width", [(1, 64), (17, 64), (513, 128), (4097, 64), (32001, 4096), (70000, 192)])
+def test_streamed_column_sums_add_in_pytorchs_order(rows, width):
+    """The [PAD] row is the mean of the embedding rows: summed block by block in numpy, it must come out bit for
+    bit as PyTorch's sum (on any number of threads), or the recovered [PAD] rows would not be the tuned ones."""
+    generator = np.random.default_rng(rows)
+    matrix = (generator.standard_normal((rows, width)) * generator.choice([1e-3, 1.0, 1e3], (rows, 1))).astype(
+        np.float32)
+    ours = weight_diff.cascade_column_sums((matrix[i:i + 1000] for i in range(0, rows, 1000)), rows, width)
+    assert not np.array_equal(ours, matrix.sum(axis=0)) or rows < 64  # numpy's own order differs
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 8):
+            torch.set_num_threads(threads)
+            expected = torch.from_numpy(matrix).sum(dim=0).numpy()
+            assert np.array_equal(ours.view(np.uint32), expected.view(np.uint32)), threads
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_mean_of_rows_of_any_width_and_dtype_matches_pytorch(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"w{width}.{str(dtype)[6:]}": torch.randn(300, width, generator=generator).to(dtype)
+               for width in (64, 100) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    specs = weight_diff.checkpoint_tensors(tmp_path)
+    for name, tensor in tensors.items():
+        expected = tensor.float()[:299].mean(dim=0, keepdim=True).numpy()
+        assert np.array_equal(weight_diff.mean_of_rows(specs[name], 299).view(np.uint32), expected.view(np.uint32))
+
+
+def test_float_conversions_round_as_pytorch_does():
+    patterns = np.random.default_rng(0).integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32)
+    patterns[:6] = [0x7F800000, 0xFF800000, 0x7FC00001, 0xFFFFFFFF, 0x80000000, 0x00000001]  # inf, NaNs, -0, tiny
+    values = patterns.view(np.float32)
+    numbers = ~np.isnan(values)  # a NaN stays a NaN; its payload after rounding differs among PyTorch's kernels
+    for name, dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
+        ours = weight_diff.from_float32(values, name)
+        expected = torch.from_numpy(values.copy()).to(dtype)
+        assert np.array_equal(ours.view(np.uint16)[numbers], expected.view(torch.int16).numpy().view(np.uint16)[
+            numbers]), name
+        back = weight_diff.to_float32(ours, name)  # widening is exact
+        widened = torch.from_numpy(ours.view(np.int16)).view(dtype).float().numpy()
+        same = ~np.isnan(widened)
+        assert np.isnan(back[~same]).all() and np.array_equal(back.view(np.uint32)[same], widened.view(np.uint32)[
+            same]), name
+
+
+def test_pad_token_read_from_files_agrees_with_the_tokenizer(tiny_model_dir, tmp_path):
+    variants = {"none": None, "unk": "<unk>", "new": "<pad>", "empty": ""}
+    for label, pad in variants.items():
+        tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        if pad is not None:
+            tokenizer.pad_token = pad
+        tokenizer.save_pretrained(tmp_path / label)
+        loaded = AutoTokenizer.from_pretrained(tmp_path / label)
+        assert weight_diff.raw_pad_token(tmp_path / label) == (loaded.pad_token or None), label
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        weight_diff.raw_pad_token(tmp_path)
+
+
+def test_make_diff_and_recover_need_neither_torch_nor_transformers(tiny_model_dir, tuned_bf16, tmp_path, repo_dir):
+    """What keeps their memory small: torch and transformers alone take ~350 MiB before any weight is read."""
+    script = f"""
+import sys, weight_diff
+weight_diff.make_diff({str(tiny_model_dir)!r}, {str(tuned_bf16)!r}, {str(tmp_path / "diff")!r})
+weight_diff.recover({str(tiny_model_dir)!r}, {str(tmp_path / "diff")!r}, {str(tmp_path / "out")!r},
+                    test_inference=False)
+print("LOADED", sorted(name for name in ("torch", "transformers") if name in sys.modules))
+print("PEAK_KB", dict(line.split(":", 1) for line in open("/proc/self/status"))["VmHWM"].split()[0])
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=repo_dir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout
+    peak_mib = int(done.stdout.split("PEAK_KB")[1].split()[0]) / 1024
+    assert peak_mib < 150, peak_mib
+    assert first_difference(str(tuned_bf16), str(tmp_path / "out")) is None
 
 
 def test_sharded_checkpoints_in_and_out(tiny_model_dir, tmp_path):
@@ -245,8 +320,9 @@ def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_
     recovered = weight_diff.checkpoint_tensors(out)
     assert set(recovered) == set(expected)
     for name, tensor in expected.items():
-        got = weight_diff.read_rows(recovered[name], name)
-        assert got.dtype == torch.float32 and torch.equal(weight_diff.bits(got), weight_diff.bits(tensor)), name
+        got = weight_diff.read_rows(recovered[name])
+        assert recovered[name].dtype == "F32" and np.array_equal(got.view(np.uint32), tensor.numpy().reshape(-1).view(
+            np.uint32)), name
 
 
 def test_naive_check_stays_available_behind_its_flag(tiny_model_dir, diff_bf16, tmp_path):
