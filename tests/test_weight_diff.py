@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+import safetensors_stream
 import weight_diff
 from make_tiny_model import make_tiny_model
 from train import DEFAULT_PAD_TOKEN, smart_tokenizer_and_embedding_resize
@@ -109,7 +110,7 @@ def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_mo
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
-    specs = weight_diff.checkpoint_tensors(tiny_model_dir)
+    specs = safetensors_stream.checkpoint_tensors(tiny_model_dir)
     added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, model.config.to_dict())
     assert (added, vocab_size) == (1, len(tokenizer))
     targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
@@ -146,7 +147,7 @@ def test_mean_of_rows_of_any_width_and_dtype_matches_pytorch(tmp_path):
     tensors = {f"w{width}.{str(dtype)[6:]}": torch.randn(300, width, generator=generator).to(dtype)
                for width in (64, 100) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    specs = weight_diff.checkpoint_tensors(tmp_path)
+    specs = safetensors_stream.checkpoint_tensors(tmp_path)
     for name, tensor in tensors.items():
         expected = tensor.float()[:299].mean(dim=0, keepdim=True).numpy()
         assert np.array_equal(weight_diff.mean_of_rows(specs[name], 299).view(np.uint32), expected.view(np.uint32))
@@ -158,11 +159,11 @@ def test_float_conversions_round_as_pytorch_does():
     values = patterns.view(np.float32)
     numbers = ~np.isnan(values)  # a NaN stays a NaN; its payload after rounding differs among PyTorch's kernels
     for name, dtype in (("BF16", torch.bfloat16), ("F16", torch.float16)):
-        ours = weight_diff.from_float32(values, name)
+        ours = safetensors_stream.from_float32(values, name)
         expected = torch.from_numpy(values.copy()).to(dtype)
         assert np.array_equal(ours.view(np.uint16)[numbers], expected.view(torch.int16).numpy().view(np.uint16)[
             numbers]), name
-        back = weight_diff.to_float32(ours, name)  # widening is exact
+        back = safetensors_stream.to_float32(ours, name)  # widening is exact
         widened = torch.from_numpy(ours.view(np.int16)).view(dtype).float().numpy()
         same = ~np.isnan(widened)
         assert np.isnan(back[~same]).all() and np.array_equal(back.view(np.uint32)[same], widened.view(np.uint32)[
@@ -317,10 +318,10 @@ def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_
     out = weight_diff.recover(str(tiny_model_dir), str(tmp_path / "legacy-diff"), str(tmp_path / "out"),
                               test_inference=False, check_integrity_naively=False)
     expected = original_recover_in_memory(tiny_model_dir, tmp_path / "legacy-diff")
-    recovered = weight_diff.checkpoint_tensors(out)
+    recovered = safetensors_stream.checkpoint_tensors(out)
     assert set(recovered) == set(expected)
     for name, tensor in expected.items():
-        got = weight_diff.read_rows(recovered[name])
+        got = safetensors_stream.read_rows(recovered[name])
         assert recovered[name].dtype == "F32" and np.array_equal(got.view(np.uint32), tensor.numpy().reshape(-1).view(
             np.uint32)), name
 
