@@ -35,7 +35,7 @@ import numpy as np
 import tqdm
 
 import utils
-from llm_client import DEFAULT_MODEL_NAMES, LLMEndpoint, LLMError, complete_in_order
+from llm_client import DEFAULT_MODEL_NAMES, LLMEndpoint, LLMError, check_settings, complete_in_order
 from rouge_l import RougeLIndex, most_similar
 
 __all__ = ["RougeLIndex", "encode_prompt", "post_process_gpt3_response", "generate_instruction_following_data"]
@@ -280,6 +280,7 @@ def generate_instruction_following_data(
         raise SeedTaskError(f"--num_prompt_instructions must be between 1 and the {len(seed_instruction_data)} seed "
                             f"tasks in {seed_tasks_path}, not {num_prompt_instructions}.")
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
+    check_settings(api_type, model_name, api_base)
     os.makedirs(output_dir, exist_ok=True)
     regen_path = os.path.join(output_dir, "regen.json")
     journal_path = os.path.join(output_dir, JOURNAL_NAME)

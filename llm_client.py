@@ -245,6 +245,19 @@ def resolve_api_key(api_base: str) -> str:
     return "EMPTY"
 
 
+def check_settings(api_type: str, model_name: str | None, api_base: str | None) -> None:
+    """Raise LLMError for settings that cannot work (unknown api_type, a local model that is not a directory, no
+    API key for OpenAI itself), so that a run fails in one sentence before it creates or touches any file."""
+    if api_type not in API_TYPES:
+        raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
+    if api_type == "local":
+        if not model_name or not os.path.isdir(model_name):
+            raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
+                           f"{model_name!r} is not a directory.")
+        return
+    resolve_api_key(resolve_api_base(api_base))
+
+
 class LLMEndpoint:
     """An OpenAI-compatible endpoint (api_type "completions" or "chat") or a local Hugging Face model
     (api_type "local", model_name a directory), with concurrency, rate limits, retries and the cache.
@@ -256,10 +269,7 @@ class LLMEndpoint:
                  max_concurrency: int = 1, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 8, retry_base_delay: float = 1.0,
                  retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None):
-        if api_type not in API_TYPES:
-            raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
-        if api_type == "local" and not model_name:
-            raise LLMError("--api_type local needs --model_name set to a local Hugging Face model directory.")
+        check_settings(api_type, model_name, api_base)
         self.api_type = api_type
         self.model_name = model_name or DEFAULT_MODEL_NAMES[api_type]
         self.max_concurrency = max(1, int(max_concurrency))
@@ -375,8 +385,8 @@ class LLMEndpoint:
             raise LLMError(f"Could not reach the endpoint {self.api_base} ({error}); check that the server is "
                            f"running and that --api_base is right (it usually ends in /v1).") from error
         if attempt >= self.max_retries:
-            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {error}. Everything kept so "
-                           f"far is saved; re-run the same command to resume.") from error
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {str(error).rstrip('.')}. "
+                           "Everything kept so far is saved; re-run the same command to resume.") from error
 
     async def _post(self, request: dict, key: str) -> dict:
         if self.api_type == "local":
@@ -453,9 +463,6 @@ class LocalCausalLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not os.path.isdir(path):
-            raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
-                           f"'{path}' is not a directory.")
         self.torch = torch
         self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         if self.tokenizer.pad_token is None:  # padding positions are masked out, so any id will do

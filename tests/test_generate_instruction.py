@@ -339,6 +339,11 @@ def test_cli_errors_are_one_sentence(seeds, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds)
     assert exit_info.value.code == 1 and "OPENAI_API_KEY is not set" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()  # refused before anything was created
+    with pytest.raises(SystemExit):
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds,
+                api_type="local", model_name=str(tmp_path / "no-such-model"))
+    assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
     with pytest.raises(SystemExit):
         gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "b"), seed_tasks_path=seeds,
