@@ -20,6 +20,7 @@ Alpaca-7B) is recovered the way that code did it: raw and diff added in float32.
 """
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -531,13 +532,21 @@ def run_test_inference(model_dir: pathlib.Path, device: str = "cpu", max_new_tok
     return response
 
 
-def main(task: str, **kwargs) -> None:
-    tasks = {"make_diff": make_diff, "recover": recover}
-    if task not in tasks:
-        raise SystemExit(f"Unknown task {task!r}: use one of {', '.join(tasks)}.")
-    tasks[task](**kwargs)
+def command(function):
+    """`function` as a command-line task: a mistake the user can fix (a missing path, the wrong raw model, a
+    damaged diff) prints as one line and exits with 1, without a traceback; the return value is not echoed."""
+
+    @functools.wraps(function)  # fire reads the signature and docstring through the wrapper for --help
+    def run(*args, **kwargs) -> None:
+        try:
+            function(*args, **kwargs)
+        except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    return run
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    fire.Fire(main)
+    fire.Fire({"make_diff": command(make_diff), "recover": command(recover)})

@@ -372,3 +372,19 @@ def test_cuda_and_cpu_diffs_are_interchangeable(tiny_model_dir, tuned_bf16, tmp_
     recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out-cuda"), device="cuda",
                                     test_inference=False)
     assert first_difference(str(tuned_bf16), str(recovered)) is None
+
+
+def test_command_line_mistakes_print_one_line_and_help_lists_the_flags(tuned_bf16, tmp_path, repo_dir):
+    def run(*args):
+        return subprocess.run([sys.executable, str(repo_dir / "weight_diff.py"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    done = run("make_diff", "--path_raw", str(tmp_path / "nowhere"), "--path_tuned", str(tuned_bf16),
+               "--path_diff", "diff")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"error: {tmp_path / 'nowhere'} has no model.safetensors or " \
+                                  "model.safetensors.index.json."
+    assert not (tmp_path / "diff").exists()
+    shown = run("recover", "--help")
+    text = shown.stdout + shown.stderr  # fire writes help to stderr when it is not a terminal
+    assert "--check_integrity_naively" in text and "--test_inference" in text
