@@ -333,4 +333,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:  # a wrong path or a bad data file: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)

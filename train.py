@@ -422,6 +422,9 @@ def train(argv: list[str] | None = None) -> None:
     for notice in notices if training_args.should_log else []:
         logger.warning(f"legacy flag: {notice}")
 
+    # Check the data files first: a typo in a path should fail in a second, not after a 7B model has loaded.
+    for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
+        load_examples(path)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:

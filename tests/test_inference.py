@@ -232,3 +232,10 @@ def test_cli_rejects_inconsistent_flags(capsys):
     with pytest.raises(SystemExit):
         inference.parse_args(["--model_name_or_path", "x", "--data_path", "a.json"])
     assert "--output_path" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_mistakes_print_one_line(repo_dir, tmp_path):
+    result = _run_cli(repo_dir, "--model_name_or_path", str(tmp_path / "no-such-model"), "--instruction", "Hi.")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: Could not load a model from '{tmp_path}")

@@ -207,6 +207,11 @@ def test_bad_files_are_named(tmp_path):
         load_examples(str(jsonl))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(str(tmp_path / "missing.json"))
+    with pytest.raises(ValueError, match="bad.jsonl, line 2"):  # before the model is loaded (it does not exist)
+        run_train(tmp_path / "no-such-model", jsonl, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        run_train(tmp_path / "no-such-model", write_json(tmp_path / "d.json", make_examples(4)), tmp_path / "out",
+                  "--eval_data_path", str(tmp_path / "missing.json"))
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(ValueError, match="holds no examples"):
         load_examples(str(tmp_path / "empty.json"))
