@@ -53,38 +53,33 @@ import weight_diff
 weight_diff.recover("{raw}", "{diff}", "{out}", test_inference=False)
 """
 
-ORIGINAL_MAKE_DIFF = """
+# The original's two scripts share their first half: both models in float32, the raw one grown for [PAD].
+ORIGINAL_LOAD_BOTH = """
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from train import smart_tokenizer_and_embedding_resize
 raw = AutoModelForCausalLM.from_pretrained("{raw}", dtype=torch.float32)
-tuned = AutoModelForCausalLM.from_pretrained("{tuned}", dtype=torch.float32)
+other = AutoModelForCausalLM.from_pretrained("{other}", dtype=torch.float32)
 raw_tokenizer = AutoTokenizer.from_pretrained("{raw}")
 if raw_tokenizer.pad_token is None:
     smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"), raw_tokenizer, raw)
-raw_state, tuned_state = raw.state_dict(), tuned.state_dict()
+raw_state, state = raw.state_dict(), other.state_dict()
+"""
+
+ORIGINAL_MAKE_DIFF = ORIGINAL_LOAD_BOTH.replace("{other}", "{tuned}") + """
 with torch.no_grad():
-    for name in tuned_state:
-        tuned_state[name].add_(-raw_state[name])
-tuned.save_pretrained("{out}")
+    for name in state:
+        state[name].add_(-raw_state[name])
+other.save_pretrained("{out}")
 AutoTokenizer.from_pretrained("{tuned}").save_pretrained("{out}")
 """
 
-ORIGINAL_RECOVER = """
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from train import smart_tokenizer_and_embedding_resize
-raw = AutoModelForCausalLM.from_pretrained("{raw}", dtype=torch.float32)
-recovered = AutoModelForCausalLM.from_pretrained("{diff}", dtype=torch.float32)
-raw_tokenizer = AutoTokenizer.from_pretrained("{raw}")
-if raw_tokenizer.pad_token is None:
-    smart_tokenizer_and_embedding_resize(dict(pad_token="[PAD]"), raw_tokenizer, raw)
-raw_state, state = raw.state_dict(), recovered.state_dict()
+ORIGINAL_RECOVER = ORIGINAL_LOAD_BOTH.replace("{other}", "{diff}") + """
 with torch.no_grad():
     for name in state:
         state[name].add_(raw_state[name])
     weight_sum = sum(tensor.sum() for tensor in state.values())  # its naive integrity check
-recovered.save_pretrained("{out}")
+other.save_pretrained("{out}")
 AutoTokenizer.from_pretrained("{diff}").save_pretrained("{out}")
 """
 
