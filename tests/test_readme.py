@@ -39,7 +39,9 @@ def test_readme_names_only_flags_that_exist():
         "inference.py": _help([sys.executable, "inference.py", "--help"]),
         "generate_instruction": _help([sys.executable, "-m", "generate_instruction",
                                        "generate_instruction_following_data", "--help"]),
-        "weight_diff.py": (REPO / "weight_diff.py").read_text(),
+        # fire lists positional arguments in capitals (PATH_RAW); they are passed as flags all the same
+        "weight_diff.py": (_help([sys.executable, "weight_diff.py", "make_diff", "--help"])
+                           + _help([sys.executable, "weight_diff.py", "recover", "--help"])).lower(),
     }
     commands = re.sub(r"\\\n\s*", " ", "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.S)))
     checked = 0
