@@ -148,19 +148,28 @@ def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | 
     return max(delay, retry_after or 0.0)
 
 
+def describe(error: Exception) -> str:
+    """The error's text for a log line or a message, with the API key masked: some servers and proxies echo
+    the key they were sent, and it must never reach a terminal log or a file."""
+    text = str(error).rstrip(".")
+    key = os.environ.get("OPENAI_API_KEY", "")
+    return text.replace(key, "<OPENAI_API_KEY>") if len(key) >= 4 else text
+
+
 def fatal_error_message(error: Exception, api_base: str, model_name: str) -> str | None:
     """One sentence for an error that retrying will not fix, or None when the request is worth retrying."""
+    reason = describe(error)
     if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
-        return (f"The endpoint {api_base} refused the API key ({error}); set OPENAI_API_KEY to a valid key "
+        return (f"The endpoint {api_base} refused the API key ({reason}); set OPENAI_API_KEY to a valid key "
                 f"for this endpoint.")
     if isinstance(error, openai.NotFoundError):
-        return (f"The endpoint {api_base} does not know the model '{model_name}' ({error}); check --model_name "
+        return (f"The endpoint {api_base} does not know the model '{model_name}' ({reason}); check --model_name "
                 f"(for vLLM the name given to `vllm serve`, for Ollama a pulled tag) and that --api_base ends in /v1.")
     if isinstance(error, openai.RateLimitError) and getattr(error, "code", None) == "insufficient_quota":
-        return f"The account behind the API key has no quota left at {api_base} ({error}); add credit and re-run."
+        return f"The account behind the API key has no quota left at {api_base} ({reason}); add credit and re-run."
     transient = (408, 409, 429)
     if isinstance(error, openai.APIStatusError) and error.status_code < 500 and error.status_code not in transient:
-        return f"The endpoint {api_base} rejected the request ({error}); check the flags for model '{model_name}'."
+        return f"The endpoint {api_base} rejected the request ({reason}); check the flags for model '{model_name}'."
     return None
 
 
@@ -366,7 +375,7 @@ class LLMEndpoint:
                 delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
                 attempt += 1
                 logger.warning("%s: %s; retry %d of %d in %.1f s",
-                               self.api_base, error, attempt, self.max_retries, delay)
+                               self.api_base, describe(error), attempt, self.max_retries, delay)
                 await asyncio.sleep(delay)
                 continue
             self.succeeded = True
@@ -382,10 +391,10 @@ class LLMEndpoint:
             raise LLMError(message) from error
         unreachable = isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
         if unreachable and not self.succeeded and attempt >= 2:  # never answered: say so now, not after 8 tries
-            raise LLMError(f"Could not reach the endpoint {self.api_base} ({error}); check that the server is "
-                           f"running and that --api_base is right (it usually ends in /v1).") from error
+            raise LLMError(f"Could not reach the endpoint {self.api_base} ({describe(error)}); check that the "
+                           "server is running and that --api_base is right (it usually ends in /v1).") from error
         if attempt >= self.max_retries:
-            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {str(error).rstrip('.')}. "
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {describe(error)}. "
                            "Everything kept so far is saved; re-run the same command to resume.") from error
 
     async def _post(self, request: dict, key: str) -> dict:

@@ -18,7 +18,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 import generate_instruction as gi
-from openai_server import WORDS, answer, auth_error, fake_tasks, next_task_number
+from openai_server import WORDS, answer, auth_error, error_reply, fake_tasks, next_task_number
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KEY = "sk-test-key-123"  # set by the openai_server fixture
@@ -331,6 +331,21 @@ def test_auth_error_exits_clearly_and_keeps_the_data(openai_server, seeds, tmp_p
     assert len(errors) == 1 and "refused the API key" in errors[0] and "Traceback" not in result.stderr
     kept = json.loads((out / "regen.json").read_text())
     assert len(kept) == len(read_journal(out)[0]["kept"]) > 0
+
+
+def test_a_key_echoed_by_the_server_is_masked_in_every_message(openai_server, seeds, tmp_path):
+    openai_server.push(error_reply(500, f"upstream failed for key {KEY}", "server_error"),
+                       error_reply(401, f"Invalid key {KEY}", "invalid_request_error", "invalid_api_key"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+         str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url, "--max_concurrency", "1",
+         "--num_cpus", "1", "--retry_base_delay", "0.01"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=120)
+    assert result.returncode == 1 and "Invalid key <OPENAI_API_KEY>" in result.stderr
+    assert "upstream failed for key <OPENAI_API_KEY>" in result.stderr  # the retry log line
+    assert KEY not in result.stdout + result.stderr
+    assert not any(KEY in f.read_text(errors="replace") for f in out.rglob("*") if f.is_file())
 
 
 def test_cli_errors_are_one_sentence(seeds, tmp_path, monkeypatch, capsys):
