@@ -416,7 +416,8 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
         write_index(staging, shards, file_names)
         copy_model_files(path_diff, staging)
         if naive:
-            check_naive_sum(weight_sum, legacy_buffer_sum(diff_specs, targets, path_raw), manifest is None)
+            check_naive_sum(weight_sum, legacy_buffer_sum(diff_specs, path_raw) if manifest is None else 0.0,
+                            manifest is None)
         checked = "every tensor matches the manifest" if manifest else "no manifest to check against"
         print(f"recover: {len(targets)} tensors, {checked}; -> {final_dir or '(not saved)'} "
               f"in {time.time() - started:.1f} s")
@@ -480,18 +481,21 @@ def check_tensor(name: str, entry: dict, digests: dict, source: RawSource, path_
         raise ValueError(f"Recovered tensor {name!r} does not match its SHA-256 in the manifest.")
 
 
-def legacy_buffer_sum(diff_specs: dict[str, TensorSpec], targets: dict, path_raw: pathlib.Path) -> float:
-    """Sum of the RoPE inv_freq buffers a 2023 diff carries (diff + the raw buffer, which the 2023 LLaMA
-    code computed as 1 / base^(2i/d) in float32): the original's naive sum included them."""
-    skipped = [name for name in diff_specs if name not in targets]
-    if not skipped:
-        return 0.0
+def legacy_buffer_sum(diff_specs: dict[str, TensorSpec], path_raw: pathlib.Path) -> float:
+    """What RoPE's inv_freq buffers added to the original's naive sum of a LLaMA model. The 2023 LLaMA code saved
+    one per layer (1 / base^(2i/d) in float32), so the sum over the recovered state dict included
+    num_hidden_layers of them, plus whatever the diff held there (~0). Today's models recompute the buffer and
+    do not save it, and a 2023 diff converted to safetensors with today's transformers has lost it: without
+    this term the check would fail on the very diff it was made for."""
     config = read_json(path_raw / "config.json")
+    if config.get("model_type") != "llama":
+        return 0.0
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     base = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta", 10000.0))
     inv_freq = (1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))).astype(np.float32)
-    return sum(float((to_float32(read_rows(diff_specs[name]), diff_specs[name].dtype) + inv_freq)
-                     .sum(dtype=np.float64)) for name in skipped)
+    held = sum(float(to_float32(read_rows(spec), spec.dtype).sum(dtype=np.float64))
+               for name, spec in diff_specs.items() if name.endswith("rotary_emb.inv_freq"))
+    return held + config["num_hidden_layers"] * float(inv_freq.sum(dtype=np.float64))
 
 
 def check_naive_sum(weight_sum: float, buffer_sum: float, legacy: bool) -> None:

@@ -326,6 +326,39 @@ def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_
             np.uint32)), name
 
 
+def test_naive_sum_counts_the_rope_buffers_the_2023_llama_checkpoints_had(tiny_model_dir, tmp_path, monkeypatch):
+    """The original summed a state dict holding one inv_freq per layer; a 2023 diff converted with today's
+    transformers has lost those tensors, one converted with safetensors alone still has them (as ~0)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    raw_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, raw_model)
+    legacy = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, AutoTokenizer.from_pretrained(
+        tiny_model_dir), legacy)
+    with torch.no_grad():  # a fine-tune with ordinary, finite weights: a sum to check against
+        for param in legacy.parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(3)) * 1e-3)
+    tuned = tmp_path / "tuned"
+    legacy.save_pretrained(tuned)
+    state = {name: (param - raw_model.state_dict()[name]).contiguous() for name, param in legacy.state_dict().items()}
+    config = legacy.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2).float() / head_dim))  # the 2023 LLaMA buffer
+    recovered = {name: diff + raw_model.state_dict()[name] for name, diff in state.items()}
+    expected = sum(t.double().sum().item() for t in recovered.values()) + config.num_hidden_layers * inv_freq.sum(
+        ).item()
+    monkeypatch.setattr(weight_diff, "ALPACA_7B_NAIVE_SUM", expected)
+    buffers = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": torch.zeros_like(inv_freq)
+               for i in range(config.num_hidden_layers)}
+    for label, tensors in (("converted", state), ("with-buffers", {**state, **buffers})):
+        diff = tmp_path / label
+        legacy.config.save_pretrained(diff)
+        tokenizer.save_pretrained(diff)
+        save_file(tensors, str(diff / "model.safetensors"), metadata={"format": "pt"})
+        weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / f"out-{label}"), test_inference=False)
+        assert first_difference(str(tuned), str(tmp_path / f"out-{label}")) is None
+
+
 def test_naive_check_stays_available_behind_its_flag(tiny_model_dir, diff_bf16, tmp_path):
     with pytest.raises(ValueError, match="Naive integrity check failed"):
         weight_diff.recover(str(tiny_model_dir), str(diff_bf16), None, test_inference=False,
