@@ -199,17 +199,17 @@ def raw_pad_token(path_raw: pathlib.Path) -> str | None:
     return None
 
 
-def pad_token_resize(path_raw: pathlib.Path, tuned_config: dict) -> tuple[int, int]:
-    """(number of tokens training added, vocabulary size after) for a tuned model trained from this raw one:
-    (1, the tuned vocabulary) when the raw tokenizer has no pad token (or an empty one), as train.py then adds
-    [PAD] and resizes the embeddings to len(tokenizer); (0, the tuned vocabulary) otherwise."""
-    vocab_size = tuned_config.get("vocab_size")
-    if raw_pad_token(path_raw) is not None:
-        return 0, vocab_size
-    if not isinstance(vocab_size, int):
+def pad_token_resize(path_raw: pathlib.Path, raw_config: dict, tuned_vocab_size: int | None) -> tuple[int, int]:
+    """(tokens training added to the raw vocabulary, vocabulary size after) for a model tuned from this raw one.
+    train.py, like the original, adds [PAD] when the raw tokenizer has no pad token (or an empty one) and resizes
+    the embeddings to len(tokenizer): one token then, unless the tuned embeddings kept the raw size (a fine-tune
+    that padded with eos or unk instead). With a pad token nothing is added."""
+    if raw_pad_token(path_raw) is not None or tuned_vocab_size == raw_config.get("vocab_size"):
+        return 0, tuned_vocab_size
+    if not isinstance(tuned_vocab_size, int):
         raise ValueError("The tuned config.json has no vocab_size: cannot tell how far training grew the embeddings "
                          "for [PAD].")
-    return 1, vocab_size
+    return 1, tuned_vocab_size
 
 
 def match_raw_tensors(
@@ -298,10 +298,11 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
     check_output_free(path_diff)
     tuned_specs = checkpoint_tensors(path_tuned)
     raw_specs = checkpoint_tensors(path_raw)
-    added_tokens, vocab_size = pad_token_resize(path_raw, read_json(path_tuned / "config.json"))
+    raw_config = read_json(path_raw / "config.json")
+    added_tokens, vocab_size = pad_token_resize(path_raw, raw_config,
+                                                read_json(path_tuned / "config.json").get("vocab_size"))
     targets = {name: (spec.dtype, spec.shape) for name, spec in sorted(tuned_specs.items())}
-    sources = match_raw_tensors(raw_specs, targets, read_json(path_raw / "config.json"), added_tokens,
-                                vocab_size, path_raw)
+    sources = match_raw_tensors(raw_specs, targets, raw_config, added_tokens, vocab_size, path_raw)
 
     outputs = [(name, DIFF_DTYPES[itemsize(dtype)], shape) for name, (dtype, shape) in targets.items()]
     shards = plan_shards(outputs, parse_size(max_shard_size))
@@ -362,27 +363,28 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     check_output_free(final_dir)
     diff_specs = checkpoint_tensors(path_diff)
     raw_specs = checkpoint_tensors(path_raw)
+    raw_config = read_json(path_raw / "config.json")
     manifest_path = path_diff / MANIFEST_NAME
     manifest = read_manifest(manifest_path) if manifest_path.exists() else None
     if manifest is None:
         print(f"recover: {path_diff} has no {MANIFEST_NAME}; treating it as a diff made by the original code "
               "(float32 tuned minus raw), recovered as raw + diff in float32.")
         targets = {name: ("F32", spec.shape) for name, spec in sorted(diff_specs.items())}
-        added_tokens, vocab_size = pad_token_resize(path_raw, read_json(path_diff / "config.json"))
+        added_tokens, vocab_size = pad_token_resize(path_raw, raw_config,
+                                                    read_json(path_diff / "config.json").get("vocab_size"))
     else:
         targets = {name: (FROM_MANIFEST_DTYPE[entry["dtype"]], tuple(entry["shape"]))
                    for name, entry in manifest["tensors"].items()}
         check_diff_tensors(targets, diff_specs, path_diff)
-        added_tokens, vocab_size = manifest["pad_token_resize"]["added_tokens"], manifest["pad_token_resize"][
-            "vocab_size"]
-        needed = 0 if raw_pad_token(path_raw) is not None else 1
+        added_tokens, vocab_size = (manifest["pad_token_resize"][key] for key in ("added_tokens", "vocab_size"))
+        needed, _ = pad_token_resize(path_raw, raw_config, vocab_size)
         if needed != added_tokens:
-            raise ValueError(f"The diff was made from a raw tokenizer that needed {manifest['pad_token_resize']} "
-                             f"but the one in {path_raw} needs {needed} new token(s): wrong raw model.")
+            raise ValueError(f"The diff was made against a raw model that needed {added_tokens} new token(s) for "
+                             f"[PAD], but {path_raw} needs {needed}: wrong raw model.")
     # 2023 LLaMA checkpoints stored RoPE's inv_freq buffers, which today's models recompute and do not save.
     is_legacy_buffer = lambda name: manifest is None and name.endswith("rotary_emb.inv_freq")  # noqa: E731
-    sources = match_raw_tensors(raw_specs, targets, read_json(path_raw / "config.json"), added_tokens,
-                                vocab_size, path_raw, skip_missing=is_legacy_buffer)
+    sources = match_raw_tensors(raw_specs, targets, raw_config, added_tokens, vocab_size, path_raw,
+                                skip_missing=is_legacy_buffer)
     targets = {name: target for name, target in targets.items() if name in sources}
 
     outputs = [(name, dtype, shape) for name, (dtype, shape) in targets.items()]

@@ -111,10 +111,10 @@ def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_mo
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
     specs = safetensors_stream.checkpoint_tensors(tiny_model_dir)
-    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, model.config.to_dict())
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, config, model.config.vocab_size)
     assert (added, vocab_size) == (1, len(tokenizer))
     targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
-    config = json.loads((tiny_model_dir / "config.json").read_text())
     sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
     for name, param in model.state_dict().items():
         split = min(100, param.shape[0] - 1)  # in blocks of rows, as streamed: one block ends mid-vocabulary
@@ -241,6 +241,20 @@ def test_tied_embeddings_and_a_raw_tokenizer_with_pad(tmp_path):
     assert json.loads((diff / weight_diff.MANIFEST_NAME).read_text())["pad_token_resize"]["added_tokens"] == 0
     recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out2"), test_inference=False)
     assert first_difference(str(tuned_same_vocab), str(recovered)) is None
+
+
+def test_a_fine_tune_that_padded_with_an_existing_token_keeps_the_raw_vocabulary(tiny_model_dir, tmp_path):
+    """Not every fine-tune adds [PAD]: one that padded with eos has the raw vocabulary, and its diff is taken
+    against the raw embeddings as they are (the original stopped at a shape mismatch here)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    perturb(model, seed=5)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "tuned")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "tuned")
+    diff = weight_diff.make_diff(str(tiny_model_dir), str(tmp_path / "tuned"), str(tmp_path / "diff"))
+    resize = json.loads((diff / weight_diff.MANIFEST_NAME).read_text())["pad_token_resize"]
+    assert resize["added_tokens"] == 0 and resize["vocab_size"] == model.config.vocab_size
+    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
 
 
 def test_damaged_diff_is_named_and_nothing_is_written(tiny_model_dir, diff_bf16, tmp_path):
