@@ -126,7 +126,7 @@ def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def from_float32(array: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 -> dtype with round-to-nearest-even, as PyTorch casts (a NaN becomes bfloat16's quiet NaN)."""
+    """float32 -> dtype with round-to-nearest-even, as PyTorch casts numbers (a NaN becomes the quiet NaN 0x7FC0)."""
     if dtype != "BF16":
         with np.errstate(over="ignore", invalid="ignore"):
             return array.astype(STORAGE[dtype])
