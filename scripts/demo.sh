@@ -27,7 +27,7 @@ python train.py \
   --data_path data/demo_alpaca.json \
   --output_dir "$out/tuned" \
   --use_cpu True \
-  --num_train_epochs 30 \
+  --num_train_epochs 60 \
   --per_device_train_batch_size 8 \
   --learning_rate 5e-3 \
   --lr_scheduler_type cosine \

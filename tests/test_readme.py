@@ -91,4 +91,5 @@ def test_quickstart_demo_runs_every_step(tmp_path):
     assert re.search(r"Kept \d+ of \d+ parsed instructions from 2 requests", result.stdout + result.stderr)
     answers = json.loads((tmp_path / "demo" / "answers.json").read_text())
     assert len(answers) == 4 and all(isinstance(a["output"], str) for a in answers)
+    assert "Pacific Ocean" in answers[0]["output"]  # a question seen in training: fine-tuning took hold
     assert (tmp_path / "demo" / "generated" / "regen.json").exists()
