@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import signal
 import string
 import sys
 import time
@@ -50,6 +51,10 @@ JOURNAL_NAME = "regen_journal.jsonl"
 
 class SeedTaskError(ValueError):
     """The seed tasks file cannot be used; the message names the file and the line."""
+
+
+class FlagError(ValueError):
+    """A command-line flag that does not exist or has a value that cannot work; the message names it."""
 
 
 def encode_prompt(prompt_instructions: list[dict]) -> str:
@@ -119,11 +124,19 @@ def post_process_gpt3_response(num_prompt_instructions: int, response, drop_coun
 
 # --clean: defects found in the released 52K data, each its own drop reason.
 MERGED_TASK = re.compile(r"(^|\n)\s*\d+\s*\.\s*Instruction\s*:", flags=re.IGNORECASE)
-NA_OUTPUT = re.compile(r"\s*(n/?a|none|null|nil|no output|<no ?output>|-+|\.*)\s*\.?\s*", flags=re.IGNORECASE)
+# "None" or "Nil" can be a real answer ("Which of these numbers is prime?"), so only N/A-style markers count.
+NA_OUTPUT = re.compile(r"\s*(n/?a|no output|<no ?output>|-+|\.*)\s*\.?\s*", flags=re.IGNORECASE)
 NOINPUT_VARIANT = re.compile(r"\s*[<(\[]?\s*(no[ _-]?input( (required|needed|provided))?|n/?a|none|null|nil|empty|"
                              r"not applicable|no input is required)\s*[>)\]]?\s*\.?\s*", flags=re.IGNORECASE)
-URL_OR_ATTACHMENT = re.compile(r"\s*[<(\[]?\s*(https?://\S+|www\.\S+|(the )?(attached|attachment|link|url|image|photo|"
-                               r"picture|file|document|video|audio|screenshot)[\w .:-]*)\s*[>)\]]?\s*", re.IGNORECASE)
+# A URL or a file name alone, a bracketed placeholder ("<attached image>", "[link to the article]") or a pointer
+# to an attachment ("See the attached file."): the task needs content the model never saw. An input that merely
+# starts with such a word ("Document: the meeting moved to 5 pm", "Video games are popular") is real content.
+URL_OR_ATTACHMENT = re.compile(
+    r"\s*(<?(https?://\S+|www\.\S+)>?"
+    r"|\S+\.(jpe?g|png|gif|bmp|pdf|docx?|xlsx?|pptx?|csv|mp3|mp4|wav|mov|zip)"
+    r"|[<\[(]\s*(see )?(the )?(attached|attachment|link|url|image|photo|picture|file|document|video|audio|"
+    r"screenshot)\b[^>\])]*[>\])]"
+    r"|(please )?(see )?(the )?(attached|attachment|linked)\b[\w .:-]{0,40})\s*\.?\s*", flags=re.IGNORECASE)
 
 
 def clean_drop_reason(task: dict) -> str | None:
@@ -153,8 +166,13 @@ def load_seed_tasks(seed_tasks_path: str) -> list[dict]:
     if not os.path.exists(seed_tasks_path):
         raise SeedTaskError(f"Seed tasks file {seed_tasks_path} does not exist; pass --seed_tasks_path.")
     seed_instruction_data = []
-    with open(seed_tasks_path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
+    with open(seed_tasks_path, "rb") as f:
+        for line_number, raw_line in enumerate(f, start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SeedTaskError(f"{seed_tasks_path}, line {line_number}: not UTF-8 text ({e.reason}); save the "
+                                    "seed tasks as UTF-8 JSONL.") from None
             if not line.strip():
                 continue
             where = f"{seed_tasks_path}, line {line_number}"
@@ -198,12 +216,31 @@ def load_generated(output_dir: str) -> tuple[list[dict], int]:
         if good_bytes < os.path.getsize(journal_path):
             with open(journal_path, "r+b") as f:
                 f.truncate(good_bytes)
+        keep_edited_regen_json(regen_path, entries)
         return entries, next_request
     if os.path.exists(regen_path):
         entries = utils.jload(regen_path)
         append_journal(journal_path, {"request_index": -1, "kept": entries, "source": "regen.json"})
         return entries, 0
     return [], 0
+
+
+def keep_edited_regen_json(regen_path: str, journal_entries: list[dict]) -> None:
+    """The journal is what a run resumes from, and regen.json is rewritten from it at the end. A regen.json
+    that is not a copy of the journal's start (one left by a kill is) was edited by hand: move it aside,
+    so that the edits are not lost, and say so."""
+    if not os.path.exists(regen_path):
+        return
+    try:
+        written = utils.jload(regen_path)
+    except (ValueError, UnicodeDecodeError):
+        written = None
+    if isinstance(written, list) and written == journal_entries[:len(written)]:
+        return
+    backup = f"{regen_path}.edited-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.replace(regen_path, backup)
+    print(f"warning: {regen_path} differs from the run's journal ({JOURNAL_NAME}), which the run resumes from; "
+          f"it was moved to {backup} and regen.json will be written again from the journal.", file=sys.stderr)
 
 
 def append_journal(journal_path: str, record: dict) -> None:
@@ -279,6 +316,10 @@ def generate_instruction_following_data(
     if not 1 <= num_prompt_instructions <= len(seed_instruction_data):
         raise SeedTaskError(f"--num_prompt_instructions must be between 1 and the {len(seed_instruction_data)} seed "
                             f"tasks in {seed_tasks_path}, not {num_prompt_instructions}.")
+    for flag, value in (("num_instructions_to_generate", num_instructions_to_generate), ("num_cpus", num_cpus),
+                        ("request_batch_size", request_batch_size), ("max_concurrency", max_concurrency)):
+        if not isinstance(value, int) or value < 1:
+            raise FlagError(f"--{flag} must be a positive whole number, not {value!r}.")
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
     check_settings(api_type, model_name, api_base)
     os.makedirs(output_dir, exist_ok=True)
@@ -396,6 +437,10 @@ def generate_instruction_following_data(
     return machine_instruction_data
 
 
+def raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(task: str, **kwargs):
     """`python -m generate_instruction TASK --flag value ...`: run a function of this module by name
     (`generate_instruction_following_data`); `TASK --help` lists its flags."""
@@ -409,9 +454,16 @@ def main(task: str, **kwargs):
         print(f"usage: python -m generate_instruction {task} [--flag value ...]\n\n{inspect.getdoc(function)}\n\n"
               f"Flags and their defaults:\n{defaults}")
         return
+    known = inspect.signature(function).parameters
+    unknown = [f"--{name}" for name in kwargs if name not in known]
+    if unknown:
+        print(f"error: unknown flag {', '.join(unknown)}; `python -m generate_instruction {task} --help` lists "
+              "the flags.", file=sys.stderr)
+        sys.exit(2)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # kill, timeout, SLURM: save as for Ctrl-C
     try:
         function(**kwargs)
-    except (LLMError, SeedTaskError) as error:
+    except (LLMError, SeedTaskError, FlagError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -287,7 +287,6 @@ class LLMEndpoint:
         self.token_limiter = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.max_retries, self.retry_base_delay, self.retry_max_delay = max_retries, retry_base_delay, retry_max_delay
         self.cache_dir = cache_dir
-        self.max_tokens_cap: int | None = None  # learned from context-length errors, shared by later requests
         self.succeeded = False
         if api_type == "local":
             self.api_base = "local"
@@ -344,8 +343,6 @@ class LLMEndpoint:
         attempt = 0
         max_tokens = request.get("max_tokens")
         while True:
-            if max_tokens is not None and self.max_tokens_cap is not None:
-                max_tokens = min(max_tokens, self.max_tokens_cap)
             sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
             # Tokens the request may use, as OpenAI counts them against the quota: ~4 characters per prompt
             # token plus max_tokens for every completion; settled with the real usage once it is known.
@@ -366,7 +363,6 @@ class LLMEndpoint:
                     if max_tokens < 1:
                         raise LLMError(f"The prompt alone exceeds the context of model '{self.model_name}' at "
                                        f"{self.api_base}; lower --num_prompt_instructions.") from error
-                    self.max_tokens_cap = min(self.max_tokens_cap or max_tokens, max_tokens)
                     logger.warning("%s: context length exceeded; retrying with max_tokens=%d",
                                    self.api_base, max_tokens)
                     continue

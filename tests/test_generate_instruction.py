@@ -128,6 +128,16 @@ def test_post_process_numbering_follows_num_prompt_instructions():
     ({"input": "None of the options apply to Tom.", "output": "Fine."}, None),
     ({"input": "See https://example.com for the data: 1, 2, 3.", "output": "Six."}, None),
     ({"input": "", "output": "No, penguins cannot fly."}, None),
+    ({"input": "[link to the article]", "output": "Fine."}, "url_input"),
+    ({"input": "(see attached document)", "output": "Fine."}, "url_input"),
+    ({"input": "See the attached file.", "output": "Fine."}, "url_input"),
+    ({"input": "photo.jpg", "output": "Fine."}, "url_input"),
+    # Real inputs that merely start with an attachment word, and real answers that are a bare "None".
+    ({"input": "Document: The meeting is moved to 5 pm on Friday. Please confirm by Thursday.", "output": "Ok."},
+     None),
+    ({"input": "Video games are popular among teenagers and adults alike.", "output": "Fine."}, None),
+    ({"input": "File A: 10 MB. File B: 20 MB", "output": "File B."}, None),
+    ({"input": "2, 4, 6, 8", "output": "None"}, None),
 ])
 def test_clean_filters(entry, reason):
     assert gi.clean_drop_reason({"instruction": "Do something useful now.", **entry}) == reason
@@ -156,6 +166,10 @@ def test_seed_file_errors_name_file_and_line(tmp_path):
         gi.load_seed_tasks(str(path))
     with pytest.raises(gi.SeedTaskError, match="does not exist"):
         gi.load_seed_tasks(str(tmp_path / "missing.jsonl"))
+    path.write_bytes((good + "\n").encode() + json.dumps({"instruction": "Caf\u00e9 list.", "instances": [
+        {"input": "", "output": "Latte."}]}, ensure_ascii=False).encode("latin-1") + b"\n")
+    with pytest.raises(gi.SeedTaskError, match=r"seeds.jsonl, line 2: not UTF-8"):
+        gi.load_seed_tasks(str(path))
     path.write_text(good + "\n")
     assert gi.load_seed_tasks(str(path)) == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
 
@@ -305,6 +319,50 @@ def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_pa
     whole = generate(openai_server, tmp_path / "whole", seeds, num_instructions_to_generate=target,
                      request_batch_size=1)
     assert resumed == whole
+
+
+def test_sigterm_writes_regen_json_like_ctrl_c(openai_server, seeds, tmp_path):
+    """`kill`, `timeout` and batch schedulers send SIGTERM: regen.json must then hold every kept instruction."""
+    openai_server.delay = 0.2
+    out = tmp_path / "terminated"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+         str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "100000", "--api_base",
+         openai_server.url, "--max_concurrency", "2", "--num_cpus", "1", "--request_batch_size", "1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OPENAI_API_KEY": KEY})
+    journal = out / gi.JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "every instruction kept so far is saved" in stderr
+    kept = [entry for record in read_journal(out) for entry in record["kept"]]
+    assert json.loads((out / "regen.json").read_text()) == kept and kept
+
+
+def test_unknown_flags_and_impossible_values_are_one_line(seeds, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path), num_instructionz=5)
+    assert exit_info.value.code == 2 and "unknown flag --num_instructionz" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds,
+                num_cpus=0, api_base="http://127.0.0.1:9/v1")
+    assert "--num_cpus must be a positive whole number, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_hand_edited_regen_json_is_moved_aside_not_overwritten(openai_server, seeds, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = generate(openai_server, out, seeds, num_instructions_to_generate=5)
+    edited = first[1:]  # the user dropped an instruction they did not like
+    (out / "regen.json").write_text(json.dumps(edited))
+    resumed = generate(openai_server, out, seeds, num_instructions_to_generate=len(first) + 5)
+    assert resumed[:len(first)] == first  # the run resumes from the journal
+    backups = list(out.glob("regen.json.edited-*"))
+    assert len(backups) == 1 and json.loads(backups[0].read_text()) == edited
+    assert "was moved to" in capsys.readouterr().err
 
 
 def test_half_written_journal_line_is_dropped(openai_server, seeds, tmp_path):
