@@ -73,20 +73,6 @@ def is_lora_adapter(path: str | os.PathLike | None) -> bool:
     return path is not None and (pathlib.Path(path) / "adapter_config.json").is_file()
 
 
-def _check_local_weights(path: str) -> None:
-    """Fail early, with a sentence, on a directory we cannot load: missing, or holding only pickled weights."""
-    local = pathlib.Path(path)
-    if not local.is_dir():
-        return  # a Hub id: from_pretrained resolves it, and we explain a failure there
-    if not list(local.glob("*.safetensors")):
-        found = sorted(p.name for p in local.glob("*.bin")) or sorted(p.name for p in local.iterdir())[:10]
-        raise FileNotFoundError(
-            f"No *.safetensors weights in '{path}' (found: {', '.join(found) or 'nothing'}). This script loads "
-            "safetensors only, since pickled .bin files can run code when loaded; re-save the model with "
-            "`model.save_pretrained(dir, safe_serialization=True)`, or point --model_name_or_path elsewhere."
-        )
-
-
 def load_model(
     model_name_or_path: str,
     lora_path: str | None = None,
@@ -112,7 +98,7 @@ def load_model(
             f"--lora_path '{lora_path}' is not a LoRA adapter directory (no adapter_config.json in it). "
             "Pass the directory that train.py wrote with --lora_r, or drop --lora_path for a full checkpoint."
         )
-    _check_local_weights(model_name_or_path)
+    utils.check_local_weights(model_name_or_path)
     device = resolve_device(device)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -138,9 +124,10 @@ def load_model(
     if lora_path is not None:
         from peft import PeftModel
 
-        # train.py adds [PAD] (and resizes) before wrapping with LoRA; the adapter then carries the new embedding
-        # rows, which only fit a base model grown to the tokenizer's size.
-        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        # train.py resizes the embeddings to len(tokenizer) before wrapping with LoRA: grown for [PAD], or shrunk
+        # where the checkpoint had spare rows (OPT: 50272 rows for 50265 tokens). The adapter then carries
+        # embeddings of that size, which only fit a base model resized the same way.
+        if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, lora_path)
     model.to(device).eval()

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import DataCollatorWithFlattening, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.training_args import ParallelMode
 
 import utils
 from legacy_flags import translate_legacy_flags
@@ -124,6 +125,7 @@ def missing_special_tokens(tokenizer) -> dict:
 
 def load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     """The base model and its tokenizer (right padding, model_max_length, special tokens added)."""
+    utils.check_local_weights(model_args.model_name_or_path)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=getattr(torch, model_args.torch_dtype),
         attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
@@ -186,6 +188,8 @@ def _tokenize_fn(strings: Sequence[str], tokenizer, prompt_chars: Sequence[int] 
         if prompt_chars is not None:
             tokens_before.extend(_tokens_before(encoding, chars) for encoding, chars
                                  in zip(encodings, prompt_chars[start:start + chunk_size], strict=True))
+    if tokenizer.is_fast:  # the call above left truncation on in the backend, and save_pretrained would write it
+        tokenizer.backend_tokenizer.no_truncation()
     pad_id = tokenizer.pad_token_id
     return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids],
                 tokens_before=tokens_before)
@@ -374,6 +378,14 @@ def add_lora(model, training_args: TrainingArguments):
     from peft import LoraConfig, get_peft_model
 
     target_modules = training_args.lora_target_modules
+    if target_modules != ["all-linear"]:
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [target for target in target_modules if target not in names]
+        if missing:  # peft only fails when none match; a partial match would silently train fewer layers
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            logger.warning(f"--lora_target_modules {' '.join(missing)}: no such module in this model, so no adapter "
+                           f"there. Its linear layers are: {' '.join(linear)} (or pass all-linear).")
     config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
                         lora_dropout=training_args.lora_dropout, task_type="CAUSAL_LM",
                         target_modules="all-linear" if target_modules == ["all-linear"] else target_modules)
@@ -403,14 +415,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     argv, notices = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    if data_args.data_path is None:
-        parser.error("--data_path is required: a JSON list or JSONL of {instruction, input, output} records.")
-    if training_args.lora_r < 0:
-        parser.error(f"--lora_r must be >= 0 (0 turns LoRA off), got {training_args.lora_r}.")
-    if training_args.fsdp and training_args.parallel_mode != transformers.training_args.ParallelMode.DISTRIBUTED:
-        parser.error("--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N GPUs).")
-    if training_args.merge_lora and training_args.lora_r == 0:
-        parser.error("--merge_lora True needs LoRA: pass --lora_r (e.g. 16).")
+    problems = [
+        (data_args.data_path is None, "--data_path is required: a JSON list or JSONL of {instruction, input, output} "
+                                      "records."),
+        (training_args.lora_r < 0, f"--lora_r must be >= 0 (0 turns LoRA off), got {training_args.lora_r}."),
+        (bool(training_args.fsdp) and training_args.parallel_mode != ParallelMode.DISTRIBUTED,
+         "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N GPUs)."),
+        (training_args.merge_lora and training_args.lora_r == 0,
+         "--merge_lora True needs LoRA: pass --lora_r (e.g. 16)."),
+        (data_args.val_set_size > 0 and bool(data_args.eval_data_path),
+         "give --val_set_size or --eval_data_path, not both: the held-out examples would leave training unused."),
+    ]
+    for failed, message in problems:
+        if failed:  # one line (after the flag translations, which may explain it), not argparse's page of usage
+            print("".join(f"legacy flag: {notice}\n" for notice in notices) + f"train.py: error: {message}",
+                  file=sys.stderr)
+            sys.exit(2)
     return model_args, data_args, training_args, notices
 
 

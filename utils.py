@@ -50,6 +50,20 @@ def _make_r_io_base(f, mode: str):
     return f
 
 
+def check_local_weights(path: str) -> None:
+    """Fail early, with a sentence, on a directory we cannot load: missing, or holding only pickled weights."""
+    local = pathlib.Path(path)
+    if not local.is_dir():
+        return  # a Hub id: from_pretrained resolves it, and we explain a failure there
+    if not list(local.glob("*.safetensors")):
+        found = sorted(p.name for p in local.glob("*.bin")) or sorted(p.name for p in local.iterdir())[:10]
+        raise FileNotFoundError(
+            f"No *.safetensors weights in '{path}' (found: {', '.join(found) or 'nothing'}). We load "
+            "safetensors only, since pickled .bin files can run code when loaded; re-save the model with "
+            "`model.save_pretrained(dir, safe_serialization=True)`, or point --model_name_or_path elsewhere."
+        )
+
+
 def load_records(path: str) -> list:
     """The records of a JSON list or a JSONL file (one JSON value per line; blank lines skipped).
 
@@ -59,7 +73,7 @@ def load_records(path: str) -> list:
     file = pathlib.Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"Data file '{path}' does not exist or is not a file.")
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is not data
     if file.suffix != ".jsonl" and text.lstrip().startswith("["):
         try:
             records = json.loads(text)

@@ -202,6 +202,28 @@ def test_adapter_dir_alone_loads_its_base_with_the_added_pad_token(tmp_path, tin
                          for ex in EXAMPLES]
 
 
+def test_adapter_of_a_base_with_spare_embedding_rows_loads(tmp_path, tiny_model_dir):
+    """OPT-style checkpoints have more embedding rows than tokens; training shrinks them to len(tokenizer) (and
+    adds [PAD]), so the base must be resized to the adapter's size, down as well as up."""
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.resize_token_embeddings(base.config.vocab_size + 8)  # spare rows, as OPT ships them
+    base.save_pretrained(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(tmp_path / "base")
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    model.resize_token_embeddings(len(tokenizer))  # what train.py's smart_tokenizer_and_embedding_resize does
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tokenizer.save_pretrained(tmp_path / "adapter")
+
+    loaded, loaded_tokenizer = load_model(str(tmp_path / "base"), lora_path=str(tmp_path / "adapter"), device="cpu")
+    assert loaded.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    text = format_prompt(EXAMPLES[0]["instruction"])
+    torch.testing.assert_close(_logits(loaded, loaded_tokenizer, text), _logits(peft_model, tokenizer, text))
+
+
 def _run_cli(repo_dir, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([sys.executable, "inference.py", *args], cwd=repo_dir, input=stdin, env=env,

@@ -200,6 +200,20 @@ def test_bad_records_are_named(tmp_path, record, message):
         load_examples(path)
 
 
+def test_a_json_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(make_examples(2)).encode())
+    assert load_examples(str(path)) == make_examples(2)
+
+
+def test_lora_target_modules_the_model_lacks_are_named(tiny_model_dir, tmp_path, caplog):
+    data = write_json(tmp_path / "d.json", make_examples(8))
+    with caplog.at_level(logging.WARNING, logger="train"):
+        run_train(tiny_model_dir, data, tmp_path / "lora", "--max_steps", "1", "--lora_r", "2",
+                  "--lora_target_modules", "q_proj", "out_proj")
+    assert "--lora_target_modules out_proj: no such module in this model" in caplog.text and "o_proj" in caplog.text
+
+
 def test_bad_files_are_named(tmp_path):
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text(json.dumps(make_examples(1)[0]) + "\n{not json\n")
@@ -310,6 +324,8 @@ def test_train_writes_a_checkpoint_that_auto_classes_load(tiny_model_dir, tmp_pa
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
     assert tokenizer.pad_token == "[PAD]" and model.get_input_embeddings().weight.shape[0] == len(tokenizer)
     assert model.config.use_cache  # turned off for training only
+    # Tokenizing with truncation must not leave it switched on in the saved tokenizer.json (other tools read it).
+    assert json.loads((tmp_path / "out" / "tokenizer.json").read_text())["truncation"] is None
     raw = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, raw.model.layers[0].mlp.up_proj.weight)
 
@@ -409,9 +425,20 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_model_dir, tmp_
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-6)
 
 
-def test_bad_arguments_are_explained(tiny_model_dir, tmp_path):
+def test_bad_arguments_are_explained(tiny_model_dir, tmp_path, capsys):
     data = write_json(tmp_path / "d.json", make_examples(4))
     with pytest.raises(SystemExit):
         run_train(tiny_model_dir, data, tmp_path / "x", "--merge_lora", "True")
     with pytest.raises(SystemExit):
         run_train(tiny_model_dir, data, tmp_path / "x", "--fsdp", "full_shard auto_wrap")  # no torchrun
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("train.py: error: --fsdp shards the model across processes: launch with torchrun "
+                                    "--nproc_per_node=N (N GPUs).") and "usage:" not in err
+    with pytest.raises(SystemExit):  # the held-out examples would be lost from training for nothing
+        run_train(tiny_model_dir, data, tmp_path / "x", "--val_set_size", "2", "--eval_data_path", data)
+    assert "not both" in capsys.readouterr().err
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="No \\*.safetensors weights .*pytorch_model.bin"):
+        run_train(pickled, data, tmp_path / "x")
