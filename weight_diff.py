@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
@@ -62,6 +63,9 @@ DEFAULT_PAD_TOKEN = "[PAD]"  # train.DEFAULT_PAD_TOKEN (importing train.py would
 ALPACA_7B_NAIVE_SUM = 50637.1836  # sum of all Alpaca-7B weights: the original's only integrity check
 INFERENCE_INSTRUCTION = "List three technologies that make life easier."
 CONFIG_FILES = ("config.json", "generation_config.json")
+SPECIAL_TOKEN_ROLES = ("pad_token", "eos_token", "bos_token", "unk_token")  # those train.py adds when missing
+# Input and output embeddings (LLaMA, GPT-NeoX, GPT-2, BLOOM, ...): the tensors a vocabulary resize changes.
+EMBEDDING_NAME = re.compile(r"(^|\.)(embed_tokens|embed_in|embed_out|wte|word_embeddings|lm_head|output)\.weight$")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.json", "merges.txt", "vocab.txt", "chat_template.jinja", "chat_template.json",
@@ -182,50 +186,79 @@ def read_json(path: pathlib.Path) -> dict:
     return json.loads(path.read_text())
 
 
-def raw_pad_token(path_raw: pathlib.Path) -> str | None:
-    """The raw tokenizer's pad token as its saved files declare it (tokenizer_config.json, then
-    special_tokens_map.json), None when neither sets one. Read from the files rather than by loading the
-    tokenizer, which would import transformers and torch: more memory than the whole diff needs."""
-    declared = [path_raw / name for name in ("tokenizer_config.json", "special_tokens_map.json")]
-    if not any(path.exists() for path in declared) and not any((path_raw / n).exists() for n in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path_raw} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
-                                "the raw model directory must hold its tokenizer.")
-    for path in declared:
-        if path.exists():
-            token = read_json(path).get("pad_token")
+def declared_special_tokens(model_dir: pathlib.Path) -> dict[str, str | None]:
+    """The pad, eos, bos and unk tokens as a tokenizer's saved files declare them (tokenizer_config.json, then
+    special_tokens_map.json); None where neither sets one, or sets the empty string (which train.py also counts
+    as missing). Read from the files rather than by loading the tokenizer, which would import transformers and
+    torch: more memory than the whole diff needs."""
+    declared = [model_dir / name for name in ("tokenizer_config.json", "special_tokens_map.json")]
+    if not any(path.exists() for path in declared) and not any((model_dir / n).exists() for n in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+                                "the model directory must hold its tokenizer.")
+    tokens = dict.fromkeys(SPECIAL_TOKEN_ROLES)
+    for path in reversed(declared):  # tokenizer_config.json wins
+        for role, token in (read_json(path) if path.exists() else {}).items():
             token = token.get("content") if isinstance(token, dict) else token
-            if token:
-                return token
-    return None
+            if role in tokens and isinstance(token, str) and token:
+                tokens[role] = token
+    return tokens
 
 
-def pad_token_resize(path_raw: pathlib.Path, raw_config: dict, tuned_vocab_size: int | None) -> tuple[int, int]:
-    """(tokens training added to the raw vocabulary, vocabulary size after) for a model tuned from this raw one.
-    train.py, like the original, adds [PAD] when the raw tokenizer has no pad token (or an empty one) and resizes
-    the embeddings to len(tokenizer): one token then, unless the tuned embeddings kept the raw size (a fine-tune
-    that padded with eos or unk instead). With a pad token nothing is added."""
-    if raw_pad_token(path_raw) is not None or tuned_vocab_size == raw_config.get("vocab_size"):
+def added_token_ids(model_dir: pathlib.Path) -> dict[str, int]:
+    """Content -> id of the tokens a tokenizer's files list as added to its base vocabulary (tokenizer.json's
+    added_tokens, tokenizer_config.json's added_tokens_decoder, added_tokens.json)."""
+    ids = {}
+    if (model_dir / "tokenizer.json").exists():
+        ids.update({t["content"]: t["id"] for t in read_json(model_dir / "tokenizer.json").get("added_tokens", [])})
+    if (model_dir / "tokenizer_config.json").exists():
+        decoder = read_json(model_dir / "tokenizer_config.json").get("added_tokens_decoder", {})
+        ids.update({t["content"]: int(i) for i, t in decoder.items() if isinstance(t, dict) and "content" in t})
+    if (model_dir / "added_tokens.json").exists():
+        ids.update(read_json(model_dir / "added_tokens.json"))
+    return ids
+
+
+def pad_token_resize(path_raw: pathlib.Path, raw_config: dict, tuned_dir: pathlib.Path,
+                     tuned_vocab_size: int | None) -> tuple[int, int | None]:
+    """(tokens training appended to the raw vocabulary, vocabulary size after) for a model tuned from this raw one.
+
+    train.py, like the original, adds each of [PAD], </s>, <s>, <unk> whose role the raw tokenizer leaves empty
+    (only the ones not already in the vocabulary count) and resizes the embeddings to len(tokenizer), which
+    also drops spare rows (OPT, Qwen). The tokens added take the highest ids: they are the tuned tokenizer's
+    tokens for those roles whose ids end its vocabulary. Where the tuned tokenizer files do not say, a tuned
+    vocabulary larger than the raw one counts as that many added tokens.
+    """
+    missing = [role for role, token in declared_special_tokens(path_raw).items() if token is None]
+    if not missing or not isinstance(tuned_vocab_size, int):
         return 0, tuned_vocab_size
-    if not isinstance(tuned_vocab_size, int):
-        raise ValueError("The tuned config.json has no vocab_size: cannot tell how far training grew the embeddings "
-                         "for [PAD].")
-    return 1, tuned_vocab_size
+    tuned_tokens, ids = declared_special_tokens(tuned_dir), added_token_ids(tuned_dir)
+    new_ids = sorted({ids[tuned_tokens[role]] for role in missing if tuned_tokens[role] in ids}, reverse=True)
+    added = 0
+    while added < len(new_ids) and new_ids[added] == tuned_vocab_size - 1 - added:
+        added += 1
+    raw_rows = raw_config.get("vocab_size")
+    if not added and isinstance(raw_rows, int) and tuned_vocab_size > raw_rows:
+        added = tuned_vocab_size - raw_rows
+    return added, tuned_vocab_size
 
 
 def match_raw_tensors(
     raw_specs: dict[str, TensorSpec], targets: dict[str, tuple[str, tuple[int, ...]]],
     raw_config: dict, added_tokens: int, vocab_size: int, path_raw: pathlib.Path, skip_missing=lambda name: False,
 ) -> dict[str, RawSource]:
-    """For every target tensor (name -> dtype, shape), the raw tensor it is diffed against, after the pad-token
-    resize: raw [V, ...] embeddings become [vocab_size, ...] with the last `added_tokens` rows set to the mean
-    of the rows before them. A tied raw model has no output embedding in its file: its input embedding serves.
-    Raises ValueError naming the first tensor whose name or shape does not match."""
+    """For every target tensor (name -> dtype, shape), the raw tensor it is diffed against, after the resize
+    training did: raw [V, ...] embeddings become [vocab_size, ...], their first vocab_size - added_tokens rows
+    kept and the last `added_tokens` rows set to the mean of those. A tied raw model has no output embedding in
+    its file: its input embedding serves. Raises ValueError naming the first tensor that does not match."""
     raw_rows = raw_config.get("vocab_size")
-    kept_rows = vocab_size - added_tokens if added_tokens else raw_rows
-    if added_tokens and (raw_rows is None or kept_rows > raw_rows):
-        raise ValueError(f"{path_raw}: the raw embeddings have {raw_rows} rows but the tuned model's vocabulary has "
-                         f"{kept_rows} tokens besides [PAD]; the tuned model was not trained from this raw model.")
-    embeddings = [name for name, spec in raw_specs.items() if len(spec.shape) == 2 and spec.shape[0] == raw_rows]
+    resizing = isinstance(vocab_size, int) and (added_tokens > 0 or vocab_size != raw_rows)
+    kept_rows = vocab_size - added_tokens if resizing else raw_rows
+    if resizing and (raw_rows is None or kept_rows > raw_rows):
+        raise ValueError(f"{path_raw}: the raw embeddings have {raw_rows} rows, but the tuned model's vocabulary has "
+                         f"{vocab_size} tokens, {added_tokens} of them added in training: the tuned model was not "
+                         "trained from this raw model.")
+    embeddings = [name for name, spec in raw_specs.items()
+                  if len(spec.shape) == 2 and spec.shape[0] == raw_rows and EMBEDDING_NAME.search(name)]
     tied = raw_config.get("tie_word_embeddings", False) and len(embeddings) == 1
     sources, means, used = {}, {}, set()
     for name, (dtype, shape) in targets.items():
@@ -239,16 +272,16 @@ def match_raw_tensors(
                 raise ValueError(f"Tensor {name!r} is in the tuned model but not in the raw model {path_raw}: "
                                  "is it the base model this diff belongs to?")
         spec = raw_specs[raw_name]
-        resized = added_tokens and raw_name in embeddings
+        resized = resizing and raw_name in embeddings
         expected = (vocab_size, *spec.shape[1:]) if resized else spec.shape
         if tuple(shape) != tuple(expected):
             raise ValueError(f"Tensor {name!r} has shape {list(shape)} in the tuned model but the raw model "
-                             f"{path_raw} gives {list(expected)}" + (" after adding [PAD]" if resized else "")
+                             f"{path_raw} gives {list(expected)}" + (" after the resize" if resized else "")
                              + ": these are not the same architecture.")
         if (spec.dtype in FLOATS) != (dtype in FLOATS) or (dtype not in FLOATS and spec.dtype != dtype):
             raise ValueError(f"Tensor {name!r} is {MANIFEST_DTYPES[dtype]} in the tuned model but "
                              f"{MANIFEST_DTYPES[spec.dtype]} in {path_raw}.")
-        if resized and raw_name not in means:
+        if resized and added_tokens and raw_name not in means:
             means[raw_name] = mean_of_rows(spec, kept_rows)
         rows = kept_rows if resized else (shape[0] if shape else 0)
         sources[name] = RawSource(spec, raw_name, rows, means.get(raw_name) if resized else None)
@@ -299,7 +332,7 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
     tuned_specs = checkpoint_tensors(path_tuned)
     raw_specs = checkpoint_tensors(path_raw)
     raw_config = read_json(path_raw / "config.json")
-    added_tokens, vocab_size = pad_token_resize(path_raw, raw_config,
+    added_tokens, vocab_size = pad_token_resize(path_raw, raw_config, path_tuned,
                                                 read_json(path_tuned / "config.json").get("vocab_size"))
     targets = {name: (spec.dtype, spec.shape) for name, spec in sorted(tuned_specs.items())}
     sources = match_raw_tensors(raw_specs, targets, raw_config, added_tokens, vocab_size, path_raw)
@@ -370,17 +403,17 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
         print(f"recover: {path_diff} has no {MANIFEST_NAME}; treating it as a diff made by the original code "
               "(float32 tuned minus raw), recovered as raw + diff in float32.")
         targets = {name: ("F32", spec.shape) for name, spec in sorted(diff_specs.items())}
-        added_tokens, vocab_size = pad_token_resize(path_raw, raw_config,
+        added_tokens, vocab_size = pad_token_resize(path_raw, raw_config, path_diff,
                                                     read_json(path_diff / "config.json").get("vocab_size"))
     else:
         targets = {name: (FROM_MANIFEST_DTYPE[entry["dtype"]], tuple(entry["shape"]))
                    for name, entry in manifest["tensors"].items()}
         check_diff_tensors(targets, diff_specs, path_diff)
         added_tokens, vocab_size = (manifest["pad_token_resize"][key] for key in ("added_tokens", "vocab_size"))
-        needed, _ = pad_token_resize(path_raw, raw_config, vocab_size)
+        needed, _ = pad_token_resize(path_raw, raw_config, path_diff, vocab_size)
         if needed != added_tokens:
-            raise ValueError(f"The diff was made against a raw model that needed {added_tokens} new token(s) for "
-                             f"[PAD], but {path_raw} needs {needed}: wrong raw model.")
+            raise ValueError(f"The diff was made against a raw model whose tokenizer needed {added_tokens} new "
+                             f"token(s) in training, but the one in {path_raw} needs {needed}: wrong raw model.")
     # 2023 LLaMA checkpoints stored RoPE's inv_freq buffers, which today's models recompute and do not save.
     is_legacy_buffer = lambda name: manifest is None and name.endswith("rotary_emb.inv_freq")  # noqa: E731
     sources = match_raw_tensors(raw_specs, targets, raw_config, added_tokens, vocab_size, path_raw,

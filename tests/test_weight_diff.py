@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 import safetensors_stream
 import weight_diff
 from make_tiny_model import make_tiny_model
-from train import DEFAULT_PAD_TOKEN, smart_tokenizer_and_embedding_resize
+from train import DEFAULT_PAD_TOKEN, missing_special_tokens, smart_tokenizer_and_embedding_resize
 
 INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # diff tensors, by width
 
@@ -35,11 +35,11 @@ def perturb(model: torch.nn.Module, seed: int) -> None:
 
 
 def make_tuned(raw_dir: pathlib.Path, out_dir: pathlib.Path, dtype: torch.dtype, seed: int = 0, **save) -> pathlib.Path:
-    """A stand-in for a fine-tuned model: the raw model resized for [PAD] as train.py does, then perturbed."""
+    """A stand-in for a fine-tuned model: the raw model with its tokenizer and embeddings resized exactly as
+    train.py does (missing pad/eos/bos/unk added, embeddings resized to len(tokenizer)), then perturbed."""
     tokenizer = AutoTokenizer.from_pretrained(raw_dir)
     model = AutoModelForCausalLM.from_pretrained(raw_dir, dtype=torch.float32)
-    if tokenizer.pad_token is None:
-        smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
+    smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
     perturb(model, seed)
     model.to(dtype).save_pretrained(out_dir, **save)
     tokenizer.save_pretrained(out_dir)
@@ -106,13 +106,15 @@ def test_round_trip_of_arbitrary_bit_patterns(tiny_model_dir, tmp_path):
     assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
 
 
-def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir):
+def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_model_dir, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     smart_tokenizer_and_embedding_resize({"pad_token": DEFAULT_PAD_TOKEN}, tokenizer, model)
     specs = safetensors_stream.checkpoint_tensors(tiny_model_dir)
     config = json.loads((tiny_model_dir / "config.json").read_text())
-    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, config, model.config.vocab_size)
+    tokenizer.save_pretrained(tmp_path / "tuned-tokenizer")
+    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, config, tmp_path / "tuned-tokenizer",
+                                                     model.config.vocab_size)
     assert (added, vocab_size) == (1, len(tokenizer))
     targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
     sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
@@ -170,7 +172,7 @@ def test_float_conversions_round_as_pytorch_does():
             same]), name
 
 
-def test_pad_token_read_from_files_agrees_with_the_tokenizer(tiny_model_dir, tmp_path):
+def test_special_tokens_read_from_files_agree_with_the_tokenizer(tiny_model_dir, tmp_path):
     variants = {"none": None, "unk": "<unk>", "new": "<pad>", "empty": ""}
     for label, pad in variants.items():
         tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -178,9 +180,12 @@ def test_pad_token_read_from_files_agrees_with_the_tokenizer(tiny_model_dir, tmp
             tokenizer.pad_token = pad
         tokenizer.save_pretrained(tmp_path / label)
         loaded = AutoTokenizer.from_pretrained(tmp_path / label)
-        assert weight_diff.raw_pad_token(tmp_path / label) == (loaded.pad_token or None), label
+        declared = weight_diff.declared_special_tokens(tmp_path / label)
+        assert declared == {role: getattr(loaded, role) or None for role in declared}, label
+        # train.py adds exactly the roles declared missing here
+        assert set(missing_special_tokens(loaded)) == {role for role, token in declared.items() if token is None}
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
-        weight_diff.raw_pad_token(tmp_path)
+        weight_diff.declared_special_tokens(tmp_path)
 
 
 def test_make_diff_and_recover_need_neither_torch_nor_transformers(tiny_model_dir, tuned_bf16, tmp_path, repo_dir):
@@ -255,6 +260,46 @@ def test_a_fine_tune_that_padded_with_an_existing_token_keeps_the_raw_vocabulary
     assert resize["added_tokens"] == 0 and resize["vocab_size"] == model.config.vocab_size
     recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
     assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
+
+
+def word_level_model(out_dir: pathlib.Path, vocab: int, rows: int, hidden: int = 64, **special) -> pathlib.Path:
+    """A raw model whose tokenizer has `vocab` words and the given special tokens, and `rows` embedding rows."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {"<s>": 0, "</s>": 1, **{f"w{i}": i for i in range(2, vocab)}}
+    backend = Tokenizer(models.WordLevel(words, unk_token="</s>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, **special).save_pretrained(out_dir)
+    config = LlamaConfig(vocab_size=rows, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.mark.parametrize("label,rows,special,added", [
+    ("no pad, no unk (Llama-3)", 300, {"bos_token": "<s>", "eos_token": "</s>"}, 2),
+    ("spare rows, pad (Qwen)", 320, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "</s>",
+                                     "pad_token": "</s>"}, 0),
+    ("spare rows, no pad (Pythia)", 320, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "</s>"}, 1),
+])
+def test_every_vocabulary_resize_train_py_does_round_trips(tmp_path, label, rows, special, added):
+    raw = word_level_model(tmp_path / "raw", vocab=300, rows=rows, **special)
+    tuned = make_tuned(raw, tmp_path / "tuned", torch.bfloat16)
+    diff = weight_diff.make_diff(str(raw), str(tuned), str(tmp_path / "diff"))
+    resize = json.loads((diff / weight_diff.MANIFEST_NAME).read_text())["pad_token_resize"]
+    assert (resize["added_tokens"], resize["vocab_size"]) == (added, 300 + added), label
+    recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tuned), str(recovered)) is None
+
+
+def test_a_matrix_as_tall_as_the_vocabulary_is_not_an_embedding(tmp_path):
+    raw = make_tiny_model(str(tmp_path / "raw"), hidden_size=256)  # intermediate_size 512 == vocab_size 512
+    tuned = make_tuned(raw, tmp_path / "tuned", torch.bfloat16)
+    diff = weight_diff.make_diff(str(raw), str(tuned), str(tmp_path / "diff"))
+    recovered = weight_diff.recover(str(raw), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tuned), str(recovered)) is None
 
 
 def test_damaged_diff_is_named_and_nothing_is_written(tiny_model_dir, diff_bf16, tmp_path):
