@@ -67,6 +67,8 @@ def read_safetensors_header(file: pathlib.Path) -> dict[str, TensorSpec]:
 
 def checkpoint_tensors(model_dir: pathlib.Path) -> dict[str, TensorSpec]:
     """Map every tensor name of a safetensors checkpoint (single file or sharded) to its spec."""
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"{model_dir} does not exist or is not a directory.")
     index = model_dir / "model.safetensors.index.json"
     if index.exists():
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -75,10 +77,11 @@ def checkpoint_tensors(model_dir: pathlib.Path) -> dict[str, TensorSpec]:
         files = [model_dir / "model.safetensors"]
     elif list(model_dir.glob("*.bin")):
         raise FileNotFoundError(
-            f"{model_dir} holds PyTorch pickle weights (*.bin) but no safetensors; this script reads safetensors "
-            f"only. Convert it once, e.g. `python -c \"from transformers import AutoModelForCausalLM as M; "
-            f"M.from_pretrained('{model_dir}', dtype='auto').save_pretrained('{model_dir}-safetensors')\"`, "
-            f"and pass the new directory.")
+            f"{model_dir} holds PyTorch pickle weights (*.bin) but no safetensors; only safetensors are read, as "
+            f"pickles can run code when loaded. If you trust the files, convert them once, tokenizer included: "
+            f"`python -c \"from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; d = '{model_dir}'; "
+            f"M.from_pretrained(d, dtype='auto').save_pretrained(d + '-safetensors'); "
+            f"T.from_pretrained(d).save_pretrained(d + '-safetensors')\"`, and pass the new directory.")
     else:
         raise FileNotFoundError(f"{model_dir} has no model.safetensors or model.safetensors.index.json.")
     specs = {}
@@ -143,10 +146,14 @@ def parse_size(size: int | str) -> int:
         return size
     text = size.strip().upper()
     units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
+    try:
+        for unit, factor in units.items():
+            if text.endswith(unit):
+                return int(float(text[: -len(unit)]) * factor)
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--max_shard_size {size!r}: give a size such as 2GB, 500MB, 4GiB or a number of bytes.") \
+            from None
 
 
 def plan_shards(tensors: list[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int) -> list[list]:

@@ -142,14 +142,18 @@ def mean_of_rows(spec: TensorSpec, rows: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- output directories
 
-def copy_model_files(source: pathlib.Path, destination: pathlib.Path) -> None:
-    """Copy the config and tokenizer files (not the weights), as the original saved the tuned ones."""
+def check_model_files(source: pathlib.Path) -> None:
+    """The config and tokenizer that will be copied must be there: checked before the work, not after it."""
     if not (source / "config.json").exists():
         raise FileNotFoundError(f"{source} has no config.json; it must be a Hugging Face model directory.")
-    tokenizer_files = [name for name in TOKENIZER_FILES if (source / name).exists()]
-    if not tokenizer_files:
-        raise FileNotFoundError(f"{source} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...).")
-    for name in CONFIG_FILES + tuple(tokenizer_files):
+    if not any((source / name).exists() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{source} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); copy the "
+                                "tokenizer of the fine-tuned model into it.")
+
+
+def copy_model_files(source: pathlib.Path, destination: pathlib.Path) -> None:
+    """Copy the config and tokenizer files (not the weights), as the original saved the tuned ones."""
+    for name in CONFIG_FILES + TOKENIZER_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, destination / name)
 
@@ -326,9 +330,10 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
     directory.
     """
     started = time.time()
-    path_raw, path_tuned, path_diff = pathlib.Path(path_raw), pathlib.Path(path_tuned), pathlib.Path(path_diff)
+    path_raw, path_tuned, path_diff = (pathlib.Path(str(path)) for path in (path_raw, path_tuned, path_diff))
     check_device(device)
     check_output_free(path_diff)
+    check_model_files(path_tuned)
     tuned_specs = checkpoint_tensors(path_tuned)
     raw_specs = checkpoint_tensors(path_raw)
     raw_config = read_json(path_raw / "config.json")
@@ -390,10 +395,12 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     The weights are rebuilt on the CPU; `device` is where test_inference runs the model. Returns path_tuned.
     """
     started = time.time()
-    path_raw, path_diff = pathlib.Path(path_raw), pathlib.Path(path_diff)
-    final_dir = pathlib.Path(path_tuned) if path_tuned is not None else None
-    check_device(device)
+    path_raw, path_diff = pathlib.Path(str(path_raw)), pathlib.Path(str(path_diff))
+    final_dir = pathlib.Path(str(path_tuned)) if path_tuned is not None else None
+    test_inference, check_integrity_naively = as_bool(test_inference), as_bool(check_integrity_naively)
+    check_device(device, needs_gpu_now=test_inference)
     check_output_free(final_dir)
+    check_model_files(path_diff)
     diff_specs = checkpoint_tensors(path_diff)
     raw_specs = checkpoint_tensors(path_raw)
     raw_config = read_json(path_raw / "config.json")
@@ -402,6 +409,9 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     if manifest is None:
         print(f"recover: {path_diff} has no {MANIFEST_NAME}; treating it as a diff made by the original code "
               "(float32 tuned minus raw), recovered as raw + diff in float32.")
+        if any(spec.dtype not in FLOATS for spec in diff_specs.values()):
+            raise ValueError(f"{path_diff} has integer tensors, as weight_diff.py's XOR diffs do, but no "
+                             f"{MANIFEST_NAME}: without it the diff cannot be applied. Copy the manifest too.")
         targets = {name: ("F32", spec.shape) for name, spec in sorted(diff_specs.items())}
         added_tokens, vocab_size = pad_token_resize(path_raw, raw_config, path_diff,
                                                     read_json(path_diff / "config.json").get("vocab_size"))
@@ -471,18 +481,35 @@ def write_manifest(path: pathlib.Path, manifest: dict) -> None:
 
 
 def read_manifest(path: pathlib.Path) -> dict:
+    """The manifest, checked for the fields recover relies on: a damaged one is named, not a traceback."""
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}): the diff is damaged; copy it again.") from error
-    if manifest.get("format") != FORMAT_NAME or manifest.get("representation") != "xor":
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME or \
+            manifest.get("representation") != "xor":
         raise ValueError(f"{path} is not a weight-diff manifest this script understands.")
-    if manifest.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path} has format version {manifest['version']}; this script reads up to "
-                         f"{FORMAT_VERSION}. Update weight_diff.py.")
-    unknown = {entry.get("dtype") for entry in manifest.get("tensors", {}).values()} - set(FROM_MANIFEST_DTYPE)
-    if unknown:
-        raise ValueError(f"{path} lists tensors of unknown dtype {sorted(map(str, unknown))}: the diff is damaged.")
+    version = manifest.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{path} has format version {version!r}; this script reads 1 to {FORMAT_VERSION}. "
+                         "Update weight_diff.py, or copy the diff again.")
+    resize, tensors = manifest.get("pad_token_resize"), manifest.get("tensors")
+    problems = []
+    if not (isinstance(resize, dict) and isinstance(resize.get("added_tokens"), int) and resize["added_tokens"] >= 0
+            and (resize.get("vocab_size") is None or isinstance(resize["vocab_size"], int))):
+        problems.append("pad_token_resize needs added_tokens and vocab_size")
+    if not isinstance(tensors, dict) or not tensors:
+        problems.append("tensors must map names to entries")
+    else:
+        for name, entry in tensors.items():
+            if not (isinstance(entry, dict) and entry.get("dtype") in FROM_MANIFEST_DTYPE
+                    and isinstance(entry.get("shape"), list) and all(isinstance(n, int) for n in entry["shape"])
+                    and all(isinstance(entry.get(key), str) and len(entry[key]) == 64
+                            for key in ("sha256", "diff_sha256", "raw_sha256"))):
+                problems.append(f"the entry of tensor {name!r} lacks a valid dtype, shape or SHA-256")
+                break
+    if problems:
+        raise ValueError(f"{path} is damaged ({problems[0]}); copy the diff again.")
     return manifest
 
 
@@ -542,10 +569,27 @@ def check_naive_sum(weight_sum: float, buffer_sum: float, legacy: bool) -> None:
     print(f"recover: naive integrity check passed (sum of weights {total:.4f})")
 
 
-def check_device(device: str) -> None:
-    """Refuse a device name PyTorch would not accept before any work is done (checked without importing it)."""
+def check_device(device: str, needs_gpu_now: bool = False) -> None:
+    """Refuse a device that cannot work before any work is done. Only a run that will use a GPU (test_inference
+    on cuda) imports torch to ask for one; the diff itself never needs it."""
     if str(device).split(":")[0] not in ("cpu", "cuda", "mps", "xpu", "auto"):
         raise ValueError(f"--device {device!r} is not a device: use cpu or cuda (or cuda:N).")
+    if needs_gpu_now and str(device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu.")
+
+
+def as_bool(value: bool | str | None) -> bool | None:
+    """fire passes `--flag false` (lower case) as the string 'false', which Python takes for True."""
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in ("true", "1", "yes"):
+        return True
+    if value.strip().lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"Expected True or False, got {value!r}.")
 
 
 def tqdm_bytes(tensors: list, description: str):
@@ -557,13 +601,8 @@ def tqdm_bytes(tensors: list, description: str):
 
 def run_test_inference(model_dir: pathlib.Path, device: str = "cpu", max_new_tokens: int = 128) -> str:
     """Load the recovered model, answer one fixed instruction with the no-input Alpaca prompt, print it."""
-    import torch
-
     from inference import format_prompt, generate_responses, load_model  # the project's one generation path
 
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu. "
-                           f"The recovered weights are in {model_dir}.")
     model, tokenizer = load_model(str(model_dir), device=device)
     response = generate_responses(model, tokenizer, [{"instruction": INFERENCE_INSTRUCTION}],
                                   max_new_tokens=max_new_tokens)[0]

@@ -331,9 +331,19 @@ def test_wrong_raw_model_is_named_and_nothing_is_written(diff_bf16, tmp_path):
 
 
 def test_missing_paths_and_files_give_clear_errors(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
         weight_diff.make_diff(str(tmp_path / "nowhere"), str(tuned_bf16), str(tmp_path / "diff"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
+        weight_diff.make_diff(str(tmp_path / "empty"), str(tuned_bf16), str(tmp_path / "diff"))
     assert not (tmp_path / "diff").exists()
+    no_tokenizer = tmp_path / "no-tokenizer"  # found before any tensor is written, not after
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((tuned_bf16 / name).read_bytes())
+    with pytest.raises(FileNotFoundError, match="no-tokenizer has no tokenizer files"):
+        weight_diff.make_diff(str(tiny_model_dir), str(no_tokenizer), str(tmp_path / "diff"))
+    assert not (tmp_path / "diff").exists() and leftovers(tmp_path) == []
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()
     for file in diff_bf16.iterdir():
@@ -356,6 +366,40 @@ def original_recover_in_memory(raw_dir, diff_dir) -> dict[str, torch.Tensor]:
     for name in state:
         state[name].add_(raw_state[name])
     return state
+
+
+def test_a_damaged_or_missing_manifest_is_named(tiny_model_dir, diff_bf16, tmp_path):
+    def copy_of_diff(label: str) -> pathlib.Path:
+        copy = tmp_path / label
+        copy.mkdir()
+        for file in diff_bf16.iterdir():
+            (copy / file.name).write_bytes(file.read_bytes())
+        return copy
+
+    no_manifest = copy_of_diff("no-manifest")  # an XOR diff must not be added to the raw weights as numbers
+    (no_manifest / weight_diff.MANIFEST_NAME).unlink()
+    with pytest.raises(ValueError, match="integer tensors.*no weight_diff_manifest.json"):
+        weight_diff.recover(str(tiny_model_dir), str(no_manifest), str(tmp_path / "out"), test_inference=False,
+                            check_integrity_naively=False)
+    edits = {"no digest": lambda m: m["tensors"]["lm_head.weight"].pop("diff_sha256"),
+             "version text": lambda m: m.update(version="1"),
+             "no resize": lambda m: m.pop("pad_token_resize"),
+             "tensor list": lambda m: m.update(tensors=[])}
+    for label, edit in edits.items():
+        damaged = copy_of_diff(label.replace(" ", "-"))
+        manifest = json.loads((damaged / weight_diff.MANIFEST_NAME).read_text())
+        edit(manifest)
+        (damaged / weight_diff.MANIFEST_NAME).write_text(json.dumps(manifest))
+        with pytest.raises(ValueError, match="manifest|format version|is damaged"):
+            weight_diff.recover(str(tiny_model_dir), str(damaged), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_true_and_false_flags_in_any_case():
+    assert weight_diff.as_bool("false") is False and weight_diff.as_bool("True") is True
+    assert weight_diff.as_bool(None) is None and weight_diff.as_bool(False) is False
+    with pytest.raises(ValueError, match="Expected True or False"):
+        weight_diff.as_bool("maybe")
 
 
 def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_dir, tmp_path):
@@ -474,8 +518,7 @@ def test_command_line_mistakes_print_one_line_and_help_lists_the_flags(tuned_bf1
     done = run("make_diff", "--path_raw", str(tmp_path / "nowhere"), "--path_tuned", str(tuned_bf16),
                "--path_diff", "diff")
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == f"error: {tmp_path / 'nowhere'} has no model.safetensors or " \
-                                  "model.safetensors.index.json."
+    assert done.stderr.strip() == f"error: {tmp_path / 'nowhere'} does not exist or is not a directory."
     assert not (tmp_path / "diff").exists()
     shown = run("recover", "--help")
     text = shown.stdout + shown.stderr  # fire writes help to stderr when it is not a terminal
