@@ -293,22 +293,28 @@ def test_chat_endpoint_end_to_end(openai_server, seeds, tmp_path):
     assert len(kept) == 2 * 3 * 5 and not any("Instruction" in k["instruction"] for k in kept)
 
 
-def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_path):
-    openai_server.delay = 0.3
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data",
-               "--output_dir", str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "100000",
-               "--api_base", openai_server.url, "--max_concurrency", "2", "--num_cpus", "1",
-               "--request_batch_size", "1"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "OPENAI_API_KEY": KEY})
+def start_long_run(server, out, seeds) -> subprocess.Popen:
+    """The CLI on a goal it will not reach, returned once its journal holds 3 completed requests."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+         str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "100000", "--api_base",
+         server.url, "--max_concurrency", "2", "--num_cpus", "1", "--request_batch_size", "1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "OPENAI_API_KEY": KEY})
     journal = out / gi.JOURNAL_NAME
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
         time.sleep(0.05)
+    return process
+
+
+def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_path):
+    openai_server.delay = 0.3
+    out = tmp_path / "killed"
+    process = start_long_run(openai_server, out, seeds)
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert journal.exists(), "the run never completed a request"
+    process.communicate(timeout=60)
+    assert (out / gi.JOURNAL_NAME).exists(), "the run never completed a request"
     entries, next_request = gi.load_generated(str(out))
     assert next_request >= 3 and len(entries) == sum(len(r["kept"]) for r in read_journal(out)) > 0
 
@@ -325,16 +331,7 @@ def test_sigterm_writes_regen_json_like_ctrl_c(openai_server, seeds, tmp_path):
     """`kill`, `timeout` and batch schedulers send SIGTERM: regen.json must then hold every kept instruction."""
     openai_server.delay = 0.2
     out = tmp_path / "terminated"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
-         str(out), "--seed_tasks_path", seeds, "--num_instructions_to_generate", "100000", "--api_base",
-         openai_server.url, "--max_concurrency", "2", "--num_cpus", "1", "--request_batch_size", "1"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "OPENAI_API_KEY": KEY})
-    journal = out / gi.JOURNAL_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
-        time.sleep(0.05)
+    process = start_long_run(openai_server, out, seeds)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and "every instruction kept so far is saved" in stderr
