@@ -229,20 +229,20 @@ def pad_token_resize(path_raw: pathlib.Path, raw_config: dict, tuned_dir: pathli
     train.py, like the original, adds each of [PAD], </s>, <s>, <unk> whose role the raw tokenizer leaves empty
     (only the ones not already in the vocabulary count) and resizes the embeddings to len(tokenizer), which
     also drops spare rows (OPT, Qwen). The tokens added take the highest ids: they are the tuned tokenizer's
-    tokens for those roles whose ids end its vocabulary. Where the tuned tokenizer files do not say, a tuned
-    vocabulary larger than the raw one counts as that many added tokens.
+    tokens for those roles whose ids end its vocabulary. And every row beyond the raw embeddings is a token
+    added in training, however it was added (a chat template's tokens, tokenizer files that do not say).
     """
-    missing = [role for role, token in declared_special_tokens(path_raw).items() if token is None]
-    if not missing or not isinstance(tuned_vocab_size, int):
+    if not isinstance(tuned_vocab_size, int):
         return 0, tuned_vocab_size
+    missing = [role for role, token in declared_special_tokens(path_raw).items() if token is None]
     tuned_tokens, ids = declared_special_tokens(tuned_dir), added_token_ids(tuned_dir)
     new_ids = sorted({ids[tuned_tokens[role]] for role in missing if tuned_tokens[role] in ids}, reverse=True)
     added = 0
     while added < len(new_ids) and new_ids[added] == tuned_vocab_size - 1 - added:
         added += 1
     raw_rows = raw_config.get("vocab_size")
-    if not added and isinstance(raw_rows, int) and tuned_vocab_size > raw_rows:
-        added = tuned_vocab_size - raw_rows
+    if isinstance(raw_rows, int):  # rows beyond the raw embeddings can only be tokens added in training
+        added = max(added, tuned_vocab_size - raw_rows)
     return added, tuned_vocab_size
 
 

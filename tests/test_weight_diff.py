@@ -294,6 +294,21 @@ def test_every_vocabulary_resize_train_py_does_round_trips(tmp_path, label, rows
     assert first_difference(str(tuned), str(recovered)) is None
 
 
+def test_tokens_added_some_other_way_grow_the_vocabulary_too(tiny_model_dir, tmp_path):
+    """A fine-tune that added its own tokens (a chat template's) besides [PAD] is diffed all the same."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_tokens(["<|im_start|>", "<|im_end|>"], special_tokens=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
+    perturb(model, seed=2)
+    model.save_pretrained(tmp_path / "tuned")
+    tokenizer.save_pretrained(tmp_path / "tuned")
+    diff = weight_diff.make_diff(str(tiny_model_dir), str(tmp_path / "tuned"), str(tmp_path / "diff"))
+    assert json.loads((diff / weight_diff.MANIFEST_NAME).read_text())["pad_token_resize"]["vocab_size"] == 515
+    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tmp_path / "tuned"), str(recovered)) is None
+
+
 def test_a_matrix_as_tall_as_the_vocabulary_is_not_an_embedding(tmp_path):
     raw = make_tiny_model(str(tmp_path / "raw"), hidden_size=256)  # intermediate_size 512 == vocab_size 512
     tuned = make_tuned(raw, tmp_path / "tuned", torch.bfloat16)
