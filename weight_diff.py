@@ -6,8 +6,9 @@
 `make_diff` writes DIFF: one diff tensor per tuned tensor, the tuned config and tokenizer, and
 `weight_diff_manifest.json` (SHA-256, dtype and shape of every tuned tensor). `recover` rebuilds the
 tuned model from RAW + DIFF, checks every tensor against the manifest and stops at the first bad one.
-As in training, a raw tokenizer without a pad token gets `[PAD]`, and the raw input and output
-embeddings grow by rows holding the mean of the old rows, before the diff is taken or applied.
+The raw input and output embeddings are first resized as train.py resized them: rows for the tokens
+training added (`[PAD]` when the raw tokenizer has no pad token, ...) hold the mean of the old rows,
+spare rows are dropped.
 
 Both stream one block of rows at a time straight from the safetensors files (single-file or sharded)
 with numpy, so they never hold a whole model, and they import neither torch nor transformers (together
