@@ -142,7 +142,7 @@ def translate_legacy_flags(argv: list[str]) -> tuple[list[str], list[str]]:
         out = [(flag, value) for flag, value in out if flag != "--fsdp_config"]
         out.append(("--fsdp_config", json.dumps(config)))
     flags = {flag for flag, _ in out}
-    if "--use_cpu" not in flags and "--deepspeed" not in flags and not _gpu_available():
+    if "--use_cpu" not in flags and not _gpu_available():  # DeepSpeed too runs on the CPU with it (CPU Adam)
         out.append(("--use_cpu", "True"))
         notices.append("no GPU found: added --use_cpu True (training runs on the CPU; under torchrun, over gloo)")
     return [s for flag, value in out for s in ((flag,) if value is None else (flag, value))], notices
