@@ -170,6 +170,7 @@ def staged_output(final_dir: pathlib.Path | None):
     With final_dir None the directory is scratch space, removed at the end either way."""
     check_output_free(final_dir)
     parent = final_dir.parent if final_dir is not None else None
+    created = [] if parent is None else [d for d in (parent, *parent.parents) if not d.exists()]
     if parent is not None:
         parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.partial-" if final_dir else "recover-",
@@ -181,6 +182,9 @@ def staged_output(final_dir: pathlib.Path | None):
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+            for directory in created:  # parents made for the output, innermost first: a failure leaves none
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
 
 # ----------------------------------------------------------------------------- the raw operand

@@ -336,8 +336,9 @@ def test_damaged_diff_is_named_and_nothing_is_written(tiny_model_dir, diff_bf16,
 def test_wrong_raw_model_is_named_and_nothing_is_written(diff_bf16, tmp_path):
     other_raw = make_tiny_model(str(tmp_path / "other-raw"), seed=1)  # same architecture, other weights
     with pytest.raises(ValueError, match=r"raw model is not the one this diff was made from: tensor 'lm_head\.weight'"):
-        weight_diff.recover(str(other_raw), str(diff_bf16), str(tmp_path / "out"), test_inference=False)
-    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+        weight_diff.recover(str(other_raw), str(diff_bf16), str(tmp_path / "new" / "dirs" / "out"),
+                            test_inference=False)
+    assert not (tmp_path / "new").exists() and leftovers(tmp_path) == []  # not even the parents it made
 
     bigger_raw = make_tiny_model(str(tmp_path / "bigger-raw"), hidden_size=32)  # another architecture
     with pytest.raises(ValueError, match=r"Tensor 'lm_head\.weight' has shape \[513, 64\] in the tuned model"):
