@@ -36,18 +36,11 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, set_seed
 
 import utils
-from train import PROMPT_DICT
+from prompts import format_prompt
 
 logger = logging.getLogger("inference")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def format_prompt(instruction: str, input: str = "") -> str:
-    """The Alpaca prompt for one example: `prompt_input` when `input` is non-empty, else `prompt_no_input`."""
-    if input:
-        return PROMPT_DICT["prompt_input"].format(instruction=instruction, input=input)
-    return PROMPT_DICT["prompt_no_input"].format(instruction=instruction)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

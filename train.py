@@ -34,6 +34,7 @@ from transformers.training_args import ParallelMode
 
 import utils
 from legacy_flags import translate_legacy_flags
+from prompts import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +43,6 @@ DEFAULT_PAD_TOKEN = "[PAD]"
 DEFAULT_EOS_TOKEN = "</s>"
 DEFAULT_BOS_TOKEN = "<s>"
 DEFAULT_UNK_TOKEN = "<unk>"
-PROMPT_DICT = {
-    "prompt_input": (
-        "Below is an instruction that describes a task, paired with an input that provides further context. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-    ),
-    "prompt_no_input": (
-        "Below is an instruction that describes a task. "
-        "Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Response:"
-    ),
-}
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # kernels that attend within each packed sequence
 
 
@@ -162,8 +151,7 @@ def load_examples(data_path: str) -> list[dict]:
 
 def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], list[str]]:
     """(prompts, targets): the Alpaca template filled with each example, and output + eos."""
-    sources = [PROMPT_DICT["prompt_input"].format_map(example) if example.get("input", "") != ""
-               else PROMPT_DICT["prompt_no_input"].format_map(example) for example in examples]
+    sources = [format_prompt(example["instruction"], example.get("input")) for example in examples]
     targets = [f"{example['output']}{tokenizer.eos_token}" for example in examples]
     return sources, targets
 

@@ -11,9 +11,11 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
+
+from cli import DataError, MissingPathError
 
 if TYPE_CHECKING:
     from llm_client import OpenAIDecodingArguments
@@ -64,35 +66,94 @@ def check_local_weights(path: str) -> None:
         )
 
 
-def load_records(path: str) -> list:
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, JSON value) for every non-blank line of a JSONL file; a bad line is a DataError naming the
+    file and the line. A BOM at the start is skipped."""
+    with open(path, "rb") as f:
+        for line_number, raw_line in enumerate(f, start=1):
+            try:
+                line = raw_line.decode("utf-8-sig" if line_number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}, line {line_number}: not UTF-8 text ({error.reason}); save the file as "
+                                "UTF-8.") from None
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg}, column {error.colno}). A "
+                                "JSONL file needs one JSON object per line; a JSON list must start with '['.") from None
+
+
+def load_records(path: str | os.PathLike) -> list:
     """The records of a JSON list or a JSONL file (one JSON value per line; blank lines skipped).
 
-    Errors name the file and the line: a missing file, malformed JSON, or a JSON value that is not a list.
-    The fields of each record are for the caller to check.
+    Errors are DataError / MissingPathError sentences naming the file and the line: a missing file, text that is
+    not UTF-8, malformed JSON, or a JSON value that is not a list. The fields of each record are for the caller
+    (see `load_alpaca_records`).
     """
     file = pathlib.Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"Data file '{path}' does not exist or is not a file.")
-    text = file.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is not data
-    if file.suffix != ".jsonl" and text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
-                             "Give a JSON list of records, or one JSON object per line (JSONL).") from error
-        if not isinstance(records, list):
-            raise ValueError(f"{path} must hold a JSON list of records, not a {type(records).__name__}.")
-        return records
-    records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}, line {line_number}: not valid JSON ({error.msg}). A JSONL file needs one "
-                             "JSON object per line; a JSON list must start with '['.") from error
+        raise MissingPathError(f"Data file '{path}' does not exist or is not a file.")
+    if file.suffix == ".jsonl" or not _starts_with(file, b"["):
+        if file.suffix != ".jsonl" and _starts_with(file, b"{"):
+            try:  # a whole file that is one JSON object is a common mistake: say so rather than "bad line 2"
+                value = json.loads(file.read_text(encoding="utf-8-sig"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                value = None
+            if isinstance(value, dict) and (file.suffix == ".json" or "\n" in file.read_text("utf-8-sig").strip()):
+                raise DataError(f"{path} holds a single JSON object (keys: {', '.join(list(value)[:5])}); expected a "
+                                "JSON list of records, or one JSON object per line (JSONL).")
+        return [value for _, value in read_jsonl(file)]
+    try:
+        text = file.read_text(encoding="utf-8-sig")  # a BOM from Windows editors is not data
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.") from None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
+                        "Give a JSON list of records, or one JSON object per line (JSONL).") from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} must hold a JSON list of records, not a {type(records).__name__}.")
     return records
+
+
+def _starts_with(file: pathlib.Path, prefix: bytes) -> bool:
+    """Whether the file's first non-blank bytes (after a BOM) are `prefix`."""
+    with open(file, "rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+    return head.startswith(prefix)
+
+
+def load_alpaca_records(path: str | os.PathLike, require_output: bool = True) -> list[dict]:
+    """Alpaca examples (`instruction`, `input`, `output`) from a JSON list or JSONL file, checked, in file order.
+
+    The one contract every script reads data with: `instruction` must be a non-empty string; `input` may be
+    missing or null, which both mean no input (""), else a string; `output` must be a string when
+    `require_output` (training, judging, data tools), else it may be missing. Other fields are kept. A file with
+    no records is refused. Errors are DataError sentences naming the file and the record (0-based index).
+    """
+    records = load_records(path)
+    if not records:
+        raise DataError(f"{path} holds no examples.")
+    examples = []
+    for index, record in enumerate(records):
+        where = f"{path}, record {index}"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected an object with instruction/input/output, got {type(record).__name__}.")
+        if "instruction" not in record:
+            raise DataError(f"{where}: field 'instruction' is missing.")
+        for key in ("instruction", "input", "output"):
+            value = record.get(key)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: field '{key}' must be a string, got {type(value).__name__}.")
+        if not record["instruction"] or not record["instruction"].strip():
+            raise DataError(f"{where}: field 'instruction' is empty; every example needs an instruction.")
+        if require_output and record.get("output") is None:
+            raise DataError(f"{where}: field 'output' is missing.")
+        examples.append({**record, "input": record.get("input") or ""})
+    return examples
 
 
 def jdump(obj, f, mode: str = "w", indent: int = 4, default=str) -> None:
