@@ -102,24 +102,29 @@ def post_process_gpt3_response(num_prompt_instructions: int, response, drop_coun
         task_input = splitted_data[4].strip()
         task_input = "" if task_input.lower() == "<noinput>" else task_input
         output = splitted_data[6].strip()
-        if len(inst.split()) <= 3 or len(inst.split()) > 150:
-            drops["length"] += 1
-            continue
-        if any(find_word_in_string(word, inst) for word in BLACKLIST):
-            drops["blacklist"] += 1
-            continue
-        # Models tend to prefix "Write a program" to ordinary tasks, leaving it unclear what the output is.
-        if inst.startswith("Write a program"):
-            drops["write_a_program"] += 1
-            continue
-        if inst[0] in string.punctuation:
-            drops["punctuation"] += 1
-            continue
-        if not inst[0].isascii():
-            drops["non_ascii"] += 1
+        reason = filter_drop_reason(inst)
+        if reason:
+            drops[reason] += 1
             continue
         instructions.append({"instruction": inst, "input": task_input, "output": output})
     return instructions
+
+
+def filter_drop_reason(instruction: str) -> str | None:
+    """Why the original's filters drop a parsed instruction (`length`, `blacklist`, `write_a_program`,
+    `punctuation`, `non_ascii`), or None to keep it. `data_tools.py` applies the same rules to existing data."""
+    if len(instruction.split()) <= 3 or len(instruction.split()) > 150:
+        return "length"
+    if any(find_word_in_string(word, instruction) for word in BLACKLIST):
+        return "blacklist"
+    # Models tend to prefix "Write a program" to ordinary tasks, leaving it unclear what the output is.
+    if instruction.startswith("Write a program"):
+        return "write_a_program"
+    if instruction[0] in string.punctuation:
+        return "punctuation"
+    if not instruction[0].isascii():
+        return "non_ascii"
+    return None
 
 
 # --clean: defects found in the released 52K data, each its own drop reason.
