@@ -198,7 +198,10 @@ def run_commands(commands: dict[str, Callable], argv: list[str] | None = None, p
     command_prog = prog if name == default else f"{prog} {name}"
     positional, flags = split_argv(argv)
     if flags.pop("help", False) is True:
-        print(command_help(function, command_prog))
+        others = [command for command in commands if command != name]
+        print(command_help(function, command_prog)
+              + (f"\n\nother commands: {', '.join(others)} (`{prog} COMMAND --help`)" if name == default and others
+                 else ""))
         return None
     bound = bind_flags(function, positional, flags, command_prog)
     return function(*bound.args, **bound.kwargs)
