@@ -1,0 +1,125 @@
+"""The command-line layer every script shares: booleans, flag checking before work, one-line errors."""
+
+import functools
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import cli
+
+
+@pytest.mark.parametrize("value, expected", [
+    (True, True), (False, False), (1, True), (0, False),
+    ("True", True), ("true", True), ("TRUE", True), ("1", True), ("yes", True),
+    ("False", False), ("false", False), ("0", False), ("no", False), (" off ", False),
+])
+def test_parse_bool_reads_every_spelling_a_user_types(value, expected):
+    assert cli.parse_bool(value) is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2", 2, None, 0.5])
+def test_parse_bool_refuses_what_is_not_a_boolean(value):
+    with pytest.raises(cli.UsageError, match="--clean takes True or False"):
+        cli.parse_bool(value, "--clean")
+
+
+def job(data_path: str, *more: str, clean: bool = False, num: int = 3, rate: float = 1.0,
+        name: str | None = None, items=None, calls: list | None = None) -> dict:
+    """Do a job.
+
+    Args:
+        data_path: the input.
+    """
+    if calls is not None:
+        calls.append(1)
+    return dict(data_path=data_path, more=more, clean=clean, num=num, rate=rate, name=name, items=items)
+
+
+def run(*argv):
+    return cli.run_commands({"job": job}, ["job", *argv], prog="prog")
+
+
+def test_flags_are_typed_by_the_signature():
+    result = run("a.json", "b.json", "--clean", "false", "--num", "5", "--rate", "2", "--name", "2024",
+                 "--items", "[1, 2]")
+    assert result == dict(data_path="a.json", more=("b.json",), clean=False, num=5, rate=2.0, name="2024",
+                          items=[1, 2])
+    assert run("--data_path=x", "--clean")["clean"] is True  # a bare boolean flag is True
+    assert run("x", "--clean", "False")["clean"] is False
+    assert run("x", "--clean", "0")["clean"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["x", "--clen", "1"], "unknown flag --clen"),
+    (["x", "--num", "many"], "--num takes a number, not 'many'"),
+    (["x", "--num", "1.5"], "--num takes a whole number"),
+    (["x", "--clean", "perhaps"], "--clean takes True or False"),
+    ([], "missing --data_path"),
+])
+def test_mistakes_are_refused_before_the_function_runs(argv, message):
+    calls = []
+    with pytest.raises(cli.UsageError, match=message):
+        cli.run_commands({"job": functools.partial(job, calls=calls)}, ["job", *argv], prog="prog")
+    assert calls == []
+
+
+def test_unknown_command_and_default_command():
+    with pytest.raises(cli.UsageError, match="unknown command 'jb'; use one of: job"):
+        cli.run_commands({"job": job}, ["jb"], prog="prog")
+    assert cli.run_commands({"job": job, "other": job}, ["a.json"], prog="prog", default="job")["data_path"] == "a.json"
+
+
+def test_help_lists_flags_and_defaults(capsys):
+    assert run("--help") is None
+    out = capsys.readouterr().out
+    assert "usage: prog job" in out and "Do a job." in out
+    assert "--clean False" in out and "--data_path (required)" in out
+    cli.run_commands({"job": job, "other": job}, ["--help"], prog="prog", default="job")
+    assert "other commands: other" in capsys.readouterr().out
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    import cli
+
+    def main():
+        kind = sys.argv[1]
+        if kind == "user":
+            raise cli.DataError("data.json, record 3: field 'output' is missing.")
+        if kind == "usage":
+            cli.run_commands({{"go": lambda flag=1: None}}, ["go", "--flg", "2"], prog="script")
+        if kind == "bug":
+            raise ValueError("a bug, not a mistake")
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+
+    cli.report_errors(main, interrupted_message="interrupted: saved.")
+""")
+
+
+@pytest.mark.parametrize("kind, code, stderr_start", [
+    ("user", 1, "error: data.json, record 3: field 'output' is missing."),
+    ("usage", 2, "error: unknown flag --flg"),
+    ("interrupt", 130, "interrupted: saved."),
+    ("ok", 0, ""),
+])
+def test_report_errors_prints_one_line_and_exits_with_its_code(tmp_path, repo_dir, kind, code, stderr_start):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT.format(repo=str(repo_dir)))
+    result = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True, timeout=60)
+    assert result.returncode == code
+    assert result.stderr.startswith(stderr_start)
+    assert len(result.stderr.splitlines()) == (1 if stderr_start else 0)
+
+
+def test_a_bug_keeps_its_traceback_and_only_rank_0_speaks(tmp_path, repo_dir):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT.format(repo=str(repo_dir)))
+    bug = subprocess.run([sys.executable, str(script), "bug"], capture_output=True, text=True, timeout=60)
+    assert bug.returncode == 1 and "Traceback" in bug.stderr and "ValueError: a bug, not a mistake" in bug.stderr
+    rank1 = subprocess.run([sys.executable, str(script), "user"], capture_output=True, text=True, timeout=60,
+                           env={"RANK": "1", "PATH": "/usr/bin:/bin"})
+    assert rank1.returncode == 1 and rank1.stderr == ""
