@@ -453,13 +453,13 @@ def new_digests() -> dict:
 
 def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu",
               max_shard_size: int | str = "2GB") -> pathlib.Path:
-    """Write the diff that turns the raw model into the tuned one, with its manifest, config, tokenizer and chat
-    template.
+    """Write the diff that turns the raw model into the tuned one, with a manifest of SHA-256 checksums.
 
-    Every tuned tensor `t` (any shape, float32/bfloat16/float16 or other) is stored as the XOR of its bits with
-    the raw operand `r` (the raw tensor resized as training resized the vocabulary and cast to t's dtype), same
-    shape, as an integer tensor of the same width: recover computes `t = r ^ diff` exactly. The XOR is a
-    memory-bound byte operation that runs on the CPU; `device` is accepted for the original's command line.
+    The diff directory also carries the tuned config, tokenizer and chat template, as they are. Every tuned
+    tensor `t` (any shape, float32/bfloat16/float16 or other) is stored as the XOR of its bits with the raw
+    operand `r` (the raw tensor resized as training resized the vocabulary and cast to t's dtype), same shape,
+    as an integer tensor of the same width: recover computes `t = r ^ diff` exactly. The XOR is a memory-bound
+    byte operation that runs on the CPU; `device` is accepted for the original's command line.
     The output directory must be new or empty. Returns the diff directory.
     """
     started = time.time()
@@ -532,8 +532,8 @@ def recover(path_raw: str, path_diff: str, path_tuned: str | None = None, device
     Without one the diff is taken to be the original's (float32 tuned minus raw) and the recovered float32
     weights are raw + diff, as the original computed them. check_integrity_naively compares the sum of all
     recovered weights with Alpaca-7B's; None (the default) does so only for a diff without a manifest.
-    path_tuned must be new or empty; with None the model is recovered to a scratch directory, checked, then
-    deleted. The weights are rebuilt on the CPU; `device` is where test_inference runs the model.
+    path_tuned must be new or empty; without it (None) the model is recovered to a scratch directory, checked,
+    then deleted. The weights are rebuilt on the CPU; `device` is where test_inference runs the model.
     Returns path_tuned.
     """
     started = time.time()

@@ -4,6 +4,7 @@ hostile or damaged inputs refused in one sentence before any work."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -682,9 +683,14 @@ def test_links_and_special_files_in_a_diff_are_refused_before_any_work(tiny_mode
         diff = shutil.copytree(diff_bf16, tmp_path / f"diff-{i}")
         (diff / name).unlink(missing_ok=True)
         replace(diff / name)
-        done = run_weight_diff(repo_dir, "recover", "--path_raw", str(tiny_model_dir), "--path_diff", str(diff),
-                               "--path_tuned", "new/out", "--test_inference", "False", cwd=tmp_path, timeout=60)
-        assert_one_error(done, 1, f"{diff / name} {message}")
+        if replace is os.mkfifo:  # in a process of its own: a regression would hang it, not the test session
+            done = run_weight_diff(repo_dir, "recover", "--path_raw", str(tiny_model_dir), "--path_diff", str(diff),
+                                   "--path_tuned", "new/out", "--test_inference", "False", cwd=tmp_path, timeout=60)
+            assert_one_error(done, 1, f"{diff / name} {message}")
+        else:
+            with pytest.raises(cli.DataError, match=re.escape(f"{diff / name} {message}")):
+                weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "new" / "out"),
+                                    test_inference=False)
         assert not (tmp_path / "new").exists() and leftovers(tmp_path) == [], name
 
 
