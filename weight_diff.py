@@ -152,7 +152,6 @@ def mean_of_rows(spec: TensorSpec, rows: int) -> np.ndarray:
     return (total / np.float32(rows)).reshape(1, *spec.shape[1:])
 
 
-
 # ----------------------------------------------------------------------------- config, tokenizer, chat template
 
 def model_file_names(model_dir: pathlib.Path) -> list[str]:
@@ -223,7 +222,8 @@ def check_output_free(final_dir: pathlib.Path | None) -> None:
     if final_dir is None or not present(final_dir):
         return
     if final_dir.is_symlink() or not final_dir.is_dir():
-        raise cli.OutputExistsError(f"{final_dir} already exists and is not a directory; choose another output path.")
+        raise cli.OutputExistsError(f"{final_dir} already exists and is not a directory (or is a link to one); "
+                                    "choose another output path.")
     if any(final_dir.iterdir()):
         raise cli.OutputExistsError(f"{final_dir} already exists and is not empty; weight_diff.py never overwrites "
                                     "a model: remove it or choose another output path.")
@@ -284,7 +284,7 @@ def declared_special_tokens(model_dir: pathlib.Path) -> dict[str, str | None]:
     declared = [model_dir / name for name in ("tokenizer_config.json", "special_tokens_map.json")]
     if not any(present(path) for path in declared) and not any(present(model_dir / n) for n in TOKENIZER_FILES):
         raise cli.MissingPathError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
-                                "the model directory must hold its tokenizer.")
+                                   "the model directory must hold its tokenizer.")
     tokens = dict.fromkeys(SPECIAL_TOKEN_ROLES)
     for path in reversed(declared):  # tokenizer_config.json wins
         for role, token in (read_json(path) if present(path) else {}).items():
@@ -416,7 +416,6 @@ def raw_operand(source: RawSource, start: int | None, stop: int | None, dtype: s
     return from_float32(np.concatenate(parts) if len(parts) > 1 else parts[0], dtype)
 
 
-
 # ----------------------------------------------------------------------------- the streamed-shard writer
 
 def write_checkpoint(out_dir: pathlib.Path, outputs: list[tuple[str, str, tuple[int, ...]]], max_shard_bytes: int,
@@ -480,15 +479,15 @@ def make_diff(path_raw: str, path_tuned: str, path_diff: str, device: str = "cpu
     entries = {}
     with staged_output(path_diff) as staging:
         write_checkpoint(staging, outputs, max_shard_bytes, {"format": "pt", "weight_diff": "xor"},
-                                  lambda name: diff_blocks(name, tuned_specs[name], sources[name], entries),
-                                  "make_diff")
+                         lambda name: diff_blocks(name, tuned_specs[name], sources[name], entries), "make_diff")
         write_model_files(model_files, staging)
         write_manifest(staging / MANIFEST_NAME, {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "representation": "xor",
             "representation_note": "diff = bits(tuned) XOR bits(raw), raw resized as training resized the "
                                    "vocabulary and cast to the tuned dtype; recover: tuned = raw XOR diff",
+            # the name of version 1, kept: added_tokens counts every token training added, [PAD] or not
             "pad_token_resize": {"pad_token": DEFAULT_PAD_TOKEN, "added_tokens": added_tokens,
-                                 "vocab_size": vocab_size},  # the key of version 1, kept: it names every token added
+                                 "vocab_size": vocab_size},
             "files": file_entries(model_files),
             "tensors": entries,
         })
