@@ -4,16 +4,27 @@ A safetensors file is an 8-byte little-endian header length, a JSON header (name
 range) and the raw little-endian tensor bytes. Reading those byte ranges with plain file reads, and
 writing a header first and then the bytes tensor by tensor, lets weight_diff.py process a model of any
 size in a few MiB of working memory, without importing torch or transformers (~350 MiB by themselves).
+
+Every file is checked before it is opened (a regular file: a FIFO would block forever, a device never end;
+no symbolic link where links are not followed; shards next to their index), and every header as the format
+defines it (size, field types, byte ranges that tile the data exactly), so that a damaged or hostile file
+ends in one sentence naming it, before any work.
 """
 
 import json
 import math
+import os
 import pathlib
+import stat
 from typing import NamedTuple
 
 import numpy as np
 
-ROWS_PER_CHUNK_ELEMENTS = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
+import cli
+
+ELEMENTS_PER_BLOCK = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
+MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit on a header's size (100 MB)
+INDEX_NAME = "model.safetensors.index.json"
 
 # Tensors are handled by their safetensors dtype name ("F32", "BF16", ...) and held in numpy as the
 # little-endian type below; numpy has no bfloat16, so bfloat16 tensors are held as their 16-bit patterns.
@@ -38,57 +49,182 @@ class TensorSpec(NamedTuple):
     offset: int  # of the first byte, from the start of the file
 
 
+# ----------------------------------------------------------------------------- files a checkpoint is made of
+
+def present(path: pathlib.Path) -> bool:
+    """Whether anything is at `path`, a dangling symbolic link included (`exists()` says False for one)."""
+    return path.is_symlink() or path.exists()
+
+
+def check_regular_file(path: pathlib.Path, follow_links: bool = True) -> None:
+    """Refuse what is not a plain file, before it is opened: a FIFO would block forever, a device (/dev/zero)
+    never ends, and where links are not followed (a directory whose files are copied into a model: a diff, a
+    tuned model) a link could bring a file from elsewhere (a key, /etc/passwd) into a model that gets shared."""
+    if path.is_symlink() and not follow_links:
+        raise cli.DataError(f"{path} is a symbolic link (to {os.readlink(path)}); only regular files are read from "
+                            f"{path.parent}, so that no file from elsewhere ends up in a model. If you trust its "
+                            "target, replace the link with a copy of the file.")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        dangling = " (a symbolic link to nowhere)" if path.is_symlink() else ""
+        raise cli.MissingPathError(f"{path} does not exist{dangling}.") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
+        raise cli.DataError(f"{path} is {kind}, not a regular file; a model directory holds regular files only.")
+
+
+def read_json(path: pathlib.Path, follow_links: bool = True) -> dict:
+    """A JSON object from a regular file; a missing, damaged or non-UTF-8 file is a sentence naming it."""
+    check_regular_file(path, follow_links)
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise cli.DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): the file is damaged; "
+                            "get it again.") from None
+    except json.JSONDecodeError as error:
+        raise cli.DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+                            "the file is damaged; get it again.") from None
+    if not isinstance(value, dict):
+        raise cli.DataError(f"{path} holds a JSON {type(value).__name__}, where a JSON object was expected: the file "
+                            "is damaged or not what its name says.")
+    return value
+
+
 # ----------------------------------------------------------------------------- reading checkpoints
 
-def read_safetensors_header(file: pathlib.Path) -> dict[str, TensorSpec]:
-    """The tensors of one safetensors file: an 8-byte little-endian header length, a JSON header, the data."""
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def header_entry(file: pathlib.Path, name: str, entry: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, its fields checked as the format defines them."""
+    def damaged(what: str) -> cli.DataError:
+        return cli.DataError(f"{file} has a damaged safetensors header: tensor {name!r} {what}.")
+
+    if not isinstance(entry, dict):
+        raise damaged(f"is described by a JSON {type(entry).__name__}, not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise damaged(f"has dtype {dtype!r}, not a name such as \"F32\"")
+    if dtype not in STORAGE:
+        raise cli.DataError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported "
+                            f"(supported: {', '.join(STORAGE)}).")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        raise damaged(f"has shape {shape!r}, not a list of sizes (whole numbers, 0 or more)")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(n) for n in offsets) \
+            or offsets[0] > offsets[1]:
+        raise damaged(f"has data_offsets {offsets!r}, not [begin, end] with 0 <= begin <= end")
+    if offsets[1] - offsets[0] != math.prod(shape) * itemsize(dtype):
+        raise damaged(f"has data_offsets {offsets} ({offsets[1] - offsets[0]} bytes), but a {dtype} tensor of "
+                      f"shape {shape} takes {math.prod(shape) * itemsize(dtype)} bytes")
+    return dtype, tuple(shape), offsets[0], offsets[1]
+
+
+def check_byte_ranges(file: pathlib.Path, ranges: list[tuple[int, int, str]], data_size: int) -> None:
+    """The tensors' byte ranges must tile the data exactly, as the format requires: no overlap (two tensors
+    sharing bytes), no gap, nothing past the end of the file and nothing after the last tensor."""
+    expected, previous = 0, None
+    for begin, end, name in sorted(ranges):
+        if begin < expected:
+            raise cli.DataError(f"{file} has a damaged safetensors header: the bytes of tensor {name!r} "
+                                f"[{begin}, {end}) overlap those of tensor {previous!r}.")
+        if begin > expected:
+            raise cli.DataError(f"{file} has a damaged safetensors header: bytes [{expected}, {begin}) before "
+                                f"tensor {name!r} belong to no tensor.")
+        expected, previous = end, name
+    if expected > data_size:
+        raise cli.DataError(f"{file}: tensor {previous!r} does not fit in the file ({expected} bytes of data "
+                            f"declared, {data_size} present): it is damaged or truncated.")
+    if expected < data_size:
+        raise cli.DataError(f"{file} has {data_size - expected} bytes after its last tensor that its header does "
+                            "not account for: it is damaged or not a safetensors file.")
+
+
+def read_safetensors_header(file: pathlib.Path, follow_links: bool = True) -> dict[str, TensorSpec]:
+    """The tensors of one safetensors file: an 8-byte little-endian header length, a JSON header, the data.
+    The header is checked as the reference implementation checks it (at most 100 MB, every field of the
+    right type, byte ranges that tile the data) before anything else is read."""
+    check_regular_file(file, follow_links)
     size = file.stat().st_size
     with open(file, "rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if not 2 <= length <= size - 8:
-            raise ValueError(f"{file} is not a safetensors file (or is truncated): header length {length}.")
-        try:
-            header = json.loads(handle.read(length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{file} has a damaged safetensors header ({error}).") from error
-    specs = {}
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) == 8 and length > MAX_HEADER_BYTES:
+            raise cli.DataError(f"{file} declares a safetensors header of {length} bytes, over the format's limit of "
+                                f"{MAX_HEADER_BYTES // 10**6} MB: it is damaged or not a safetensors file.")
+        if len(prefix) < 8 or not 2 <= length <= size - 8:
+            raise cli.DataError(f"{file} is not a safetensors file (or is truncated): header length {length}, "
+                                f"file size {size} bytes.")
+        text = handle.read(length)
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise cli.DataError(f"{file} has a damaged safetensors header ({error}).") from None
+    if not isinstance(header, dict):
+        raise cli.DataError(f"{file} has a damaged safetensors header: a JSON {type(header).__name__}, not an object.")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise cli.DataError(f"{file} has a damaged safetensors header: __metadata__ must map names to strings.")
+    specs, ranges = {}, []
     for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if entry["dtype"] not in STORAGE:
-            raise ValueError(f"{file}: tensor {name!r} has dtype {entry['dtype']}, which is not supported.")
-        begin, end = entry["data_offsets"]
-        shape = tuple(entry["shape"])
-        if end - begin != math.prod(shape) * itemsize(entry["dtype"]) or 8 + length + end > size:
-            raise ValueError(f"{file}: tensor {name!r} does not fit in the file: it is damaged or truncated.")
-        specs[name] = TensorSpec(file, entry["dtype"], shape, 8 + length + begin)
+        dtype, shape, begin, end = header_entry(file, name, entry)
+        specs[name] = TensorSpec(file, dtype, shape, 8 + length + begin)
+        ranges.append((begin, end, name))
+    check_byte_ranges(file, ranges, size - 8 - length)
     return specs
 
 
-def checkpoint_tensors(model_dir: pathlib.Path) -> dict[str, TensorSpec]:
-    """Map every tensor name of a safetensors checkpoint (single file or sharded) to its spec."""
+def shard_files(index: pathlib.Path) -> dict[str, pathlib.Path]:
+    """Tensor name -> shard file, from a sharded checkpoint's index. A shard must be a file next to the index: a
+    name with a directory in it (`../../etc/passwd`, an absolute path) is refused before anything is opened."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise cli.DataError(f"{index} has no weight_map from tensor names to shard files: the index is damaged.")
+    for shard in sorted(set(weight_map.values())):
+        if pathlib.PurePath(shard).name != shard or shard in (".", "..") or "\\" in shard:
+            raise cli.DataError(f"{index} names the shard {shard!r}, which is not a file in {index.parent}; a "
+                                "checkpoint's shards lie next to its index. The index is damaged or hostile: get "
+                                "the checkpoint again.")
+    return {name: index.parent / shard for name, shard in weight_map.items()}
+
+
+def checkpoint_tensors(model_dir: pathlib.Path, follow_links: bool = True) -> dict[str, TensorSpec]:
+    """Map every tensor name of a safetensors checkpoint (single file or sharded) to its spec.
+
+    follow_links=False refuses symbolic links among the files (see `check_regular_file`)."""
     if not model_dir.is_dir():
-        raise FileNotFoundError(f"{model_dir} does not exist or is not a directory.")
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({model_dir / shard for shard in weight_map.values()})
-    elif (model_dir / "model.safetensors").exists():
-        files = [model_dir / "model.safetensors"]
+        raise cli.MissingPathError(f"{model_dir} does not exist or is not a directory.")
+    index = model_dir / INDEX_NAME
+    if present(index):
+        check_regular_file(index, follow_links)
+        listed = shard_files(index)
+        files = sorted(set(listed.values()))
+    elif present(model_dir / "model.safetensors"):
+        listed, files = {}, [model_dir / "model.safetensors"]
     elif list(model_dir.glob("*.bin")):
-        raise FileNotFoundError(
+        raise cli.MissingPathError(
             f"{model_dir} holds PyTorch pickle weights (*.bin) but no safetensors; only safetensors are read, as "
             f"pickles can run code when loaded. If you trust the files, convert them once, tokenizer included: "
             f"`python -c \"from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; d = '{model_dir}'; "
             f"M.from_pretrained(d, dtype='auto').save_pretrained(d + '-safetensors'); "
             f"T.from_pretrained(d).save_pretrained(d + '-safetensors')\"`, and pass the new directory.")
     else:
-        raise FileNotFoundError(f"{model_dir} has no model.safetensors or model.safetensors.index.json.")
+        raise cli.MissingPathError(f"{model_dir} has no model.safetensors or {INDEX_NAME}.")
     specs = {}
     for file in files:
-        if not file.exists():
-            raise FileNotFoundError(f"{file} is listed in {index} but missing: the checkpoint is incomplete.")
-        specs.update(read_safetensors_header(file))
+        if not present(file):
+            raise cli.MissingPathError(f"{file} is listed in {index} but missing: the checkpoint is incomplete.")
+        for name, spec in read_safetensors_header(file, follow_links).items():
+            if name in specs:
+                raise cli.DataError(f"Tensor {name!r} is in both {specs[name].file} and {file}: the checkpoint is "
+                                    "damaged.")
+            specs[name] = spec
+    for name, file in listed.items():
+        if name not in specs or specs[name].file != file:
+            raise cli.DataError(f"{index} puts tensor {name!r} in {file.name}, which does not hold it: the "
+                                "checkpoint is damaged or incomplete.")
     return specs
 
 
@@ -101,15 +237,15 @@ def read_rows(spec: TensorSpec, start: int | None = None, stop: int | None = Non
         handle.seek(spec.offset + first * row_elements * itemsize(spec.dtype))
         data = np.fromfile(handle, dtype=STORAGE[spec.dtype], count=count)
     if data.size != count:
-        raise ValueError(f"{spec.file} ended before the data of a tensor did: the file is truncated.")
+        raise cli.DataError(f"{spec.file} ended before the data of a tensor did: the file is truncated.")
     return data
 
 
 def row_chunks(shape: tuple[int, ...]) -> list[tuple[int | None, int | None]]:
-    """Split a tensor along its first dimension into blocks of about ROWS_PER_CHUNK_ELEMENTS elements."""
+    """Split a tensor along its first dimension into blocks of about ELEMENTS_PER_BLOCK elements."""
     if not shape or shape[0] == 0:
         return [(None, None)]
-    rows_per_chunk = max(1, ROWS_PER_CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+    rows_per_chunk = max(1, ELEMENTS_PER_BLOCK // max(1, math.prod(shape[1:])))
     return [(start, min(start + rows_per_chunk, shape[0])) for start in range(0, shape[0], rows_per_chunk)]
 
 
@@ -152,7 +288,7 @@ def parse_size(size: int | str) -> int:
                 return int(float(text[: -len(unit)]) * factor)
         return int(text)
     except ValueError:
-        raise ValueError(f"--max_shard_size {size!r}: give a size such as 2GB, 500MB, 4GiB or a number of bytes.") \
+        raise cli.UsageError(f"--max_shard_size {size!r}: give a size such as 2GB, 500MB, 4GiB or a number of bytes.") \
             from None
 
 

@@ -1,10 +1,16 @@
-"""weight_diff.py: bit-exact round trips, the manifest check, streaming over shards, the original's diffs."""
+"""weight_diff.py: bit-exact round trips, the manifest check, streaming over shards, the original's diffs, and
+hostile or damaged inputs refused in one sentence before any work."""
 
 import json
+import os
 import pathlib
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -14,6 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+import cli
 import safetensors_stream
 import weight_diff
 from make_tiny_model import make_tiny_model
@@ -113,8 +120,8 @@ def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_mo
     specs = safetensors_stream.checkpoint_tensors(tiny_model_dir)
     config = json.loads((tiny_model_dir / "config.json").read_text())
     tokenizer.save_pretrained(tmp_path / "tuned-tokenizer")
-    added, vocab_size = weight_diff.pad_token_resize(tiny_model_dir, config, tmp_path / "tuned-tokenizer",
-                                                     model.config.vocab_size)
+    added, vocab_size = weight_diff.vocabulary_resize(tiny_model_dir, config, tmp_path / "tuned-tokenizer",
+                                                      model.config.vocab_size)
     assert (added, vocab_size) == (1, len(tokenizer))
     targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
     sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
@@ -411,13 +418,6 @@ def test_a_damaged_or_missing_manifest_is_named(tiny_model_dir, diff_bf16, tmp_p
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
-def test_true_and_false_flags_in_any_case():
-    assert weight_diff.as_bool("false") is False and weight_diff.as_bool("True") is True
-    assert weight_diff.as_bool(None) is None and weight_diff.as_bool(False) is False
-    with pytest.raises(ValueError, match="Expected True or False"):
-        weight_diff.as_bool("maybe")
-
-
 def test_diff_made_by_the_original_code_recovers_as_the_original_did(tiny_model_dir, tmp_path):
     tuned = make_tuned(tiny_model_dir, tmp_path / "tuned", torch.float32)
     raw_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -515,17 +515,6 @@ def test_command_line_as_in_the_readme(tiny_model_dir, tuned_bf16, tmp_path, rep
     assert "### Response:" in done.stdout and first_difference(str(tuned_bf16), str(tmp_path / "out")) is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_and_cpu_diffs_are_interchangeable(tiny_model_dir, tuned_bf16, tmp_path):
-    diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(tmp_path / "diff"), device="cuda")
-    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), device="cpu",
-                                    test_inference=False)
-    assert first_difference(str(tuned_bf16), str(recovered)) is None
-    recovered = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out-cuda"), device="cuda",
-                                    test_inference=False)
-    assert first_difference(str(tuned_bf16), str(recovered)) is None
-
-
 def test_command_line_mistakes_print_one_line_and_help_lists_the_flags(tuned_bf16, tmp_path, repo_dir):
     def run(*args):
         return subprocess.run([sys.executable, str(repo_dir / "weight_diff.py"), *args], cwd=tmp_path,
@@ -539,3 +528,351 @@ def test_command_line_mistakes_print_one_line_and_help_lists_the_flags(tuned_bf1
     shown = run("recover", "--help")
     text = shown.stdout + shown.stderr  # fire writes help to stderr when it is not a terminal
     assert "--check_integrity_naively" in text and "--test_inference" in text
+
+
+# ----------------------------------------------------------------------------- the command-line contract
+
+def run_weight_diff(repo_dir: pathlib.Path, *args: str, cwd: pathlib.Path, timeout: int = 120):
+    return subprocess.run([sys.executable, str(repo_dir / "weight_diff.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_error(done: subprocess.CompletedProcess, exit_code: int, *fragments: str) -> None:
+    """The contract of every script: the exit code, one `error: <sentence>` line on stderr, no traceback."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == exit_code, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_command_line_contract(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, repo_dir):
+    """Unknown flags, true/false spellings, a missing input and malformed inputs: exit code, one error line,
+    nothing written and no work done before the check (not even the output's parent directories)."""
+    raw, tuned, diff = str(tiny_model_dir), str(tuned_bf16), str(diff_bf16)
+    nothing_written = lambda: not (tmp_path / "new").exists() and leftovers(tmp_path) == []  # noqa: E731
+    typos = {("make_diff", "--path_tune"): ["make_diff", "--path_raw", raw, "--path_tune", tuned, "--path_diff",
+                                            "new/diff"],
+             ("recover", "--test_inferece"): ["recover", "--path_raw", raw, "--path_diff", diff, "--path_tuned",
+                                              "new/out", "--test_inferece", "False"],
+             ("recover", "maybe"): ["recover", "--path_raw", raw, "--path_diff", diff, "--path_tuned", "new/out",
+                                    "--test_inference", "maybe"]}
+    for (command, flag), args in typos.items():
+        done = run_weight_diff(repo_dir, *args, cwd=tmp_path)
+        assert_one_error(done, 2, flag)
+        assert done.stdout == "" and nothing_written(), command
+
+    done = run_weight_diff(repo_dir, "make_diff", "--path_raw", str(tmp_path / "nowhere"), "--path_tuned", tuned,
+                           "--path_diff", "new/diff", cwd=tmp_path)
+    assert_one_error(done, 1, "nowhere does not exist")
+    done = run_weight_diff(repo_dir, "recover", "--path_raw", raw, "--path_diff", str(tmp_path / "nowhere"),
+                           "--path_tuned", "new/out", cwd=tmp_path)
+    assert_one_error(done, 1, "nowhere does not exist")
+    assert nothing_written()
+
+    corrupt_manifest = shutil.copytree(diff_bf16, tmp_path / "corrupt-manifest")
+    (corrupt_manifest / weight_diff.MANIFEST_NAME).write_text('{"format": "alpaca-weight-diff", "tensors": {')
+    done = run_weight_diff(repo_dir, "recover", "--path_raw", raw, "--path_diff", str(corrupt_manifest),
+                           "--path_tuned", "new/out", cwd=tmp_path)
+    assert_one_error(done, 1, f"{corrupt_manifest / weight_diff.MANIFEST_NAME} is not valid JSON")
+    corrupt_weights = shutil.copytree(tuned_bf16, tmp_path / "corrupt-weights")
+    (corrupt_weights / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    done = run_weight_diff(repo_dir, "make_diff", "--path_raw", raw, "--path_tuned", str(corrupt_weights),
+                           "--path_diff", "new/diff", cwd=tmp_path)
+    assert_one_error(done, 1, f"{corrupt_weights / 'model.safetensors'} has a damaged safetensors header")
+    assert nothing_written()
+
+    for spelling in ("false", "False", "0"):  # all mean False: no sample generation, a recovered model
+        done = run_weight_diff(repo_dir, "recover", "--path_raw", raw, "--path_diff", diff, "--path_tuned",
+                               f"out-{spelling}", "--test_inference", spelling, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert "test_inference" not in done.stdout and "every tensor matches the manifest" in done.stdout
+        assert first_difference(tuned, str(tmp_path / f"out-{spelling}")) is None
+
+
+SLOW_READS = """import runpy, sys, time, safetensors_stream
+read_rows = safetensors_stream.read_rows
+safetensors_stream.read_rows = lambda *args: (time.sleep(0.1), read_rows(*args))[1]  # time to be interrupted
+sys.argv[0] = "weight_diff.py"
+runpy.run_path("weight_diff.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("command,signum", [("make_diff", signal.SIGTERM), ("recover", signal.SIGINT),
+                                            ("recover", signal.SIGTERM)])
+def test_an_interrupted_run_leaves_nothing_behind(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, repo_dir,
+                                                  command, signum):
+    """SIGTERM (kill, a scheduler) and Ctrl-C in the middle of writing: one line, exit 130, no hidden .partial
+    directory and none of the parent directories the run made for its output."""
+    inputs = {"make_diff": ["--path_tuned", str(tuned_bf16), "--path_diff"],
+              "recover": ["--path_diff", str(diff_bf16), "--test_inference", "False", "--path_tuned"]}[command]
+    output = tmp_path / "new" / "dirs" / "out"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_READS, command, "--path_raw", str(tiny_model_dir),
+                                *inputs, str(output)], cwd=repo_dir, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(output.parent.glob(".out.partial-*/model.safetensors")) and time.time() < deadline:
+        time.sleep(0.02)
+    assert process.poll() is None, process.communicate()
+    time.sleep(0.3)  # well inside the writing of the weights
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip() == weight_diff.INTERRUPTED
+    assert not (tmp_path / "new").exists()
+
+
+def test_output_directories_are_private_whatever_the_umask(tiny_model_dir, tuned_bf16, tmp_path):
+    previous = os.umask(0o000)  # a umask that would leave new directories open to everyone
+    try:
+        diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(tmp_path / "shared" / "diff"))
+        os.umask(0o277)  # one that would leave them unwritable even for their owner
+        out = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "mine" / "out"),
+                                  test_inference=False)
+    finally:
+        os.umask(previous)
+    for directory in (tmp_path / "shared", diff, tmp_path / "mine", out):
+        assert directory.stat().st_mode & 0o777 == 0o700, directory
+    assert first_difference(str(tuned_bf16), str(out)) is None
+
+
+def test_an_empty_output_directory_is_used_and_a_non_empty_one_refused(tiny_model_dir, tuned_bf16, tmp_path):
+    (tmp_path / "diff").mkdir()  # made ahead, e.g. by a job script
+    diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(tmp_path / "diff"))
+    (tmp_path / "out").mkdir()
+    out = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tuned_bf16), str(out)) is None
+
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    with pytest.raises(cli.OutputExistsError, match="taken already exists and is not empty; .*never overwrites"):
+        weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "taken"), test_inference=False)
+    assert os.listdir(tmp_path / "taken") == ["notes.txt"] and leftovers(tmp_path) == []
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(cli.OutputExistsError, match="a-file already exists and is not a directory"):
+        weight_diff.make_diff(str(tiny_model_dir), str(tuned_bf16), str(tmp_path / "a-file"))
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_work(tiny_model_dir, diff_bf16, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    with pytest.raises(cli.UserError, match="no CUDA GPU is available; use --device cpu"):
+        weight_diff.recover(str(tiny_model_dir), str(diff_bf16), str(tmp_path / "new" / "out"), device="cuda")
+    assert not (tmp_path / "new").exists()
+
+
+# ----------------------------------------------------------------------------- hostile and damaged files
+
+def test_links_and_special_files_in_a_diff_are_refused_before_any_work(tiny_model_dir, diff_bf16, tmp_path,
+                                                                       repo_dir):
+    """A diff is downloaded from strangers: a link in it must not put a file from elsewhere (a key) into the
+    recovered model, a FIFO must not hang recover, a device must not fill the disk or memory."""
+    secret = tmp_path / "id_rsa"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    cases = [  # (file, how it is replaced, what the error says)
+        ("generation_config.json", lambda path: path.symlink_to(secret), "is a symbolic link"),
+        ("chat_template.jinja", lambda path: path.symlink_to(secret), "is a symbolic link"),
+        ("vocab.txt", lambda path: path.symlink_to("/dev/zero"), "is a symbolic link"),
+        ("model.safetensors", lambda path: path.symlink_to(diff_bf16 / "model.safetensors"), "is a symbolic link"),
+        (weight_diff.MANIFEST_NAME, lambda path: path.symlink_to(secret), "is a symbolic link"),
+        ("tokenizer_config.json", os.mkfifo, "is a FIFO, not a regular file"),
+        ("model.safetensors", os.mkfifo, "is a FIFO, not a regular file"),  # would hang recover for ever
+    ]
+    for i, (name, replace, message) in enumerate(cases):
+        diff = shutil.copytree(diff_bf16, tmp_path / f"diff-{i}")
+        (diff / name).unlink(missing_ok=True)
+        replace(diff / name)
+        if replace is os.mkfifo:  # in a process of its own: a regression would hang it, not the test session
+            done = run_weight_diff(repo_dir, "recover", "--path_raw", str(tiny_model_dir), "--path_diff", str(diff),
+                                   "--path_tuned", "new/out", "--test_inference", "False", cwd=tmp_path, timeout=60)
+            assert_one_error(done, 1, f"{diff / name} {message}")
+        else:
+            with pytest.raises(cli.DataError, match=re.escape(f"{diff / name} {message}")):
+                weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "new" / "out"),
+                                    test_inference=False)
+        assert not (tmp_path / "new").exists() and leftovers(tmp_path) == [], name
+
+
+def test_shards_must_lie_next_to_their_index(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path):
+    for label, shard in (("parent", "../../../etc/passwd"), ("absolute", "/etc/passwd"), ("below", "sub/x")):
+        diff = shutil.copytree(diff_bf16, tmp_path / f"diff-{label}")
+        (diff / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {"lm_head.weight": shard, "model.norm.weight": "model.safetensors"}}))
+        with pytest.raises(cli.DataError, match=f"names the shard '{shard}', which is not a file in {diff}"):
+            weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
+        raw = shutil.copytree(tiny_model_dir, tmp_path / f"raw-{label}")  # the raw model too, links or not
+        (raw / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": shard}}))
+        with pytest.raises(cli.DataError, match="which is not a file in"):
+            weight_diff.make_diff(str(raw), str(tuned_bf16), str(tmp_path / "diff"))
+    misplaced = shutil.copytree(diff_bf16, tmp_path / "misplaced")
+    (misplaced / "other.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    (misplaced / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "lm_head.weight": "other.safetensors", "model.norm.weight": "model.safetensors"}}))
+    with pytest.raises(cli.DataError, match="puts tensor 'lm_head.weight' in other.safetensors, which does not hold"):
+        weight_diff.recover(str(tiny_model_dir), str(misplaced), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "diff").exists() and leftovers(tmp_path) == []
+
+
+def test_a_raw_model_may_be_made_of_links_as_in_a_hugging_face_cache(tiny_model_dir, tuned_bf16, diff_bf16,
+                                                                     tmp_path):
+    """Nothing of the raw model is copied into the output, and the Hugging Face cache stores snapshots as links
+    into a blobs directory: the raw model's links are followed, to regular files only."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc123"
+    shutil.copytree(tiny_model_dir, blobs)
+    snapshot.mkdir(parents=True)
+    for file in blobs.iterdir():
+        (snapshot / file.name).symlink_to(os.path.relpath(file, snapshot))
+    diff = weight_diff.make_diff(str(snapshot), str(tuned_bf16), str(tmp_path / "diff"))
+    out = weight_diff.recover(str(snapshot), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert first_difference(str(tuned_bf16), str(out)) is None
+    (snapshot / "tokenizer_config.json").unlink()
+    (snapshot / "tokenizer_config.json").symlink_to("/dev/zero")  # would fill the memory
+    with pytest.raises(cli.DataError, match="tokenizer_config.json is a device, not a regular file"):
+        weight_diff.recover(str(snapshot), str(diff_bf16), str(tmp_path / "out2"), test_inference=False)
+    assert not (tmp_path / "out2").exists() and leftovers(tmp_path) == []
+
+
+def test_the_manifest_covers_config_tokenizer_and_chat_template_files(tiny_model_dir, tuned_bf16, diff_bf16,
+                                                                      tmp_path, capsys):
+    manifest = json.loads((diff_bf16 / weight_diff.MANIFEST_NAME).read_text())
+    assert manifest["version"] == 2
+    assert set(manifest["files"]) == {f.name for f in tuned_bf16.iterdir() if f.name != "model.safetensors"}
+
+    def copy(label: str, change) -> pathlib.Path:
+        diff = shutil.copytree(diff_bf16, tmp_path / label)
+        change(diff)
+        return diff
+
+    changed = copy("changed", lambda d: (d / "tokenizer_config.json").write_text(
+        (d / "tokenizer_config.json").read_text().replace('"</s>"', '"<|evil|>"')))
+    with pytest.raises(cli.DataError, match="tokenizer_config.json does not match the SHA-256 recorded"):
+        weight_diff.recover(str(tiny_model_dir), str(changed), str(tmp_path / "out"), test_inference=False)
+    added = copy("added", lambda d: (d / "chat_template.jinja").write_text("{{ messages }}"))
+    with pytest.raises(cli.DataError, match="chat_template.jinja is not listed in weight_diff_manifest.json"):
+        weight_diff.recover(str(tiny_model_dir), str(added), str(tmp_path / "out"), test_inference=False)
+    missing = copy("missing", lambda d: (d / "generation_config.json").unlink())
+    with pytest.raises(cli.MissingPathError, match="generation_config.json is listed in .* but missing"):
+        weight_diff.recover(str(tiny_model_dir), str(missing), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+    def version_1(diff: pathlib.Path) -> None:  # a diff made before the manifest listed the files
+        old = json.loads((diff / weight_diff.MANIFEST_NAME).read_text())
+        del old["files"]
+        old["version"] = 1
+        (diff / weight_diff.MANIFEST_NAME).write_text(json.dumps(old))
+
+    old = copy("version-1", version_1)
+    capsys.readouterr()
+    out = weight_diff.recover(str(tiny_model_dir), str(old), str(tmp_path / "out"), test_inference=False)
+    assert "of version 1, which predates checksums" in capsys.readouterr().out
+    assert first_difference(str(tuned_bf16), str(out)) is None
+    assert (out / "tokenizer_config.json").read_bytes() == (tuned_bf16 / "tokenizer_config.json").read_bytes()
+
+
+def test_chat_templates_are_carried_byte_for_byte(tiny_model_dir, tmp_path):
+    """A checkpoint's chat template (chat_template.jinja, named templates, or the tokenizer_config.json key of
+    older checkpoints) goes into the diff and comes back in the recovered model unchanged."""
+    template = "{% for m in messages %}### {{ m['role'] }}:\n{{ m['content'] }}\n\n{% endfor %}### Response:"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
+    forms = {"jinja": (template, {}), "named": ({"default": template, "with_input": template + "\n"}, {}),
+             "config": (template, {"save_jinja_files": False})}
+    for label, (chat_template, save) in forms.items():
+        tuned = tmp_path / f"tuned-{label}"
+        model.save_pretrained(tuned)
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(tuned, **save)
+        carried = sorted(str(p.relative_to(tuned)) for p in tuned.rglob("*") if p.is_file()
+                         and ("chat_template" in p.name or p.parent.name == "additional_chat_templates"))
+        assert carried == {"jinja": ["chat_template.jinja"], "config": [],
+                           "named": ["additional_chat_templates/with_input.jinja", "chat_template.jinja"]}[label]
+        diff = weight_diff.make_diff(str(tiny_model_dir), str(tuned), str(tmp_path / f"diff-{label}"))
+        out = weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / f"out-{label}"),
+                                  test_inference=False)
+        for name in carried + ["tokenizer_config.json"]:
+            assert (tuned / name).read_bytes() == (diff / name).read_bytes() == (out / name).read_bytes(), name
+        messages = [{"role": "user", "content": "Give three tips for staying healthy."}]
+        assert AutoTokenizer.from_pretrained(out).apply_chat_template(messages, tokenize=False) == \
+            AutoTokenizer.from_pretrained(tuned).apply_chat_template(messages, tokenize=False)
+        assert AutoTokenizer.from_pretrained(out).chat_template == chat_template
+
+
+def safetensors_file(path: pathlib.Path, header: object, data: bytes, header_size: int | None = None) -> pathlib.Path:
+    encoded = json.dumps(header).encode()
+    path.write_bytes((header_size or len(encoded)).to_bytes(8, "little") + encoded + data)
+    return path
+
+
+GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+BAD_HEADERS = {
+    "dtype not a string": ({"a": {**GOOD_ENTRY, "dtype": 5}}, "has dtype 5, not a name"),
+    "dtype unknown": ({"a": {**GOOD_ENTRY, "dtype": "F8_E4M3"}}, "has dtype F8_E4M3, which is not supported"),
+    "shape of strings": ({"a": {**GOOD_ENTRY, "shape": ["2"]}}, "has shape ['2'], not a list of sizes"),
+    "negative shape": ({"a": {**GOOD_ENTRY, "shape": [-2]}}, "has shape [-2], not a list of sizes"),
+    "boolean shape": ({"a": {**GOOD_ENTRY, "shape": [True, 2]}}, "has shape [True, 2]"),
+    "one offset": ({"a": {**GOOD_ENTRY, "data_offsets": [0]}}, "has data_offsets [0], not [begin, end]"),
+    "negative offset": ({"a": {**GOOD_ENTRY, "data_offsets": [-8, 0]}}, "has data_offsets [-8, 0]"),
+    "reversed offsets": ({"a": {**GOOD_ENTRY, "data_offsets": [8, 0]}}, "has data_offsets [8, 0]"),
+    "wrong size": ({"a": {**GOOD_ENTRY, "data_offsets": [0, 4]}}, "takes 8 bytes"),
+    "overlap": ({"a": GOOD_ENTRY, "b": GOOD_ENTRY}, "the bytes of tensor 'b' [0, 8) overlap those of tensor 'a'"),
+    "gap": ({"a": {**GOOD_ENTRY, "data_offsets": [4, 12]}}, "bytes [0, 4) before tensor 'a' belong to no tensor"),
+    "past the end": ({"a": {**GOOD_ENTRY, "shape": [4], "data_offsets": [0, 16]}}, "does not fit in the file"),
+    "trailing bytes": ({"a": {**GOOD_ENTRY, "shape": [1], "data_offsets": [0, 4]}}, "4 bytes after its last tensor"),
+    "not an object": ([GOOD_ENTRY], "a JSON list, not an object"),
+    "entry not an object": ({"a": [0, 8]}, "tensor 'a' is described by a JSON list"),
+    "metadata": ({"__metadata__": {"format": 1}, "a": GOOD_ENTRY}, "__metadata__ must map names to strings"),
+}
+
+
+@pytest.mark.parametrize("label", BAD_HEADERS)
+def test_safetensors_headers_are_checked_as_the_format_defines_them(tmp_path, label):
+    header, message = BAD_HEADERS[label]
+    file = safetensors_file(tmp_path / "model.safetensors", header, bytes(8))
+    with pytest.raises(cli.DataError) as raised:
+        safetensors_stream.read_safetensors_header(file)
+    assert str(raised.value).startswith(str(file)) and message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_huge_declared_header_is_refused_before_it_is_read(tmp_path):
+    """The reference implementation's 100 MB cap: a sparse file claiming a 1 GB header costs no memory."""
+    file = safetensors_file(tmp_path / "model.safetensors", {}, b"", header_size=10**9)
+    with open(file, "r+b") as handle:
+        handle.truncate(10**9 + 4096)  # sparse: next to nothing on disk
+    with pytest.raises(cli.DataError, match=r"declares a safetensors header of 1000000000 bytes, over the format's "
+                                            r"limit of 100 MB"):
+        safetensors_stream.read_safetensors_header(file)
+
+
+def test_make_diff_refuses_overlapping_tensors_too(tiny_model_dir, tuned_bf16, tmp_path):
+    tuned = shutil.copytree(tuned_bf16, tmp_path / "tuned")
+    data = (tuned / "model.safetensors").read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["model.norm.weight"]["data_offsets"] = header["model.layers.0.input_layernorm.weight"]["data_offsets"]
+    safetensors_file(tuned / "model.safetensors", header, data[8 + size:])
+    with pytest.raises(cli.DataError, match=r"model.safetensors has a damaged safetensors header: the bytes of "
+                                            r"tensor .* overlap those of tensor"):
+        weight_diff.make_diff(str(tiny_model_dir), str(tuned), str(tmp_path / "new" / "diff"))
+    assert not (tmp_path / "new").exists()
+
+
+def test_json_and_utf8_errors_name_the_file(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path):
+    tuned = shutil.copytree(tuned_bf16, tmp_path / "tuned")
+    (tuned / "tokenizer_config.json").write_bytes(b'{"pad_token": "\xff"}')
+    with pytest.raises(cli.DataError, match=f"{tuned / 'tokenizer_config.json'} is not UTF-8 text"):
+        weight_diff.make_diff(str(tiny_model_dir), str(tuned), str(tmp_path / "out"))
+    (tuned / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(cli.DataError, match="tokenizer_config.json holds a JSON list, where a JSON object"):
+        weight_diff.make_diff(str(tiny_model_dir), str(tuned), str(tmp_path / "out"))
+    raw = shutil.copytree(tiny_model_dir, tmp_path / "raw")
+    (raw / "model.safetensors.index.json").write_text('{"weight_map": {"lm_head.weight": ')
+    with pytest.raises(cli.DataError, match=f"{raw / 'model.safetensors.index.json'} is not valid JSON .* line 1"):
+        weight_diff.recover(str(raw), str(diff_bf16), str(tmp_path / "out"), test_inference=False)
+    diff = shutil.copytree(diff_bf16, tmp_path / "diff")
+    (diff / weight_diff.MANIFEST_NAME).write_bytes(b"\xfe\xff{}")
+    with pytest.raises(cli.DataError, match=f"{diff / weight_diff.MANIFEST_NAME} is not UTF-8 text"):
+        weight_diff.recover(str(tiny_model_dir), str(diff), str(tmp_path / "out"), test_inference=False)
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
