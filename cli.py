@@ -236,4 +236,7 @@ def report_errors(main: Callable[[], object], interrupted_message: str = "interr
         if is_main_process():
             print(interrupted_message, file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # `... --help | head` closed our stdout: not an error worth a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     sys.exit(0)
