@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 import cli
+import raw_weights
 import safetensors_stream
 import weight_diff
 from make_tiny_model import make_tiny_model
@@ -120,14 +121,14 @@ def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_mo
     specs = safetensors_stream.checkpoint_tensors(tiny_model_dir)
     config = json.loads((tiny_model_dir / "config.json").read_text())
     tokenizer.save_pretrained(tmp_path / "tuned-tokenizer")
-    added, vocab_size = weight_diff.vocabulary_resize(tiny_model_dir, config, tmp_path / "tuned-tokenizer",
+    added, vocab_size = raw_weights.vocabulary_resize(tiny_model_dir, config, tmp_path / "tuned-tokenizer",
                                                       model.config.vocab_size)
     assert (added, vocab_size) == (1, len(tokenizer))
     targets = {name: ("F32", tuple(p.shape)) for name, p in model.state_dict().items()}
-    sources = weight_diff.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
+    sources = raw_weights.match_raw_tensors(specs, targets, config, added, vocab_size, tiny_model_dir)
     for name, param in model.state_dict().items():
         split = min(100, param.shape[0] - 1)  # in blocks of rows, as streamed: one block ends mid-vocabulary
-        streamed = np.concatenate([weight_diff.raw_operand(sources[name], start, stop, "F32")
+        streamed = np.concatenate([raw_weights.raw_operand(sources[name], start, stop, "F32")
                                    for start, stop in [(0, split), (split, param.shape[0])]])
         assert np.array_equal(streamed.view(np.uint32), param.numpy().reshape(-1).view(np.uint32)), name
 
@@ -139,7 +140,7 @@ def test_streamed_column_sums_add_in_pytorchs_order(rows, width):
     generator = np.random.default_rng(rows)
     matrix = (generator.standard_normal((rows, width)) * generator.choice([1e-3, 1.0, 1e3], (rows, 1))).astype(
         np.float32)
-    ours = weight_diff.cascade_column_sums((matrix[i:i + 1000] for i in range(0, rows, 1000)), rows, width)
+    ours = raw_weights.cascade_column_sums((matrix[i:i + 1000] for i in range(0, rows, 1000)), rows, width)
     assert not np.array_equal(ours, matrix.sum(axis=0)) or rows < 64  # numpy's own order differs
     previous = torch.get_num_threads()
     try:
@@ -159,7 +160,7 @@ def test_mean_of_rows_of_any_width_and_dtype_matches_pytorch(tmp_path):
     specs = safetensors_stream.checkpoint_tensors(tmp_path)
     for name, tensor in tensors.items():
         expected = tensor.float()[:299].mean(dim=0, keepdim=True).numpy()
-        assert np.array_equal(weight_diff.mean_of_rows(specs[name], 299).view(np.uint32), expected.view(np.uint32))
+        assert np.array_equal(raw_weights.mean_of_rows(specs[name], 299).view(np.uint32), expected.view(np.uint32))
 
 
 def test_float_conversions_round_as_pytorch_does():
@@ -187,12 +188,12 @@ def test_special_tokens_read_from_files_agree_with_the_tokenizer(tiny_model_dir,
             tokenizer.pad_token = pad
         tokenizer.save_pretrained(tmp_path / label)
         loaded = AutoTokenizer.from_pretrained(tmp_path / label)
-        declared = weight_diff.declared_special_tokens(tmp_path / label)
+        declared = raw_weights.declared_special_tokens(tmp_path / label)
         assert declared == {role: getattr(loaded, role) or None for role in declared}, label
         # train.py adds exactly the roles declared missing here
         assert set(missing_special_tokens(loaded)) == {role for role, token in declared.items() if token is None}
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
-        weight_diff.declared_special_tokens(tmp_path)
+        raw_weights.declared_special_tokens(tmp_path)
 
 
 def test_make_diff_and_recover_need_neither_torch_nor_transformers(tiny_model_dir, tuned_bf16, tmp_path, repo_dir):
