@@ -74,7 +74,6 @@ class PromptListRejected(Exception):
 
     def __init__(self, error: Exception):
         super().__init__(redact_api_key(error))
-        self.status_code = getattr(error, "status_code", None)
 
 
 def build_request(api_type: str, model_name: str, prompts: Sequence[str], decoding_args: OpenAIDecodingArguments,
@@ -162,10 +161,15 @@ def response_problem(response: object, api_type: str, expected_choices: int) -> 
     return None
 
 
+def prompts_of(request: dict) -> list[str]:
+    """The completions prompts of a request body (`prompt` is a list, or one string); [] for chat."""
+    prompt = request.get("prompt", [])
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
 def expected_choices(request: dict) -> int:
     """Choices a well-formed response to `request` holds: n per prompt (chat: one prompt)."""
-    prompt = request.get("prompt", [None])
-    return (len(prompt) if isinstance(prompt, list) else 1) * int(request.get("n") or 1)
+    return max(1, len(prompts_of(request))) * int(request.get("n") or 1)
 
 
 # -- retries ----------------------------------------------------------------------------------------
@@ -208,9 +212,14 @@ def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | 
 
 
 def redact_api_key(error: Exception) -> str:
-    """The error's text for a log line or a message, with the API key masked: some servers and proxies echo
-    the key they were sent, and it must never reach a terminal log or a file."""
+    """The error's text for a log line or a message (with the server's answer when the client left it out, as for
+    a body without an "error" field), with the API key masked: some servers and proxies echo the key they were
+    sent, and it must never reach a terminal log or a file."""
     text = str(error).rstrip(".")
+    response = getattr(error, "response", None) if isinstance(error, openai.APIStatusError) else None
+    body = " ".join(response.text.split())[:200] if response is not None else ""
+    if body and body not in text and text.endswith(f"Error code: {error.status_code}"):
+        text = f"{text} - {body}"
     key = os.environ.get("OPENAI_API_KEY", "")
     return text.replace(key, "<OPENAI_API_KEY>") if len(key) >= 4 else text
 
@@ -399,6 +408,8 @@ class LLMEndpoint:
         if results is None:  # chat, or a server that takes one prompt per completions request
             requests = [build_request(self.api_type, self.model_name, [p], decoding_args, **decoding_kwargs)
                         for p in prompts]
+            if self.api_type == "completions":  # as a string: such servers refuse even a list of one
+                requests = [{**r, "prompt": r["prompt"][0]} for r in requests]
             results = await asyncio.gather(*(self._call(r, f"{tag}/{j}") for j, r in enumerate(requests)))
             if self.api_type == "completions" and self.prompt_lists_accepted is None:
                 self.prompt_lists_accepted = False
@@ -433,9 +444,9 @@ class LLMEndpoint:
             sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
             # Tokens the request may use, as OpenAI counts them against the quota: ~4 characters per prompt
             # token plus max_tokens for every completion; settled with the real usage once it is known.
-            prompt_chars = sum(map(len, sent.get("prompt", [])))
+            prompt_chars = sum(map(len, prompts_of(sent)))
             prompt_chars += sum(len(m["content"]) for m in sent.get("messages", []))
-            estimate = prompt_chars / 4 + (max_tokens or 0) * len(sent.get("prompt", [None])) * sent.get("n", 1)
+            estimate = prompt_chars / 4 + (max_tokens or 0) * expected_choices(sent)
             if self.request_limiter:
                 await self.request_limiter.acquire(1)
             if self.token_limiter:

@@ -166,8 +166,10 @@ class OpenAIServer:
     `push(*replies)` queues scripted replies (used first, in order, by any endpoint); `responder(endpoint,
     prompt, body) -> (text, finish_reason)` answers everything else; `delay` (seconds) slows every default
     answer; `max_context`, when set, answers a context-length error to any request whose prompt words plus
-    `max_tokens` exceed it. `requests` holds every request received: dicts with path, headers (lower-case
-    names), json and time (monotonic seconds).
+    `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
+    request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
+    string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
+    (monotonic seconds).
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
@@ -222,7 +224,7 @@ class OpenAIServer:
         if scripted is not None and not scripted.use_responder:
             return scripted
         prompts = prompts_of(path, body)
-        if self.reject_prompt_lists and isinstance(body.get("prompt"), list) and len(body["prompt"]) > 1:
+        if self.reject_prompt_lists and isinstance(body.get("prompt"), list):  # even a list of one
             return prompt_list_refusal(self.reject_prompt_lists)
         if self.max_context is not None:
             prompt_tokens = max(count_tokens(p) for p in prompts)

@@ -587,7 +587,7 @@ def test_a_server_refusing_prompt_lists_gives_the_same_output(openai_server, see
     generate(openai_server, tmp_path / "one-each", seeds, num_instructions_to_generate=300)
     assert (tmp_path / "lists" / "regen.json").read_bytes() == (tmp_path / "one-each" / "regen.json").read_bytes()
     sent = [b["prompt"] for b in openai_server.bodies() if "prompt" in b]  # not the bodies of cancelled requests
-    assert sum(len(p) > 1 for p in sent) <= 4 and sum(len(p) == 1 for p in sent) >= 20  # lists: the first in flight
+    assert sum(isinstance(p, list) for p in sent) <= 4 and sum(isinstance(p, str) for p in sent) >= 20
     switches = [r for r in caplog.records if "sending one prompt per request" in r.getMessage()]
     assert len(switches) == 1
 
@@ -639,3 +639,46 @@ def test_a_corrupt_regen_json_to_resume_from_is_one_line(openai_server, seeds, t
     err = capsys.readouterr().err
     assert "regen.json is not valid JSON" in err and "move it aside" in err and "Traceback" not in err
     assert openai_server.requests == []
+
+
+@pytest.mark.slow
+def test_a_real_transformers_serve_gets_one_prompt_per_request(tiny_model_dir, seeds, tmp_path, monkeypatch, caplog):
+    """`transformers serve` answers a list of prompts with HTTP 400 "prompt must be a string": the run still
+    completes, one prompt per request, saying so once."""
+    import socket
+    import urllib.request
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(pathlib.Path(sys.executable).parent / "transformers"), "serve", str(tiny_model_dir), "--port",
+               str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "transformers serve did not start"
+                time.sleep(0.5)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        out = tmp_path / "out"
+        gi.generate_instruction_following_data(
+            output_dir=str(out), seed_tasks_path=seeds, api_base=f"http://127.0.0.1:{port}/v1",
+            model_name=str(tiny_model_dir), request_batch_size=2, max_requests=2, max_tokens=8,
+            num_instructions_to_generate=1000, num_cpus=1, retry_base_delay=0.01)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    journal = read_journal(out)
+    assert [r["request_index"] for r in journal] == [0, 1] and all(r["usage"]["completion_tokens"] for r in journal)
+    cached = [json.loads(path.read_text())["request"]["prompt"] for path in (out / "responses").iterdir()]
+    assert len(cached) == 4 and all(isinstance(prompt, str) for prompt in cached)
+    assert sum("sending one prompt per request" in r.getMessage() for r in caplog.records) == 1
+    assert any("prompt must be a string" in r.getMessage() for r in caplog.records)
