@@ -507,6 +507,7 @@ def contract_case(name: str, tmp_path: pathlib.Path, seeds: str) -> tuple[list[s
     raise ValueError(name)
 
 
+@pytest.mark.slow  # several processes
 @pytest.mark.parametrize("case", ["unknown flag", "not a boolean", "bad logit_bias", "missing seed file",
                                   "malformed seed file"])
 def test_command_line_mistakes_are_one_line_before_any_work(openai_server, seeds, tmp_path, case):
@@ -522,6 +523,7 @@ def test_command_line_mistakes_are_one_line_before_any_work(openai_server, seeds
     assert not out.exists() and openai_server.requests == []
 
 
+@pytest.mark.slow  # several processes
 def test_boolean_spellings_on_the_real_command_line(openai_server, seeds, tmp_path):
     openai_server.responder = na_responder
     for spelling in ("false", "False", "0"):
@@ -592,6 +594,7 @@ def test_a_server_refusing_prompt_lists_gives_the_same_output(openai_server, see
     assert len(switches) == 1
 
 
+@pytest.mark.slow  # several processes
 def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_ones_lock_does_not_block(
         openai_server, seeds, tmp_path):
     openai_server.delay = 0.2
