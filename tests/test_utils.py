@@ -261,8 +261,10 @@ def test_load_records_reads_json_lists_and_jsonl_and_names_bad_lines(tmp_path):
     (tmp_path / "object.json").write_text('{"instruction": "a"}')
     (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\n{"instruction": \n')
     (tmp_path / "bad.json").write_text('[{"instruction": "a"},\n {"instruction": }]')
-    # A single JSON object is one JSONL record; a broken line or list is named by its line.
-    assert utils.load_records(str(tmp_path / "object.json")) == [{"instruction": "a"}]
+    # A .json file holding one object is said to be one (issue 11, item 14); a broken line or list is named by its line.
+    with pytest.raises(ValueError, match=r"object\.json holds a single JSON object \(keys: instruction\); expected a "
+                                         r"JSON list"):
+        utils.load_records(str(tmp_path / "object.json"))
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
         utils.load_records(str(tmp_path / "bad.jsonl"))
     with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(line 2"):
