@@ -14,29 +14,36 @@ Ollama, llama.cpp's server) or a local Hugging Face model (`--api_type local --m
 `--max_concurrency` requests in flight, processed in request order, so the output does not depend on it;
 `--seed` fixes the prompt sampling; raw responses are cached in `output_dir/responses/` (a re-run replays
 them); kept instructions are journaled in `output_dir/regen_journal.jsonl` after every request, so a kill
-loses nothing and a re-run resumes; `--clean True` adds filters for defects found in the released 52K data.
+loses nothing and a re-run resumes; one run at a time per output_dir (a lock file, released by the OS when
+the process dies); `--clean True` adds filters for defects found in the released 52K data.
 Run with `--help` after the task name for every flag.
 """
 
 import asyncio
-import inspect
+import contextlib
+import dataclasses
+import fcntl
+import functools
 import json
 import os
 import random
 import re
+import shutil
 import signal
+import socket
 import string
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import aclosing
 
-import fire
 import numpy as np
 import tqdm
 
+import cli
 import utils
-from llm_client import DEFAULT_MODEL_NAMES, LLMEndpoint, LLMError, check_settings, complete_in_order
+from llm_client import DEFAULT_MODEL_NAMES, LLMEndpoint, check_settings, complete_in_order
 from rouge_l import RougeLIndex, most_similar
 
 __all__ = ["RougeLIndex", "encode_prompt", "post_process_gpt3_response", "generate_instruction_following_data"]
@@ -47,14 +54,27 @@ STOP_SEQUENCES = ["\n20", "20."]  # the prompt asks for 20 tasks: stop where the
 BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
              "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]  # a text-only model cannot do these
 JOURNAL_NAME = "regen_journal.jsonl"
+LOCK_NAME = ".generate_instruction.lock"
+# Requests in a row that hold not one task in the prompt's format before the run stops: the server is not
+# continuing the list (a chat model on the completions endpoint, a wrong model, an error page as text).
+MAX_FRUITLESS_REQUESTS = 10
+INTERRUPTED = "interrupted: every instruction kept so far is saved; re-run the same command to resume."
 
 
-class SeedTaskError(ValueError):
+class SeedTaskError(cli.DataError):
     """The seed tasks file cannot be used; the message names the file and the line."""
 
 
-class FlagError(ValueError):
-    """A command-line flag that does not exist or has a value that cannot work; the message names it."""
+class FlagError(cli.UsageError):
+    """A command-line flag with a value that cannot work; the message names it."""
+
+
+class OutputDirError(cli.UserError):
+    """--output_dir cannot be used: a file, in use by another run, or holding a damaged journal or regen.json."""
+
+
+class FruitlessRunError(cli.UserError):
+    """Request after request yielded no task in the prompt's format; the message says what the server returned."""
 
 
 def encode_prompt(prompt_instructions: list[dict]) -> str:
@@ -168,66 +188,154 @@ def chat_reply_as_continuation(text: str, next_number: int) -> str:
 
 def load_seed_tasks(seed_tasks_path: str) -> list[dict]:
     """The first instance of every seed task as {"instruction", "input", "output"}; errors name file and line."""
-    if not os.path.exists(seed_tasks_path):
+    if not os.path.isfile(seed_tasks_path):
         raise SeedTaskError(f"Seed tasks file {seed_tasks_path} does not exist; pass --seed_tasks_path.")
+    try:
+        lines = list(utils.read_jsonl(seed_tasks_path))
+    except cli.DataError as error:  # not UTF-8, not JSON: the message already names the file and the line
+        raise SeedTaskError(str(error)) from None
     seed_instruction_data = []
-    with open(seed_tasks_path, "rb") as f:
-        for line_number, raw_line in enumerate(f, start=1):
-            try:
-                line = raw_line.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise SeedTaskError(f"{seed_tasks_path}, line {line_number}: not UTF-8 text ({e.reason}); save the "
-                                    "seed tasks as UTF-8 JSONL.") from None
-            if not line.strip():
-                continue
-            where = f"{seed_tasks_path}, line {line_number}"
-            try:
-                task = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SeedTaskError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); every line must be "
-                                    f"one seed task object.") from None
-            try:
-                instance = task["instances"][0]
-                entry = {"instruction": task["instruction"], "input": instance["input"], "output": instance["output"]}
-            except (KeyError, IndexError, TypeError):
-                raise SeedTaskError(f"{where}: a seed task needs \"instruction\" and \"instances\" with at least one "
-                                    f"{{\"input\", \"output\"}}.") from None
-            if not all(isinstance(v, str) for v in entry.values()):
-                raise SeedTaskError(f"{where}: instruction, input and output must be strings.")
-            seed_instruction_data.append(entry)
+    for line_number, task in lines:
+        where = f"{seed_tasks_path}, line {line_number}"
+        try:
+            instance = task["instances"][0]
+            entry = {"instruction": task["instruction"], "input": instance["input"], "output": instance["output"]}
+        except (KeyError, IndexError, TypeError):
+            raise SeedTaskError(f"{where}: a seed task needs \"instruction\" and \"instances\" with at least one "
+                                f"{{\"input\", \"output\"}}.") from None
+        if not all(isinstance(v, str) for v in entry.values()):
+            raise SeedTaskError(f"{where}: instruction, input and output must be strings.")
+        seed_instruction_data.append(entry)
     if not seed_instruction_data:
         raise SeedTaskError(f"Seed tasks file {seed_tasks_path} holds no tasks.")
     return seed_instruction_data
 
 
+def check_flags(num_tasks: int, seed_tasks_path: str, num_prompt_instructions: int, **positive: int) -> None:
+    """FlagError for values that cannot work: more prompt tasks than seeds, a count that is not a positive integer."""
+    if not isinstance(num_prompt_instructions, int) or not 1 <= num_prompt_instructions <= num_tasks:
+        raise FlagError(f"--num_prompt_instructions must be between 1 and the {num_tasks} seed tasks in "
+                        f"{seed_tasks_path}, not {num_prompt_instructions!r}.")
+    for flag, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FlagError(f"--{flag} must be a positive whole number, not {value!r}.")
+
+
+def parse_logit_bias(logit_bias: dict | str | None) -> dict | None:
+    """--logit_bias as the request's {token id (str): bias}, from a dict or its JSON text; FlagError otherwise."""
+    value = logit_bias
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if logit_bias is not None and not (isinstance(value, dict) and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in value.values())):
+        raise FlagError(f"--logit_bias must be a JSON object of token id to bias, e.g. '{{\"50256\": -100}}', "
+                        f"not {logit_bias!r}.")
+    return {str(token): bias for token, bias in value.items()} if value is not None else None
+
+
+# -- the output directory: one run at a time, its journal, regen.json -------------------------------
+
+
+@contextlib.contextmanager
+def claimed_output_dir(output_dir: str) -> Iterator[None]:
+    """Create output_dir if needed and hold its lock file for the run: a second generator on the same directory
+    refuses at once, naming this one (it would pay every request twice and write each into the journal twice).
+    The lock is an flock, which the OS drops when its process dies, so a killed run never leaves it stuck.
+    A directory this run created and left empty (e.g. the server was unreachable) is removed again."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise OutputDirError(f"--output_dir {output_dir} is a file, not a directory; pass a directory (it is "
+                             "created when missing).")
+    created = not os.path.exists(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    lock_path = os.path.join(output_dir, LOCK_NAME)
+    try:
+        with open(lock_path, "a+", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "a process that has not written its name yet"
+                raise OutputDirError(f"{output_dir} is in use by another generator ({holder}); wait for it to "
+                                     "finish or stop it, or pass another --output_dir.") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+            yield
+    finally:
+        if created and os.listdir(output_dir) == [LOCK_NAME]:
+            shutil.rmtree(output_dir)
+
+
 def load_generated(output_dir: str) -> tuple[list[dict], int]:
-    """(kept instructions, next request index) of an earlier run: from its journal, which survives kills
-    (a half-written last line is cut off), else from a regen.json such as the original wrote."""
+    """(kept instructions, next request index) of an earlier run: from its journal, which survives kills,
+    else from a regen.json such as the original wrote."""
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
     regen_path = os.path.join(output_dir, "regen.json")
     if os.path.exists(journal_path):
-        entries, next_request, good_bytes = [], 0, 0
-        with open(journal_path, "rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # the run was killed while writing this line
-                if not line.endswith(b"\n"):
-                    break
-                entries += record["kept"]
-                next_request = max(next_request, record["request_index"] + 1)
-                good_bytes += len(line)
-        if good_bytes < os.path.getsize(journal_path):
-            with open(journal_path, "r+b") as f:
-                f.truncate(good_bytes)
+        entries, next_request = read_journal(journal_path)
         keep_edited_regen_json(regen_path, entries)
         return entries, next_request
     if os.path.exists(regen_path):
-        entries = utils.jload(regen_path)
+        entries = read_regen_json(regen_path)
         append_journal(journal_path, {"request_index": -1, "kept": entries, "source": "regen.json"})
         return entries, 0
     return [], 0
+
+
+def journal_line_problem(line: bytes) -> str | None:
+    """Why a journal line is not one this generator writes, or None when it is."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "not valid JSON"
+    if not isinstance(record, dict) or not isinstance(record.get("request_index"), int) \
+            or not isinstance(record.get("kept"), list) \
+            or not all(isinstance(e, dict) and isinstance(e.get("instruction"), str) for e in record["kept"]):
+        return f"not a record of this generator ({line[:60].decode('utf-8', 'replace').strip()!r})"
+    return None
+
+
+def read_journal(journal_path: str) -> tuple[list[dict], int]:
+    """(kept instructions, next request index) from the journal. A last line without its newline is what a kill
+    mid-write leaves: it is cut off (that request is sent again). Any other damaged or foreign line is refused
+    with its line number: a run never writes one, and cutting there would silently drop every later request."""
+    with open(journal_path, "rb") as f:
+        lines = f.readlines()
+    entries, next_request, good_bytes = [], 0, 0
+    for line_number, line in enumerate(lines, start=1):
+        if line_number == len(lines) and not line.endswith(b"\n"):
+            break
+        problem = journal_line_problem(line)
+        if problem:
+            raise OutputDirError(f"{journal_path}, line {line_number} of {len(lines)}: {problem}. The run resumes "
+                                 "from this journal and never writes such a line; fix or delete the line, or move "
+                                 "the journal aside to resume from regen.json.")
+        record = json.loads(line)
+        entries += record["kept"]
+        next_request = max(next_request, record["request_index"] + 1)
+        good_bytes += len(line)
+    if good_bytes < os.path.getsize(journal_path):
+        with open(journal_path, "r+b") as f:
+            f.truncate(good_bytes)
+    return entries, next_request
+
+
+def read_regen_json(regen_path: str) -> list[dict]:
+    """The entries of an earlier run's regen.json (no journal beside it: e.g. the original's output)."""
+    try:
+        entries = utils.jload(regen_path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise OutputDirError(f"{regen_path} is not valid JSON ({error}); this run would resume from it: fix it, "
+                             "or move it aside to start afresh.") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("instruction"), str)
+                                                for e in entries):
+        raise OutputDirError(f"{regen_path} is not a JSON list of generated instructions (objects with an "
+                             "\"instruction\"); this run would resume from it: fix it, or move it aside.")
+    return entries
 
 
 def keep_edited_regen_json(regen_path: str, journal_entries: list[dict]) -> None:
@@ -256,8 +364,176 @@ def append_journal(journal_path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then act on them as usual, so that a request is either in
+    both the journal and the entries written to regen.json, or in neither. (Python runs signal handlers in the
+    main thread whichever thread received the signal, so swapping the handlers is enough.)"""
+    received = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received and callable(previous[received[0]]):
+            previous[received[0]](received[0], None)
+        elif received and previous[received[0]] != signal.SIG_IGN:
+            signal.raise_signal(received[0])  # the default action, now that the default is back
+
+
+def write_regen_json(regen_path: str, entries: list[dict]) -> None:
+    """regen.json in the original's format, replaced atomically; written once per run (the journal holds every
+    request's entries as they come)."""
+    utils.jdump(entries, regen_path + ".tmp")
+    os.replace(regen_path + ".tmp", regen_path)
+
+
+# -- one request: prompts, parsing, the similarity filter, the counts -------------------------------
+
+
+def request_prompts(seed_tasks: list[dict], num_prompt_instructions: int, request_batch_size: int, seed: int,
+                    request_index: int) -> list[str]:
+    """The `request_batch_size` prompts of request `request_index`, each showing `num_prompt_instructions` seed
+    tasks. Only seed tasks are sampled, from an RNG of (seed, request index) alone, so a prompt never depends on
+    other requests' results and a resumed run sends what an uninterrupted one would."""
+    rng = random.Random(f"{seed}:{request_index}")
+    return [encode_prompt(rng.sample(seed_tasks, num_prompt_instructions)) for _ in range(request_batch_size)]
+
+
+def parse_result(result: dict, num_prompt_instructions: int, api_type: str) -> tuple[list[dict], int, Counter]:
+    """(tasks passing the original's filters, tasks in the prompt's format, drops by reason) of one request."""
+    drops: Counter = Counter()
+    tasks = []
+    for choice in result["choices"]:
+        if api_type == "chat":
+            choice = {**choice, "text": chat_reply_as_continuation(choice["text"], num_prompt_instructions + 1)}
+        tasks += post_process_gpt3_response(num_prompt_instructions, choice, drops)
+    parsed = len(tasks) + sum(n for reason, n in drops.items() if reason not in ("format", "truncated"))
+    return tasks, parsed, drops
+
+
+class InstructionPool:
+    """The instructions a new one is compared with, the seeds and every one kept so far: their texts (for the
+    top-10 lists) and their ROUGE-L index, one home that grows in one step."""
+
+    def __init__(self, instructions: list[str], num_threads: int):
+        self.instructions = list(instructions)
+        self.index = RougeLIndex(self.instructions, num_threads=num_threads)
+
+    def add(self, instruction: str) -> None:
+        self.instructions.append(instruction)
+        self.index.add(instruction)
+
+
+def keep_novel_tasks(tasks: list[dict], pool: InstructionPool, clean: bool, drops: Counter) -> list[dict]:
+    """The tasks that pass --clean's filters (when on) and are no near-copy (ROUGE-L F1 above 0.7) of any pool
+    instruction, each with its 10 most similar instructions and its mean similarity; each kept task joins the pool
+    before the next is scored. Dropped tasks are counted in `drops`."""
+    kept = []
+    for task in tasks:
+        reason = clean_drop_reason(task) if clean else None
+        if reason:
+            drops[reason] += 1
+            continue
+        scores = pool.index.scores(task["instruction"])
+        if scores.max() > SIMILARITY_THRESHOLD:
+            drops["similarity"] += 1
+            continue
+        task["most_similar_instructions"] = most_similar(scores, pool.instructions, 10)
+        task["avg_similarity_score"] = float(np.mean(scores))
+        kept.append(task)
+        pool.add(task["instruction"])
+    return kept
+
+
 def format_counts(counts: Counter) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.most_common() if n) or "none"
+
+
+def describe_completions(choices: list[dict]) -> str:
+    """What a request's completions were, in a few words: for a message about a server that yields nothing."""
+    texts = [" ".join(c["text"].split()) for c in choices]
+    reasons = ", ".join(sorted({str(c["finish_reason"]) for c in choices}))
+    sample = next((t for t in texts if t), None)
+    if sample is None:
+        return f"{len(texts)} empty completion{'s' * (len(texts) != 1)} (finish_reason {reasons})"
+    shown = sample if len(sample) <= 80 else sample[:77] + "..."
+    return f"{len(texts)} completion{'s' * (len(texts) != 1)} (finish_reason {reasons}) such as {shown!r}"
+
+
+@dataclasses.dataclass
+class Totals:
+    """What this run's requests gave: the per-request log line, the closing summary, and the count of requests
+    in a row that held no task at all."""
+
+    price_per_1k_prompt_tokens: float | None = None
+    price_per_1k_completion_tokens: float | None = None
+    requests: int = 0
+    cached: int = 0
+    parsed: int = 0
+    kept: int = 0
+    drops: Counter = dataclasses.field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    fruitless_in_a_row: int = 0
+    start: float = dataclasses.field(default_factory=time.time)
+
+    def add(self, request_index: int, result: dict, parsed: int, kept: list[dict], drops: Counter,
+            processing_seconds: float) -> None:
+        """Count one processed request and print its line."""
+        usage = result["usage"]
+        paid = {k: 0 if result["cached"] else v for k, v in usage.items()}  # a replayed response costs nothing now
+        cost = (paid["prompt_tokens"] * (self.price_per_1k_prompt_tokens or 0)
+                + paid["completion_tokens"] * (self.price_per_1k_completion_tokens or 0)) / 1000
+        self.requests += 1
+        self.cached += result["cached"]
+        self.parsed += parsed
+        self.kept += len(kept)
+        self.drops.update(drops)
+        self.prompt_tokens += paid["prompt_tokens"]
+        self.completion_tokens += paid["completion_tokens"]
+        self.cost += cost
+        self.fruitless_in_a_row = 0 if parsed else self.fruitless_in_a_row + 1
+        priced = self.price_per_1k_prompt_tokens is not None or self.price_per_1k_completion_tokens is not None
+        tqdm.tqdm.write(
+            f"Request {request_index}: {len(result['choices'])} completions in {result['seconds']:.2f}s"
+            f"{' (cached)' if result['cached'] else ''}, processing {processing_seconds:.2f}s | "
+            f"parsed {parsed}, kept {len(kept)}, dropped: {format_counts(drops)} | tokens {usage['total_tokens']:,}"
+            + (f" | cost ${cost:.4f} (total ${self.cost:.4f})" if priced else ""))
+
+    def summary(self, num_generated: int, regen_path: str) -> str:
+        tokens = self.prompt_tokens + self.completion_tokens
+        return (f"Kept {self.kept} of {self.parsed} parsed instructions from {self.requests} requests "
+                f"({self.cached} replayed from the cache) in {time.time() - self.start:.1f}s; dropped: "
+                f"{format_counts(self.drops)}; tokens used {tokens:,} (prompt {self.prompt_tokens:,}, completion "
+                f"{self.completion_tokens:,})" + (f"; cost ${self.cost:.4f}" if self.cost else "")
+                + (f". {num_generated} instructions in {regen_path}" if self.requests or num_generated
+                   else ". Nothing was generated, so no regen.json was written"))
+
+
+def raise_if_fruitless(totals: Totals, result: dict, api_base: str, output_dir: str) -> None:
+    """Stop a run whose last MAX_FRUITLESS_REQUESTS requests held no task in the prompt's format, saying what the
+    server returned, instead of paying for requests without end."""
+    if totals.fruitless_in_a_row < MAX_FRUITLESS_REQUESTS:
+        return
+    raise FruitlessRunError(
+        f"The last {MAX_FRUITLESS_REQUESTS} requests to {api_base} held no task in the prompt's numbered format; "
+        f"the last one returned {describe_completions(result['choices'])}. Check that --model_name continues text "
+        f"(an instruction-tuned model may need --api_type chat), or read the raw responses in "
+        f"{os.path.join(output_dir, 'responses')}.")
+
+
+def worth_launching(totals: Totals, remaining: int, unprocessed: int) -> bool:
+    """Whether to send another request while `unprocessed` ones are in flight or waiting: not when those will
+    likely reach the goal of `remaining` more instructions (saves money at the end)."""
+    kept_per_request = totals.kept / totals.requests if totals.requests else 0.0
+    return kept_per_request * unprocessed < remaining
+
+
+# -- the loop ---------------------------------------------------------------------------------------
 
 
 def generate_instruction_following_data(
@@ -292,11 +568,13 @@ def generate_instruction_following_data(
 
     Arguments (the original's first):
         output_dir: where regen.json, the journal and the response cache go; an earlier run there is resumed.
+            One run at a time: a second one on the same directory refuses to start.
         seed_tasks_path: JSONL of seed tasks ({"instruction", "instances": [{"input", "output"}], ...}).
         num_instructions_to_generate: stop once this many instructions are kept (the last request's all count).
         model_name: default gpt-3.5-turbo-instruct (completions) or gpt-4o-mini (chat); a directory for local.
         num_prompt_instructions: seed tasks shown in each prompt.
-        request_batch_size: prompts per request (completions endpoint; chat sends one request per prompt).
+        request_batch_size: prompts per request (completions endpoint; chat sends one request per prompt, and so
+            does a completions server that refuses a list of prompts, such as llama.cpp's or `transformers serve`).
         temperature, top_p: sampling settings.
         num_cpus: threads for ROUGE-L scoring.
         api_type: "completions" (Alpaca's batch decoding), "chat" (prompt as a user message) or "local".
@@ -304,9 +582,9 @@ def generate_instruction_following_data(
             OPENAI_BASE_URL, else OpenAI). The key comes from OPENAI_API_KEY, the organisation from OPENAI_ORG.
         max_concurrency: requests in flight at once; the output does not depend on it.
         requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
-        max_retries: retries of a request on 429, 5xx, timeouts and dropped connections.
+        max_retries: retries of a request on 429, 5xx, timeouts, dropped connections and malformed responses.
         retry_base_delay, retry_max_delay: backoff seconds (doubling from base, at most max, with jitter).
-        request_timeout: seconds to wait for one response.
+        request_timeout: seconds one request may take in all, from sending it to its last byte.
         max_tokens: tokens to generate per prompt (the original's 3072); shrunk 20% per context-length error.
         logit_bias: e.g. '{"50256": -100}', the original's GPT-3 setting against <|endoftext|>; off by default.
         seed: fixes which seed tasks each prompt shows.
@@ -314,168 +592,74 @@ def generate_instruction_following_data(
         cache: replay and store raw responses in output_dir/responses.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to log the cost.
         max_requests: stop after this many requests in this run even if fewer instructions were kept.
-    Returns the kept instructions (also written to output_dir/regen.json).
+    Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
+    10 requests in a row without a single task in the prompt's format.
     """
-    seed_instruction_data = load_seed_tasks(seed_tasks_path)
-    print(f"Loaded {len(seed_instruction_data)} human-written seed instructions")
-    if not 1 <= num_prompt_instructions <= len(seed_instruction_data):
-        raise SeedTaskError(f"--num_prompt_instructions must be between 1 and the {len(seed_instruction_data)} seed "
-                            f"tasks in {seed_tasks_path}, not {num_prompt_instructions}.")
-    for flag, value in (("num_instructions_to_generate", num_instructions_to_generate), ("num_cpus", num_cpus),
-                        ("request_batch_size", request_batch_size), ("max_concurrency", max_concurrency)):
-        if not isinstance(value, int) or value < 1:
-            raise FlagError(f"--{flag} must be a positive whole number, not {value!r}.")
+    seed_tasks = load_seed_tasks(seed_tasks_path)
+    check_flags(len(seed_tasks), seed_tasks_path, num_prompt_instructions, num_cpus=num_cpus,
+                num_instructions_to_generate=num_instructions_to_generate, request_batch_size=request_batch_size,
+                max_concurrency=max_concurrency)
+    logit_bias = parse_logit_bias(logit_bias)
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
     check_settings(api_type, model_name, api_base)
-    os.makedirs(output_dir, exist_ok=True)
+    print(f"Loaded {len(seed_tasks)} human-written seed instructions")
     regen_path = os.path.join(output_dir, "regen.json")
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
-    machine_instruction_data, first_request = load_generated(output_dir)
-    if machine_instruction_data:
-        print(f"Loaded {len(machine_instruction_data)} machine-generated instructions")
-
-    # The pool every new instruction is compared with: the seeds and everything kept so far.
-    all_instructions = [d["instruction"] for d in seed_instruction_data + machine_instruction_data]
-    similarity_index = RougeLIndex(all_instructions, num_threads=num_cpus)
+    endpoint_settings = dict(
+        api_type=api_type, model_name=model_name, api_base=api_base, max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, max_retries=max_retries,
+        retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay, request_timeout=request_timeout,
+        cache_dir=os.path.join(output_dir, "responses") if cache else None)
     decoding_args = utils.OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
                                                   stop=STOP_SEQUENCES)
-    if isinstance(logit_bias, str):
-        logit_bias = json.loads(logit_bias)
+    prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size, seed)
 
-    def make_prompts(request_index: int) -> list[str]:
-        # Only seed tasks are sampled, from an RNG of (seed, request index) alone, so a prompt never depends
-        # on other requests' results and a resumed run sends what an uninterrupted one would.
-        rng = random.Random(f"{seed}:{request_index}")
-        return [encode_prompt(rng.sample(seed_instruction_data, num_prompt_instructions))
-                for _ in range(request_batch_size)]
+    with claimed_output_dir(output_dir):
+        generated, first_request = load_generated(output_dir)
+        if generated:
+            print(f"Loaded {len(generated)} machine-generated instructions")
+        pool = InstructionPool([t["instruction"] for t in seed_tasks + generated], num_threads=num_cpus)
+        totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
+        progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
+                                 desc="kept")
 
-    progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(machine_instruction_data), unit="instr",
-                             desc="kept")
-    totals = {"requests": 0, "cached": 0, "parsed": 0, "kept": 0, "drops": Counter(), "prompt_tokens": 0,
-              "completion_tokens": 0, "cost": 0.0}
+        async def generate() -> None:
+            async with LLMEndpoint(**endpoint_settings) as endpoint:
+                tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({api_type}), "
+                                f"{max_concurrency} requests in flight, from request {first_request}")
+                last_request = first_request + max_requests - 1 if max_requests is not None else None
+                results = complete_in_order(
+                    endpoint, prompts_for, decoding_args, first_request, last_request, logit_bias=logit_bias,
+                    should_launch=lambda unprocessed: worth_launching(
+                        totals, num_instructions_to_generate - len(generated), unprocessed))
+                async with aclosing(results) as stream:
+                    async for request_index, _, result in stream:
+                        process_start = time.time()
+                        tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type)
+                        kept = keep_novel_tasks(tasks, pool, clean, drops)
+                        with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
+                            append_journal(journal_path, {"request_index": request_index, "kept": kept,
+                                                          "parsed": parsed, "dropped": dict(drops),
+                                                          "usage": result["usage"]})
+                            generated.extend(kept)
+                        progress_bar.update(len(kept))
+                        totals.add(request_index, result, parsed, kept, drops, time.time() - process_start)
+                        raise_if_fruitless(totals, result, endpoint.api_base, output_dir)
+                        if len(generated) >= num_instructions_to_generate:
+                            break
 
-    def should_launch(unprocessed: int) -> bool:
-        # Hold back new requests when those already sent will likely reach the goal (saves money at the end).
-        remaining = num_instructions_to_generate - len(machine_instruction_data)
-        kept_per_request = totals["kept"] / totals["requests"] if totals["requests"] else 0.0
-        return kept_per_request * unprocessed < remaining
-
-    def process(request_index: int, result: dict) -> None:
-        process_start = time.time()
-        drops: Counter = Counter()
-        instruction_data = []
-        for choice in result["choices"]:
-            if api_type == "chat":
-                choice = {**choice, "text": chat_reply_as_continuation(choice["text"], num_prompt_instructions + 1)}
-            instruction_data += post_process_gpt3_response(num_prompt_instructions, choice, drops)
-        parsed = len(instruction_data) + sum(v for k, v in drops.items() if k not in ("format", "truncated"))
-        kept = []
-        for instruction_data_entry in instruction_data:
-            reason = clean_drop_reason(instruction_data_entry) if clean else None
-            if reason:
-                drops[reason] += 1
-                continue
-            rouge_scores = similarity_index.scores(instruction_data_entry["instruction"])
-            if rouge_scores.max() > SIMILARITY_THRESHOLD:
-                drops["similarity"] += 1
-                continue
-            instruction_data_entry["most_similar_instructions"] = most_similar(rouge_scores, all_instructions, 10)
-            instruction_data_entry["avg_similarity_score"] = float(np.mean(rouge_scores))
-            kept.append(instruction_data_entry)
-            machine_instruction_data.append(instruction_data_entry)
-            all_instructions.append(instruction_data_entry["instruction"])
-            similarity_index.add(instruction_data_entry["instruction"])
-            progress_bar.update(1)
-        usage = result["usage"]
-        paid = {k: 0 if result["cached"] else v for k, v in usage.items()}  # a replayed response costs nothing now
-        cost = (paid["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
-                + paid["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
-        append_journal(journal_path, {"request_index": request_index, "kept": kept, "parsed": parsed,
-                                      "dropped": dict(drops), "usage": usage})
-        totals["requests"] += 1
-        totals["parsed"] += parsed
-        totals["kept"] += len(kept)
-        totals["drops"].update(drops)
-        totals["cached"] += result["cached"]
-        totals["prompt_tokens"] += paid["prompt_tokens"]
-        totals["completion_tokens"] += paid["completion_tokens"]
-        totals["cost"] += cost
-        priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
-        tqdm.tqdm.write(
-            f"Request {request_index}: {len(result['choices'])} completions in {result['seconds']:.2f}s"
-            f"{' (cached)' if result['cached'] else ''}, processing {time.time() - process_start:.2f}s | "
-            f"parsed {parsed}, kept {len(kept)}, dropped: {format_counts(drops)} | tokens {usage['total_tokens']:,}"
-            + (f" | cost ${cost:.4f} (total ${totals['cost']:.4f})" if priced else ""))
-
-    async def generate() -> None:
-        cache_dir = os.path.join(output_dir, "responses") if cache else None
-        async with LLMEndpoint(api_type, model_name, api_base, max_concurrency, requests_per_minute,
-                               tokens_per_minute, max_retries, retry_base_delay, retry_max_delay,
-                               request_timeout, cache_dir) as endpoint:
-            tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({api_type}), "
-                            f"{max_concurrency} requests in flight, from request {first_request}")
-            last_request = first_request + max_requests - 1 if max_requests is not None else None
-            results = complete_in_order(endpoint, make_prompts, decoding_args, first_request, last_request,
-                                        should_launch=should_launch, logit_bias=logit_bias)
-            async with aclosing(results) as stream:
-                async for request_index, _, result in stream:
-                    process(request_index, result)
-                    if len(machine_instruction_data) >= num_instructions_to_generate:
-                        break
-
-    start = time.time()
-    try:
-        if len(machine_instruction_data) < num_instructions_to_generate:
-            asyncio.run(generate())
-    finally:
-        progress_bar.close()
-        # regen.json in the original's format; written once (the journal holds every request's entries).
-        utils.jdump(machine_instruction_data, regen_path + ".tmp")
-        os.replace(regen_path + ".tmp", regen_path)
-        tokens = totals["prompt_tokens"] + totals["completion_tokens"]
-        print(f"Kept {totals['kept']} of {totals['parsed']} parsed instructions from {totals['requests']} requests "
-              f"({totals['cached']} replayed from the cache) in {time.time() - start:.1f}s; dropped: "
-              f"{format_counts(totals['drops'])}; tokens used {tokens:,} "
-              f"(prompt {totals['prompt_tokens']:,}, completion {totals['completion_tokens']:,})"
-              + (f"; cost ${totals['cost']:.4f}" if totals["cost"] else "")
-              + f". {len(machine_instruction_data)} instructions in {regen_path}")
-    return machine_instruction_data
+        try:
+            if len(generated) < num_instructions_to_generate:
+                asyncio.run(generate())
+        finally:
+            progress_bar.close()
+            if totals.requests or generated:  # an endpoint that never answered leaves no empty regen.json
+                write_regen_json(regen_path, generated)
+            print(totals.summary(len(generated), regen_path))
+    return generated
 
 
-def raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def main(task: str, **kwargs):
-    """`python -m generate_instruction TASK --flag value ...`: run a function of this module by name
-    (`generate_instruction_following_data`); `TASK --help` lists its flags."""
-    function = globals().get(task)
-    if not callable(function):
-        print(f"error: unknown task '{task}'; use generate_instruction_following_data.", file=sys.stderr)
-        sys.exit(2)
-    if kwargs.pop("help", False) or kwargs.pop("h", False):
-        parameters = inspect.signature(function).parameters.items()
-        defaults = "\n".join(f"    --{name} {parameter.default!r}" for name, parameter in parameters)
-        print(f"usage: python -m generate_instruction {task} [--flag value ...]\n\n{inspect.getdoc(function)}\n\n"
-              f"Flags and their defaults:\n{defaults}")
-        return
-    known = inspect.signature(function).parameters
-    unknown = [f"--{name}" for name in kwargs if name not in known]
-    if unknown:
-        print(f"error: unknown flag {', '.join(unknown)}; `python -m generate_instruction {task} --help` lists "
-              "the flags.", file=sys.stderr)
-        sys.exit(2)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # kill, timeout, SLURM: save as for Ctrl-C
-    try:
-        function(**kwargs)
-    except (LLMError, SeedTaskError, FlagError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted: every instruction kept so far is saved; re-run the same command to resume.",
-              file=sys.stderr)
-        sys.exit(130)
-
+COMMANDS = {"generate_instruction_following_data": generate_instruction_following_data}
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    cli.report_errors(lambda: cli.run_commands(COMMANDS, prog="python -m generate_instruction"), INTERRUPTED)

@@ -6,7 +6,10 @@ own retries are off, ours are below), or to a causal LM generating in-process (`
 tokens-per-minute limits, retries 429s, 5xx, timeouts and dropped connections with exponential backoff and
 jitter honouring Retry-After, shrinks `max_tokens` by 20% when the context is exceeded (as the original
 did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw response
-with its request in a cache directory before anyone parses it. `complete_in_order` runs batches
+with its request in a cache directory once it has been checked (a malformed 200 is retried like a 5xx, never
+cached). A completions server that refuses a list of prompts in one request (llama.cpp's server answers 500,
+`transformers serve` 400) is detected on the first request and sent one prompt per request from then on.
+`request_timeout` bounds a whole request, a body trickling in included. `complete_in_order` runs batches
 concurrently and hands results back strictly in request order. `utils.openai_completion` is the original's
 synchronous interface on top of it.
 """
@@ -23,6 +26,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import parsedate_to_datetime
 
 import openai
+
+import cli
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +58,22 @@ class OpenAIDecodingArguments:
     echo: bool = False  # completions endpoint only; only if set
 
 
-class LLMError(RuntimeError):
-    """A failure that retrying cannot fix (bad key, unknown model, retries spent); the message says what to do."""
+class LLMError(cli.UserError, RuntimeError):
+    """A failure that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries spent); the message
+    says what to do. A user error: reported in one line, without a traceback."""
+
+
+class MalformedResponse(Exception):
+    """An HTTP 200 whose body is not a usable response (not JSON, `choices` not a list, `text` not a string, ...).
+    Retried like a 5xx; never cached. The message says what was wrong, for the log and the final error."""
+
+
+class PromptListRejected(Exception):
+    """The server refused a completions request carrying a list of prompts (llama.cpp: 500, `transformers serve`:
+    400 "prompt must be a string"); `LLMEndpoint.complete` then tries one prompt per request."""
+
+    def __init__(self, error: Exception):
+        super().__init__(redact_api_key(error))
 
 
 def build_request(api_type: str, model_name: str, prompts: Sequence[str], decoding_args: OpenAIDecodingArguments,
@@ -109,6 +128,50 @@ def usage_of(response: dict) -> dict:
     return counts
 
 
+def response_problem(response: object, api_type: str, expected_choices: int) -> str | None:
+    """What makes a parsed 200 body unusable, in a few words, or None when it is a well-formed completions (or
+    chat) response with `expected_choices` choices (prompts x n) whose texts are strings and usage counts numbers."""
+    if not isinstance(response, dict):
+        return f"a JSON {type(response).__name__} instead of an object"
+    choices = response.get("choices")
+    if not isinstance(choices, list):
+        return f"'choices' is {'missing' if choices is None else 'a ' + type(choices).__name__}, not a list"
+    if len(choices) != expected_choices:
+        return f"{len(choices) or 'no'} choices for {expected_choices} expected"
+    for choice in choices:
+        if not isinstance(choice, dict):
+            return f"a choice that is a {type(choice).__name__}, not an object"
+        if "message" in choice:
+            message = choice["message"]
+            text = message.get("content") if isinstance(message, dict) else message
+        else:
+            text = choice.get("text")
+        if text is not None and not isinstance(text, str):
+            return f"a choice whose text is {text!r:.40}, not a string"
+        index = choice.get("index")
+        if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
+            return f"a choice whose index is {index!r}"
+    usage = response.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return f"'usage' is a {type(usage).__name__}, not an object"
+    for name, count in (usage or {}).items():
+        if name in ("prompt_tokens", "completion_tokens", "total_tokens") and count is not None \
+                and (not isinstance(count, (int, float)) or isinstance(count, bool)):
+            return f"usage.{name} is {count!r}, not a number"
+    return None
+
+
+def prompts_of(request: dict) -> list[str]:
+    """The completions prompts of a request body (`prompt` is a list, or one string); [] for chat."""
+    prompt = request.get("prompt", [])
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def expected_choices(request: dict) -> int:
+    """Choices a well-formed response to `request` holds: n per prompt (chat: one prompt)."""
+    return max(1, len(prompts_of(request))) * int(request.get("n") or 1)
+
+
 # -- retries ----------------------------------------------------------------------------------------
 
 CONTEXT_LENGTH_MARKERS = ("maximum context length", "context_length_exceeded", "reduce your prompt",
@@ -148,17 +211,22 @@ def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | 
     return max(delay, retry_after or 0.0)
 
 
-def describe(error: Exception) -> str:
-    """The error's text for a log line or a message, with the API key masked: some servers and proxies echo
-    the key they were sent, and it must never reach a terminal log or a file."""
+def redact_api_key(error: Exception) -> str:
+    """The error's text for a log line or a message (with the server's answer when the client left it out, as for
+    a body without an "error" field), with the API key masked: some servers and proxies echo the key they were
+    sent, and it must never reach a terminal log or a file."""
     text = str(error).rstrip(".")
+    response = getattr(error, "response", None) if isinstance(error, openai.APIStatusError) else None
+    body = " ".join(response.text.split())[:200] if response is not None else ""
+    if body and body not in text and text.endswith(f"Error code: {error.status_code}"):
+        text = f"{text} - {body}"
     key = os.environ.get("OPENAI_API_KEY", "")
     return text.replace(key, "<OPENAI_API_KEY>") if len(key) >= 4 else text
 
 
 def fatal_error_message(error: Exception, api_base: str, model_name: str) -> str | None:
     """One sentence for an error that retrying will not fix, or None when the request is worth retrying."""
-    reason = describe(error)
+    reason = redact_api_key(error)
     if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
         return (f"The endpoint {api_base} refused the API key ({reason}); set OPENAI_API_KEY to a valid key "
                 f"for this endpoint.")
@@ -206,7 +274,7 @@ class RateLimiter:
         self.level = min(self.per_minute, self.level + amount)
 
 
-def request_key(api_type: str, request: dict, tag: str) -> str:
+def cache_key(api_type: str, request: dict, tag: str) -> str:
     """sha256 of the canonical JSON of everything that defines a request: endpoint kind, body (model,
     prompts, decoding settings) and its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
     equal prompts at different places keep their own responses. Never contains the API key."""
@@ -271,10 +339,11 @@ class LLMEndpoint:
     """An OpenAI-compatible endpoint (api_type "completions" or "chat") or a local Hugging Face model
     (api_type "local", model_name a directory), with concurrency, rate limits, retries and the cache.
 
-    Use inside a running event loop: `async with LLMEndpoint(...) as endpoint: await endpoint.complete(...)`.
+    Use inside a running event loop: `async with LLMEndpoint(api_type=..., ...) as endpoint:
+    await endpoint.complete(...)`. Every argument is keyword-only.
     """
 
-    def __init__(self, api_type: str = "completions", model_name: str | None = None, api_base: str | None = None,
+    def __init__(self, *, api_type: str = "completions", model_name: str | None = None, api_base: str | None = None,
                  max_concurrency: int = 1, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 8, retry_base_delay: float = 1.0,
                  retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None):
@@ -286,8 +355,13 @@ class LLMEndpoint:
         self.request_limiter = RateLimiter(requests_per_minute) if requests_per_minute else None
         self.token_limiter = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.max_retries, self.retry_base_delay, self.retry_max_delay = max_retries, retry_base_delay, retry_max_delay
+        self.request_timeout = request_timeout
         self.cache_dir = cache_dir
         self.succeeded = False
+        # Whether the server takes a list of prompts in one completions request: None until the first such
+        # request tells; False switches to one prompt per request (llama.cpp's server, `transformers serve`).
+        self.prompt_lists_accepted: bool | None = None
+        self.prompt_list_refusal_logged = False
         if api_type == "local":
             self.api_base = "local"
             self.local_model = LocalCausalLM(self.model_name)
@@ -295,6 +369,7 @@ class LLMEndpoint:
             return
         self.api_base = resolve_api_base(api_base)
         # max_retries=0: the client must not retry on its own; we do, with backoff, Retry-After and logging.
+        # Its timeout bounds each read; ours (asyncio.wait_for in _send) bounds the whole request.
         self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base), base_url=self.api_base,
                                          organization=os.environ.get("OPENAI_ORG") or None,
                                          timeout=request_timeout, max_retries=0)
@@ -315,40 +390,63 @@ class LLMEndpoint:
         """Complete a batch of prompts. Returns {"choices": [...] (choices_of, prompt-major), "usage":
         token counts, "cached": bool, "seconds": wall time}. `tag` names the batch's place in the run."""
         start = time.monotonic()
-        if self.api_type == "chat":
-            requests = [build_request("chat", self.model_name, [p], decoding_args, **decoding_kwargs) for p in prompts]
-        else:
-            requests = [build_request(self.api_type, self.model_name, prompts, decoding_args, **decoding_kwargs)]
-        results = await asyncio.gather(*(self._call(r, f"{tag}/{j}") for j, r in enumerate(requests)))
+        results = None
+        one_request = self.api_type == "local" or (self.api_type == "completions" and (
+            len(prompts) == 1 or self.prompt_lists_accepted is not False))
+        if one_request:
+            request = build_request(self.api_type, self.model_name, prompts, decoding_args, **decoding_kwargs)
+            probe = self.api_type == "completions" and len(prompts) > 1 and self.prompt_lists_accepted is None
+            try:
+                results = [await self._call(request, f"{tag}/0", probe_prompt_list=probe)]
+                if probe:
+                    self.prompt_lists_accepted = True
+            except PromptListRejected as refusal:
+                if not self.prompt_list_refusal_logged:
+                    self.prompt_list_refusal_logged = True
+                    logger.warning("%s refused a list of %d prompts in one completions request (%s); trying one "
+                                   "prompt per request", self.api_base, len(prompts), refusal)
+        if results is None:  # chat, or a server that takes one prompt per completions request
+            requests = [build_request(self.api_type, self.model_name, [p], decoding_args, **decoding_kwargs)
+                        for p in prompts]
+            if self.api_type == "completions":  # as a string: such servers refuse even a list of one
+                requests = [{**r, "prompt": r["prompt"][0]} for r in requests]
+            results = await asyncio.gather(*(self._call(r, f"{tag}/{j}") for j, r in enumerate(requests)))
+            if self.api_type == "completions" and self.prompt_lists_accepted is None:
+                self.prompt_lists_accepted = False
+                logger.warning("%s takes one prompt per completions request: sending one prompt per request from "
+                               "now on (still up to %d in flight; the output is the same).", self.api_base,
+                               self.max_concurrency)
         usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         for response, _ in results:
             usage = {k: usage[k] + v for k, v in usage_of(response).items()}
         return {"choices": [c for response, _ in results for c in choices_of(response)], "usage": usage,
                 "cached": all(cached for _, cached in results), "seconds": time.monotonic() - start}
 
-    async def _call(self, request: dict, tag: str) -> tuple[dict, bool]:
-        """One request: from the cache when it holds it, else sent and stored before it is returned."""
-        key = request_key(self.api_type, request, tag)
+    async def _call(self, request: dict, tag: str, probe_prompt_list: bool = False) -> tuple[dict, bool]:
+        """One request: from the cache when it holds it, else sent, checked and stored before it is returned."""
+        key = cache_key(self.api_type, request, tag)
         record = cache_load(self.cache_dir, key)
-        if record is not None:
+        if record is not None and response_problem(record.get("response"), self.api_type,
+                                                   expected_choices(request)) is None:
             return record["response"], True
         async with self.semaphore:
-            response, sent = await self._send(request, key)
+            response, sent = await self._send(request, key, probe_prompt_list)
         cache_store(self.cache_dir, key, {"api_type": self.api_type, "tag": tag, "request": request,
                                           "sent_max_tokens": sent.get("max_tokens"), "response": response})
         return response, False
 
-    async def _send(self, request: dict, key: str) -> tuple[dict, dict]:
-        """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors."""
+    async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict]:
+        """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors.
+        With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once."""
         attempt = 0
         max_tokens = request.get("max_tokens")
         while True:
             sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
             # Tokens the request may use, as OpenAI counts them against the quota: ~4 characters per prompt
             # token plus max_tokens for every completion; settled with the real usage once it is known.
-            prompt_chars = sum(map(len, sent.get("prompt", [])))
+            prompt_chars = sum(map(len, prompts_of(sent)))
             prompt_chars += sum(len(m["content"]) for m in sent.get("messages", []))
-            estimate = prompt_chars / 4 + (max_tokens or 0) * len(sent.get("prompt", [None])) * sent.get("n", 1)
+            estimate = prompt_chars / 4 + (max_tokens or 0) * expected_choices(sent)
             if self.request_limiter:
                 await self.request_limiter.acquire(1)
             if self.token_limiter:
@@ -366,12 +464,15 @@ class LLMEndpoint:
                     logger.warning("%s: context length exceeded; retrying with max_tokens=%d",
                                    self.api_base, max_tokens)
                     continue
+                if probe_prompt_list and isinstance(error, openai.APIStatusError) \
+                        and error.status_code in (400, 422, 500):
+                    raise PromptListRejected(error) from error
                 self._raise_if_fatal(error, attempt)
                 retry_after = retry_after_seconds(error)
                 delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
                 attempt += 1
                 logger.warning("%s: %s; retry %d of %d in %.1f s",
-                               self.api_base, describe(error), attempt, self.max_retries, delay)
+                               self.api_base, redact_api_key(error), attempt, self.max_retries, delay)
                 await asyncio.sleep(delay)
                 continue
             self.succeeded = True
@@ -380,32 +481,49 @@ class LLMEndpoint:
             return response, sent
 
     def _raise_if_fatal(self, error: Exception, attempt: int) -> None:
-        if not isinstance(error, openai.OpenAIError):  # our own LLMError, or a local model's failure
+        retryable_own = isinstance(error, (MalformedResponse, TimeoutError))
+        if not isinstance(error, openai.OpenAIError) and not retryable_own:  # LLMError, a local model's failure
             raise error
         message = fatal_error_message(error, self.api_base, self.model_name)
         if message:
             raise LLMError(message) from error
         unreachable = isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
         if unreachable and not self.succeeded and attempt >= 2:  # never answered: say so now, not after 8 tries
-            raise LLMError(f"Could not reach the endpoint {self.api_base} ({describe(error)}); check that the "
+            raise LLMError(f"Could not reach the endpoint {self.api_base} ({redact_api_key(error)}); check that the "
                            "server is running and that --api_base is right (it usually ends in /v1).") from error
         if attempt >= self.max_retries:
-            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {describe(error)}. "
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {redact_api_key(error)}. "
                            "Everything kept so far is saved; re-run the same command to resume.") from error
 
     async def _post(self, request: dict, key: str) -> dict:
+        """One HTTP request (or local generation), its body parsed and checked: MalformedResponse if unusable,
+        TimeoutError when the whole exchange takes longer than request_timeout."""
         if self.api_type == "local":
             async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
-                return await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
-        create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
-        raw = await create.with_raw_response.create(**request)
-        try:
-            response = json.loads(raw.http_response.text)
-            choices_of(response)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:  # retried like a dropped connection
-            raise openai.APIConnectionError(message=f"Malformed response ({error})",
-                                            request=raw.http_response.request) from error
+                response = await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
+        else:
+            create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
+            try:
+                raw = await asyncio.wait_for(self._post_raw(create, request), self.request_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"no complete response within --request_timeout {self.request_timeout:g} s") \
+                    from None
+            try:
+                response = json.loads(raw)
+            except ValueError:
+                shown = raw.strip()[:80] or "an empty body"
+                raise MalformedResponse(f"the server answered HTTP 200 with a body that is not JSON ({shown!r})") \
+                    from None
+        problem = response_problem(response, self.api_type, expected_choices(request))
+        if problem:
+            raise MalformedResponse(f"the server answered HTTP 200 with a malformed response ({problem})")
         return response
+
+    @staticmethod
+    async def _post_raw(create, request: dict) -> str:
+        """The body of one request as text, read to the end (the client raises APIStatusError on non-2xx)."""
+        raw = await create.with_raw_response.create(**request)
+        return raw.http_response.text
 
 
 async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int], list[str]],

@@ -222,9 +222,9 @@ def openai_completion(
 
     async def run() -> list[dict]:
         choices: list[dict] = []
-        async with LLMEndpoint(api_type, model_name, api_base, max_concurrency, max_retries=max_retries,
-                               retry_base_delay=sleep_time, request_timeout=request_timeout,
-                               cache_dir=cache_dir) as endpoint:
+        async with LLMEndpoint(api_type=api_type, model_name=model_name, api_base=api_base,
+                               max_concurrency=max_concurrency, max_retries=max_retries, retry_base_delay=sleep_time,
+                               request_timeout=request_timeout, cache_dir=cache_dir) as endpoint:
             results = complete_in_order(endpoint, lambda i: batches[i], decoding_args, 0, len(batches) - 1,
                                         **decoding_kwargs)
             async with aclosing(results) as stream:

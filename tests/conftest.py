@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny local base model every test trains, diffs or samples from."""
+"""Shared fixtures and helpers: the tiny local base model every test trains, diffs or samples from, the loopback
+OpenAI-compatible server, and the text of a Self-Instruct task as a model writes it."""
 
 import os
 import pathlib
@@ -40,3 +41,8 @@ def openai_server(monkeypatch):
     monkeypatch.delenv("OPENAI_ORG", raising=False)
     with OpenAIServer() as server:
         yield server
+
+
+def task(n: int, instruction: str, task_input: str = "<noinput>", output: str = "An answer.") -> str:
+    """Task number `n` as a model continuing the Self-Instruct prompt writes it, ending with its `###` line."""
+    return f"{n}. Instruction: {instruction}\n{n}. Input:\n{task_input}\n{n}. Output:\n{output}\n###\n"

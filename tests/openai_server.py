@@ -56,6 +56,7 @@ class Reply:
     raw: str | None = None
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
     delay: float = 0.0
+    trickle: float = 0.0  # seconds between the body's bytes: a server that streams its answer very slowly
     use_responder: bool = False  # answer as the server would without a script (after `delay`)
 
 
@@ -110,6 +111,14 @@ def context_length_error(max_context: int = 4096, prompt_tokens: int = 1500, req
     return error_reply(400, message, "invalid_request_error", "context_length_exceeded")
 
 
+def prompt_list_refusal(server: str) -> Reply:
+    """What llama.cpp's server ("llama.cpp", HTTP 500) or `transformers serve` ("transformers", HTTP 400) answer to
+    a completions request carrying a list of prompts."""
+    if server == "transformers":
+        return Reply(status=400, body={"detail": "prompt must be a string"})
+    return error_reply(500, "Invalid prompt: expected a single string", "server_error")
+
+
 def malformed() -> Reply:
     return Reply(status=200, raw='{"id": "cmpl-broken", "choices": [')
 
@@ -157,13 +166,17 @@ class OpenAIServer:
     `push(*replies)` queues scripted replies (used first, in order, by any endpoint); `responder(endpoint,
     prompt, body) -> (text, finish_reason)` answers everything else; `delay` (seconds) slows every default
     answer; `max_context`, when set, answers a context-length error to any request whose prompt words plus
-    `max_tokens` exceed it. `requests` holds every request received: dicts with path, headers (lower-case
-    names), json and time (monotonic seconds).
+    `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
+    request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
+    string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
+    (monotonic seconds).
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
-                 delay: float = 0.0, max_context: int | None = None, context_style: str = "openai"):
+                 delay: float = 0.0, max_context: int | None = None, context_style: str = "openai",
+                 reject_prompt_lists: str | None = None):
         self.responder = responder
+        self.reject_prompt_lists = reject_prompt_lists
         self.delay = delay
         self.max_context = max_context
         self.context_style = context_style
@@ -211,6 +224,8 @@ class OpenAIServer:
         if scripted is not None and not scripted.use_responder:
             return scripted
         prompts = prompts_of(path, body)
+        if self.reject_prompt_lists and isinstance(body.get("prompt"), list):  # even a list of one
+            return prompt_list_refusal(self.reject_prompt_lists)
         if self.max_context is not None:
             prompt_tokens = max(count_tokens(p) for p in prompts)
             requested = int(body.get("max_tokens") or 0)
@@ -261,11 +276,11 @@ class OpenAIServer:
                 else:
                     payload = json.dumps(reply.body)
                 try:
-                    self._send(reply.status, payload, reply.headers)
+                    self._send(reply.status, payload, reply.headers, reply.trickle)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
 
-            def _send(self, status: int, payload: str, headers: dict | None = None):
+            def _send(self, status: int, payload: str, headers: dict | None = None, trickle: float = 0.0):
                 data = payload.encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -273,7 +288,13 @@ class OpenAIServer:
                 for name, value in (headers or {}).items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if not trickle:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):  # one byte at a time: each read of the client gets something
+                    self.wfile.write(data[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(trickle)
 
         return Handler
 

@@ -15,12 +15,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import REPO, task
 from rouge_score import rouge_scorer
 
+import cli
 import generate_instruction as gi
-from openai_server import WORDS, answer, auth_error, error_reply, fake_tasks, next_task_number
+from openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 KEY = "sk-test-key-123"  # set by the openai_server fixture
 TOPICS = ["volcano", "sonnet", "budget", "recipe", "chess", "tax", "poem", "python", "history", "climate",
           "marathon", "vaccine", "guitar", "email"]
@@ -52,6 +53,16 @@ def read_journal(output_dir) -> list[dict]:
     return [json.loads(line) for line in (pathlib.Path(output_dir) / gi.JOURNAL_NAME).read_text().splitlines()]
 
 
+def run_cli(*flags: str) -> int:
+    """`python -m generate_instruction generate_instruction_following_data FLAGS`, in this process: the exit code
+    (its output goes to capsys)."""
+    argv = ["generate_instruction_following_data", *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.report_errors(lambda: cli.run_commands(gi.COMMANDS, argv=argv, prog="python -m generate_instruction"),
+                          gi.INTERRUPTED, sigterm_as_interrupt=False)
+    return exit_info.value.code
+
+
 # -- the original's prompt and parser ---------------------------------------------------------------
 
 
@@ -66,10 +77,6 @@ def test_encode_prompt_matches_the_format():
                 "###\n3. Instruction:")
     assert gi.encode_prompt(tasks) == expected
     assert frame.rstrip().endswith("List of 20 tasks:")
-
-
-def task(n: int, instruction: str, task_input: str = "<noinput>", output: str = "An answer.") -> str:
-    return f"{n}. Instruction: {instruction}\n{n}. Input:\n{task_input}\n{n}. Output:\n{output}\n###\n"
 
 
 def test_post_process_applies_the_original_filters():
@@ -340,12 +347,10 @@ def test_sigterm_writes_regen_json_like_ctrl_c(openai_server, seeds, tmp_path):
 
 
 def test_unknown_flags_and_impossible_values_are_one_line(seeds, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path), num_instructionz=5)
-    assert exit_info.value.code == 2 and "unknown flag --num_instructionz" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds,
-                num_cpus=0, api_base="http://127.0.0.1:9/v1")
+    assert run_cli("--output_dir", str(tmp_path), "--num_instructionz", "5") == 2
+    assert "unknown flag --num_instructionz" in capsys.readouterr().err
+    assert run_cli("--output_dir", str(tmp_path / "a"), "--seed_tasks_path", seeds, "--num_cpus", "0",
+                   "--api_base", "http://127.0.0.1:9/v1") == 2
     assert "--num_cpus must be a positive whole number, not 0" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
@@ -406,24 +411,20 @@ def test_a_key_echoed_by_the_server_is_masked_in_every_message(openai_server, se
 def test_cli_errors_are_one_sentence(seeds, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds)
-    assert exit_info.value.code == 1 and "OPENAI_API_KEY is not set" in capsys.readouterr().err
+    assert run_cli("--output_dir", str(tmp_path / "a"), "--seed_tasks_path", seeds) == 1
+    assert "OPENAI_API_KEY is not set" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()  # refused before anything was created
-    with pytest.raises(SystemExit):
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "a"), seed_tasks_path=seeds,
-                api_type="local", model_name=str(tmp_path / "no-such-model"))
+    assert run_cli("--output_dir", str(tmp_path / "a"), "--seed_tasks_path", seeds, "--api_type", "local",
+                   "--model_name", str(tmp_path / "no-such-model")) == 1
     assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "a").exists()
 
-    with pytest.raises(SystemExit):
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "b"), seed_tasks_path=seeds,
-                api_base="http://127.0.0.1:9/v1", retry_base_delay=0.001)
+    assert run_cli("--output_dir", str(tmp_path / "b"), "--seed_tasks_path", seeds, "--api_base",
+                   "http://127.0.0.1:9/v1", "--retry_base_delay", "0.001") == 1
     assert "Could not reach the endpoint http://127.0.0.1:9/v1" in capsys.readouterr().err
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text(pathlib.Path(seeds).read_text() + "not json\n")
-    with pytest.raises(SystemExit):
-        gi.main("generate_instruction_following_data", output_dir=str(tmp_path / "c"), seed_tasks_path=str(bad))
+    assert run_cli("--output_dir", str(tmp_path / "c"), "--seed_tasks_path", str(bad)) == 1
     assert "bad.jsonl, line 13: not valid JSON" in capsys.readouterr().err
 
 
@@ -444,8 +445,6 @@ def test_local_backend_runs_the_loop(tiny_model_dir, seeds, tmp_path):
 
 
 def test_unparsable_completions_are_counted_and_the_run_goes_on(openai_server, seeds, tmp_path):
-    from openai_server import ok
-
     openai_server.push(ok(*["I cannot help with that."] * 4, "4. Instruction: Only a title here"))
     generate(openai_server, tmp_path / "out", seeds, num_instructions_to_generate=10, max_concurrency=1)
     journal = read_journal(tmp_path / "out")
@@ -454,8 +453,235 @@ def test_unparsable_completions_are_counted_and_the_run_goes_on(openai_server, s
 
 
 def test_help_lists_every_flag(capsys):
-    gi.main("generate_instruction_following_data", help=True)
+    assert run_cli("--help") == 0
     text = capsys.readouterr().out
     for flag in ("--output_dir", "--num_cpus", "--api_type", "--api_base", "--max_concurrency", "--seed",
                  "--logit_bias None", "--clean False", "--max_tokens 3072", "--requests_per_minute"):
         assert flag in text
+
+
+# -- the command-line contract and the hardening of the output directory ------------------------------
+
+
+def na_responder(path, prompt, body):
+    """Five well-formed tasks whose outputs are all "N/A": kept by default, dropped by --clean."""
+    rng = random.Random(prompt)
+    tasks = [task(n, f"Explain the {' '.join(rng.sample(WORDS, 8))} clearly.", output="N/A") for n in range(4, 9)]
+    return "".join(tasks)[len("4. Instruction:"):], "stop"
+
+
+@pytest.mark.parametrize("spelling,kept", [("false", 5), ("False", 5), ("0", 5), ("true", 0)])
+def test_clean_false_in_any_spelling_is_off(openai_server, seeds, tmp_path, spelling, kept):
+    """`--clean false` used to reach the function as the string 'false', which is true: 0 kept instead of 5."""
+    openai_server.responder = na_responder
+    out = tmp_path / "out"
+    assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url,
+                   "--request_batch_size", "1", "--max_requests", "1", "--num_cpus", "1", "--clean", spelling) == 0
+    (record,) = read_journal(out)
+    assert len(record["kept"]) == kept
+    assert record["dropped"] == ({} if kept else {"empty_output": 5})
+
+
+@pytest.mark.parametrize("spelling", ["false", "0"])
+def test_cache_false_stores_no_responses(openai_server, seeds, tmp_path, spelling):
+    out = tmp_path / "out"
+    assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url,
+                   "--max_requests", "1", "--num_cpus", "1", "--cache", spelling) == 0
+    assert (out / "regen.json").exists() and not (out / "responses").exists()
+
+
+def contract_case(name: str, tmp_path: pathlib.Path, seeds: str) -> tuple[list[str], int]:
+    """(flags, exit code) of one way to get the command line wrong."""
+    if name == "unknown flag":
+        return ["--seed_tasks_path", seeds, "--num_instructionz", "5"], 2
+    if name == "not a boolean":
+        return ["--seed_tasks_path", seeds, "--clean", "maybe"], 2
+    if name == "bad logit_bias":
+        return ["--seed_tasks_path", seeds, "--logit_bias", "{50256: -100"], 2
+    if name == "missing seed file":
+        return ["--seed_tasks_path", str(tmp_path / "missing.jsonl")], 1
+    if name == "malformed seed file":
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text(pathlib.Path(seeds).read_text() + '{"instruction": "cut short\n')
+        return ["--seed_tasks_path", str(bad)], 1
+    raise ValueError(name)
+
+
+@pytest.mark.slow  # several processes
+@pytest.mark.parametrize("case", ["unknown flag", "not a boolean", "bad logit_bias", "missing seed file",
+                                  "malformed seed file"])
+def test_command_line_mistakes_are_one_line_before_any_work(openai_server, seeds, tmp_path, case):
+    flags, code = contract_case(case, tmp_path, seeds)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+         str(out), "--api_base", openai_server.url, "--num_cpus", "1", *flags],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == code, result.stderr
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert not out.exists() and openai_server.requests == []
+
+
+@pytest.mark.slow  # several processes
+def test_boolean_spellings_on_the_real_command_line(openai_server, seeds, tmp_path):
+    openai_server.responder = na_responder
+    for spelling in ("false", "False", "0"):
+        out = tmp_path / spelling
+        result = subprocess.run(
+            [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+             str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url, "--num_cpus", "1",
+             "--request_batch_size", "1", "--max_requests", "1", "--clean", spelling],
+            cwd=REPO, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=120)
+        assert result.returncode == 0 and "error:" not in result.stderr, result.stderr
+        assert len(json.loads((out / "regen.json").read_text())) == 5
+
+
+def test_output_dir_that_is_a_file_is_one_line(seeds, tmp_path, capsys):
+    path = tmp_path / "regen.json"
+    path.write_text("[]")
+    assert run_cli("--output_dir", str(path), "--seed_tasks_path", seeds, "--api_base", "http://127.0.0.1:9/v1") == 1
+    assert "--output_dir " + str(path) + " is a file, not a directory" in capsys.readouterr().err
+
+
+def test_an_unreachable_endpoint_leaves_no_empty_regen_json(seeds, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for out in (existing, tmp_path / "new"):
+        assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", "http://127.0.0.1:9/v1",
+                       "--retry_base_delay", "0.001", "--num_cpus", "1") == 1
+        assert "Could not reach" in capsys.readouterr().err
+    assert not (existing / "regen.json").exists() and not (existing / gi.JOURNAL_NAME).exists()
+    assert not (tmp_path / "new").exists()  # created by the run, and removed again since it stayed empty
+
+
+def test_a_malformed_200_is_named_and_a_rerun_sends_again(openai_server, seeds, tmp_path, capsys):
+    openai_server.push(*[Reply(body={"choices": {"text": "x"}})] * 3)
+    out = tmp_path / "out"
+    flags = ["--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url, "--num_cpus",
+             "1", "--max_retries", "2", "--retry_base_delay", "0.001", "--max_concurrency", "1",
+             "--num_instructions_to_generate", "5"]
+    assert run_cli(*flags) == 1
+    err = capsys.readouterr().err
+    assert "malformed response ('choices' is a dict, not a list)" in err and "Traceback" not in err
+    assert run_cli(*flags) == 0  # nothing bad was cached: the re-run asks again and goes on
+    assert len(openai_server.requests) == 4
+
+
+def test_a_server_yielding_nothing_is_stopped_with_what_it_said(openai_server, seeds, tmp_path, capsys):
+    openai_server.responder = lambda path, prompt, body: ("I'm sorry, I cannot help with that request.", "stop")
+    out = tmp_path / "out"
+    assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url,
+                   "--num_cpus", "1", "--max_concurrency", "1") == 1
+    err = capsys.readouterr().err
+    assert f"The last {gi.MAX_FRUITLESS_REQUESTS} requests to {openai_server.url} held no task" in err
+    assert "such as \"I'm sorry, I cannot help with that request.\"" in err
+    assert len(read_journal(out)) == gi.MAX_FRUITLESS_REQUESTS
+    assert len(openai_server.requests) <= gi.MAX_FRUITLESS_REQUESTS + 1  # at most one more already in flight
+
+
+@pytest.mark.parametrize("server", ["llama.cpp", "transformers"])
+def test_a_server_refusing_prompt_lists_gives_the_same_output(openai_server, seeds, tmp_path, server, caplog):
+    generate(openai_server, tmp_path / "lists", seeds, num_instructions_to_generate=300)
+    openai_server.reject_prompt_lists = server
+    openai_server.requests.clear()
+    generate(openai_server, tmp_path / "one-each", seeds, num_instructions_to_generate=300)
+    assert (tmp_path / "lists" / "regen.json").read_bytes() == (tmp_path / "one-each" / "regen.json").read_bytes()
+    sent = [b["prompt"] for b in openai_server.bodies() if "prompt" in b]  # not the bodies of cancelled requests
+    assert sum(isinstance(p, list) for p in sent) <= 4 and sum(isinstance(p, str) for p in sent) >= 20
+    switches = [r for r in caplog.records if "sending one prompt per request" in r.getMessage()]
+    assert len(switches) == 1
+
+
+@pytest.mark.slow  # several processes
+def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_ones_lock_does_not_block(
+        openai_server, seeds, tmp_path):
+    openai_server.delay = 0.2
+    out = tmp_path / "busy"
+    first = start_long_run(openai_server, out, seeds)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+             str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url, "--num_cpus", "1"],
+            cwd=REPO, capture_output=True, text=True, env={**os.environ, "OPENAI_API_KEY": KEY}, timeout=120)
+        assert second.returncode == 1
+        (error,) = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert f"is in use by another generator (pid {first.pid} on " in error
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert f"pid {first.pid}" in (out / gi.LOCK_NAME).read_text()  # a killed run leaves its lock file behind ...
+    openai_server.delay = 0.0
+    journal_lines = len(read_journal(out))
+    kept = generate(openai_server, out, seeds, num_instructions_to_generate=10**6, max_requests=1)  # ... which no
+    assert kept and len(read_journal(out)) == journal_lines + 1  # longer blocks anyone
+
+
+def test_a_journal_damaged_in_a_middle_line_is_refused_naming_the_line(openai_server, seeds, tmp_path, capsys):
+    out = tmp_path / "out"
+    generate(openai_server, out, seeds, num_instructions_to_generate=1000, max_requests=3)
+    journal = out / gi.JOURNAL_NAME
+    lines = journal.read_bytes().splitlines(keepends=True)
+    for damaged, problem in ((b'{"request_index": 1, "kept": [{"instr\n', "line 2 of 3: not valid JSON"),
+                             (b'{"note": "my own line"}\n', "line 2 of 3: not a record of this generator")):
+        journal.write_bytes(lines[0] + damaged + lines[2])
+        before = journal.read_bytes()
+        assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url,
+                       "--num_cpus", "1") == 1
+        err = capsys.readouterr().err
+        assert f"{journal}, {problem}" in err and "Traceback" not in err
+        assert journal.read_bytes() == before  # nothing cut
+
+
+def test_a_corrupt_regen_json_to_resume_from_is_one_line(openai_server, seeds, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "regen.json").write_text('[{"instruction": "Name a colour.", "input": ""},\n')
+    assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", openai_server.url) == 1
+    err = capsys.readouterr().err
+    assert "regen.json is not valid JSON" in err and "move it aside" in err and "Traceback" not in err
+    assert openai_server.requests == []
+
+
+@pytest.mark.slow
+def test_a_real_transformers_serve_gets_one_prompt_per_request(tiny_model_dir, seeds, tmp_path, monkeypatch, caplog):
+    """`transformers serve` answers a list of prompts with HTTP 400 "prompt must be a string": the run still
+    completes, one prompt per request, saying so once."""
+    import socket
+    import urllib.request
+
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(pathlib.Path(sys.executable).parent / "transformers"), "serve", str(tiny_model_dir), "--port",
+               str(port), "--device", "cpu"]
+    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "transformers serve did not start"
+                time.sleep(0.5)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        out = tmp_path / "out"
+        gi.generate_instruction_following_data(
+            output_dir=str(out), seed_tasks_path=seeds, api_base=f"http://127.0.0.1:{port}/v1",
+            model_name=str(tiny_model_dir), request_batch_size=2, max_requests=2, max_tokens=8,
+            num_instructions_to_generate=1000, num_cpus=1, retry_base_delay=0.01)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    journal = read_journal(out)
+    assert [r["request_index"] for r in journal] == [0, 1] and all(r["usage"]["completion_tokens"] for r in journal)
+    cached = [json.loads(path.read_text())["request"]["prompt"] for path in (out / "responses").iterdir()]
+    assert len(cached) == 4 and all(isinstance(prompt, str) for prompt in cached)
+    assert sum("sending one prompt per request" in r.getMessage() for r in caplog.records) == 1
+    assert any("prompt must be a string" in r.getMessage() for r in caplog.records)

@@ -4,20 +4,17 @@ generator's own filters silently weakens every run, so these tests hold the file
 
 import itertools
 import json
-import pathlib
 import re
-import string
 
 import pytest
+from conftest import REPO
+from conftest import task as task_text
 from rouge_score import rouge_scorer
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+import generate_instruction as gi
+
 SEED_PATH = REPO / "seed_tasks.jsonl"
 DEMO_PATH = REPO / "data" / "demo_alpaca.json"
-
-# The generator drops an instruction that contains any of these as a whole word (issue 3, Alpaca's blacklist).
-BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
-             "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
 
 
 def load_seed_lines() -> list[dict]:
@@ -74,24 +71,27 @@ def test_seed_mix_of_inputs_and_classification(seeds):
 
 
 def test_seed_instructions_pass_generator_filters(seeds):
-    """Every seed would survive the generator's own filters (length, blacklist, first character)."""
-    blacklist_pattern = re.compile(r"\b(" + "|".join(re.escape(word) for word in BLACKLIST) + r")\b", re.IGNORECASE)
-    for task in seeds:
-        instruction = task["instruction"]
-        assert 3 < len(instruction.split()) <= 150, instruction
-        assert not blacklist_pattern.search(instruction), f"blacklisted word in: {instruction}"
-        assert not instruction.startswith("Write a program"), instruction
-        assert instruction[0].isascii() and instruction[0] not in string.punctuation, instruction
+    """Every seed would survive the generator's own filters (length, blacklist, first character), and written as a
+    model's continuation it would be parsed back as it is."""
+    for task_dict in seeds:
+        instruction = task_dict["instruction"]
+        instance = task_dict["instances"][0]
+        assert gi.filter_drop_reason(instruction) is None, instruction
+        text = task_text(4, instruction, instance["input"] or "<noinput>", instance["output"])[len("4. Instruction:"):]
+        parsed = gi.post_process_gpt3_response(3, {"text": text, "finish_reason": "stop"})
+        assert parsed == [{"instruction": instruction, "input": instance["input"].strip(),
+                           "output": instance["output"].strip()}], instruction
         # The prompt asks for inputs under 100 words; the seeds set the example.
-        assert len(task["instances"][0]["input"].split()) < 100, instruction
+        assert len(instance["input"].split()) < 100, instruction
 
 
-def test_blacklist_check_catches_whole_words_only():
-    """The blacklist pattern above must flag a real hit and pass words that merely contain a blacklisted one."""
-    pattern = re.compile(r"\b(" + "|".join(re.escape(word) for word in BLACKLIST) + r")\b", re.IGNORECASE)
-    assert pattern.search("Describe this Image in detail.")
-    assert pattern.search("Tell me how to go to the station.")
-    assert not pattern.search("Explain the mapping between profiles and drawers.")
+def test_the_generators_blacklist_matches_whole_words_only():
+    """The generator's BLACKLIST, through its real filter: a real hit is dropped, a word that merely contains a
+    blacklisted one is not."""
+    assert {"image", "draw", "go to", "diagram"} <= set(gi.BLACKLIST)
+    assert gi.filter_drop_reason("Describe this Image in detail.") == "blacklist"
+    assert gi.filter_drop_reason("Tell me how to go to the station.") == "blacklist"
+    assert gi.filter_drop_reason("Explain the mapping between profiles and drawers.") is None
 
 
 def test_seed_instructions_are_not_near_duplicates(seeds):

@@ -14,6 +14,7 @@ import llm_client
 import utils
 from llm_client import LLMError, RateLimiter
 from openai_server import (
+    Reply,
     auth_error,
     context_length_error,
     fake_tasks,
@@ -201,8 +202,9 @@ def test_requests_per_minute_spaces_requests(openai_server):
     assert len(texts) == 3
 
     async def run():
-        endpoint = llm_client.LLMEndpoint("completions", "m", openai_server.url, max_concurrency=3,
-                                          requests_per_minute=120)  # one every 0.5 s once the burst is spent
+        # one request every 0.5 s once the burst is spent
+        endpoint = llm_client.LLMEndpoint(api_type="completions", model_name="m", api_base=openai_server.url,
+                                          max_concurrency=3, requests_per_minute=120)
         endpoint.request_limiter.level = 0  # start with an empty bucket
         async with endpoint:
             await asyncio.gather(*(endpoint.complete([p], args(), tag=p) for p in "xyz"))
@@ -259,8 +261,10 @@ def test_load_records_reads_json_lists_and_jsonl_and_names_bad_lines(tmp_path):
     (tmp_path / "object.json").write_text('{"instruction": "a"}')
     (tmp_path / "bad.jsonl").write_text('{"instruction": "a"}\n{"instruction": \n')
     (tmp_path / "bad.json").write_text('[{"instruction": "a"},\n {"instruction": }]')
-    # A single JSON object is one JSONL record; a broken line or list is named by its line.
-    assert utils.load_records(str(tmp_path / "object.json")) == [{"instruction": "a"}]
+    # A .json file holding one object is said to be one (issue 11, item 14); a broken line or list is named by its line.
+    with pytest.raises(ValueError, match=r"object\.json holds a single JSON object \(keys: instruction\); expected a "
+                                         r"JSON list"):
+        utils.load_records(str(tmp_path / "object.json"))
     with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: not valid JSON"):
         utils.load_records(str(tmp_path / "bad.jsonl"))
     with pytest.raises(ValueError, match=r"bad\.json is not valid JSON \(line 2"):
@@ -274,3 +278,90 @@ def test_json_readers_do_not_import_the_llm_client():
     code = "import sys, utils, train, inference; assert 'openai' not in sys.modules; utils.LLMError; " \
            "assert 'openai' in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
+
+
+# -- hardening: malformed 200s, whole-request timeouts, servers that take one prompt per request ---------------
+
+
+def good_body(text: str) -> dict:
+    return {"id": "cmpl-x", "object": "text_completion", "model": "m",
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+MALFORMED_BODIES = {
+    "usage-string": ({**good_body("x"), "usage": {"prompt_tokens": "many", "completion_tokens": 1}},
+                     "usage.prompt_tokens is 'many', not a number"),
+    "text-number": ({**good_body("x"), "choices": [{"index": 0, "text": 42, "finish_reason": "stop"}]},
+                    "a choice whose text is 42, not a string"),
+    "choices-object": ({**good_body("x"), "choices": {"text": "x"}}, "'choices' is a dict, not a list"),
+    "no-choices": ({**good_body("x"), "choices": []}, "no choices for 1 expected"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_BODIES))
+def test_a_malformed_200_is_retried_and_never_cached(openai_server, tmp_path, name):
+    body, _ = MALFORMED_BODIES[name]
+    openai_server.push(Reply(body=body), ok("fine"))
+    cache = tmp_path / "responses"
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   cache_dir=str(cache), **FAST) == "fine"
+    assert len(openai_server.requests) == 2
+    (entry,) = cache.iterdir()
+    assert json.loads(entry.read_text())["response"]["choices"][0]["text"] == "fine"
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_BODIES))
+def test_malformed_200s_end_in_one_sentence_saying_what_was_wrong(openai_server, tmp_path, name):
+    body, problem = MALFORMED_BODIES[name]
+    openai_server.push(*[Reply(body=body)] * 3)
+    with pytest.raises(LLMError, match="Gave up after 3 attempts") as error:
+        utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, max_retries=2,
+                                cache_dir=str(tmp_path / "responses"), **FAST)
+    assert f"malformed response ({problem})" in str(error.value)
+    assert not (tmp_path / "responses").exists()  # nothing was cached, so a re-run asks again
+
+
+def test_a_non_json_200_is_reported_as_such_not_as_unreachable(openai_server):
+    openai_server.push(*[malformed()] * 3)
+    with pytest.raises(LLMError) as error:
+        utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, max_retries=2, **FAST)
+    assert "a body that is not JSON ('{\"id\": \"cmpl-broken\"" in str(error.value)
+    assert "Could not reach" not in str(error.value)
+
+
+def test_a_malformed_response_in_an_old_cache_is_asked_again(openai_server, tmp_path):
+    cache = tmp_path / "responses"
+    request = llm_client.build_request("completions", "m", ["p"], args())
+    key = llm_client.cache_key("completions", request, "request 0/0")
+    llm_client.cache_store(str(cache), key, {"request": request, "response": MALFORMED_BODIES["usage-string"][0]})
+    openai_server.push(ok("fresh"))
+    assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   cache_dir=str(cache)) == "fresh"
+    assert len(openai_server.requests) == 1
+
+
+def test_request_timeout_bounds_a_trickling_body(openai_server):
+    body = json.dumps(good_body("too late"))  # ~200 bytes at 20 ms each: 4 s, but every read gets a byte in time
+    openai_server.push(Reply(raw=body, trickle=0.02), ok("in time"))
+    start = time.monotonic()
+    text = utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
+                                   request_timeout=0.5, **FAST)
+    assert text == "in time" and len(openai_server.requests) == 2
+    assert time.monotonic() - start < 3.0
+
+
+@pytest.mark.parametrize("server", ["llama.cpp", "transformers"])
+def test_a_server_refusing_prompt_lists_gets_one_prompt_per_request(openai_server, server, caplog):
+    openai_server.reject_prompt_lists = server
+    prompts = [f"{i}. Instruction:" for i in range(6)]
+    texts = utils.openai_completion(prompts, args(), model_name="m", batch_size=3, return_text=True,
+                                    api_base=openai_server.url, max_concurrency=2, **FAST)
+    assert texts == [fake_tasks(p) for p in prompts]
+    sent = [b["prompt"] for b in openai_server.bodies()]
+    lists = [p for p in sent if isinstance(p, list)]
+    assert 1 <= len(lists) <= 2 and all(len(p) == 3 for p in lists)  # only the first batches in flight tried a list
+    assert sorted(p for p in sent if isinstance(p, str)) == sorted(prompts)  # then each prompt alone, as a string
+    refusals = [r.getMessage() for r in caplog.records if "refused a list of 3 prompts" in r.getMessage()]
+    switches = [r.getMessage() for r in caplog.records if "sending one prompt per request" in r.getMessage()]
+    assert len(refusals) == 1 and len(switches) == 1  # said once, however many requests were in flight
