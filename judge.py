@@ -700,7 +700,10 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
 
 
 def main(argv: list[str] | None = None) -> object:
-    return cli.run_commands({"evaluate": evaluate}, argv=argv, prog="python judge.py", default="evaluate")
+    import human_eval  # the blind human evaluation (its web server is imported only when used)
+
+    commands = {"evaluate": evaluate, "human": human_eval.human, "human_results": human_eval.human_results}
+    return cli.run_commands(commands, argv=argv, prog="python judge.py", default="evaluate")
 
 
 if __name__ == "__main__":
