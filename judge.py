@@ -347,8 +347,8 @@ def length_controlled_win_rate(preferences: np.ndarray, length_differences: np.n
     labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
     weights = np.concatenate([p, 1.0 - p])
     keep = weights > 0
-    fit = LogisticRegression(C=LC_REGULARISATION_C, max_iter=1000).fit(features[keep], labels[keep],
-                                                                      sample_weight=weights[keep])
+    fit = LogisticRegression(C=LC_REGULARISATION_C, solver="newton-cholesky", max_iter=1000).fit(
+        features[keep], labels[keep], sample_weight=weights[keep])
     return float(1.0 / (1.0 + math.exp(-fit.intercept_[0])))
 
 
@@ -443,7 +443,7 @@ def plot_win_rates(results: dict, path: str) -> None:
 
     names = model_names(results)[::-1]  # best at the top
     categories = sorted({c for name in names for c in results[name]["per_category"]})
-    figure = Figure(figsize=(13, 1.5 + 0.45 * max(len(names) * 2, len(categories))))
+    figure = Figure(figsize=(13, 2.5 + 0.4 * max(len(names) * 2, len(categories))))
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
     for offset, (field, label, marker) in enumerate([("win_rate", "win rate", "o"),
@@ -459,10 +459,11 @@ def plot_win_rates(results: dict, path: str) -> None:
             errors[1].append(ci[1] - value)
         left.errorbar(xs, ys, xerr=errors, fmt=marker, capsize=4, label=f"{label} (95% CI)")
     left.set_yticks(range(len(names)), names)
+    left.set_ylim(-0.6, len(names) - 0.4)
     left.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     left.set_xlim(0, 1)
     left.set_xlabel("share of instructions where the judge prefers the model")
-    left.legend(loc="lower right", fontsize="small")
+    left.legend(loc="best", fontsize="small")
     left.set_title("win rate against the reference")
     height = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
@@ -475,7 +476,7 @@ def plot_win_rates(results: dict, path: str) -> None:
     right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
     right.set_xlim(0, 1)
     right.set_title("win rate per category")
-    right.legend(loc="lower right", fontsize="small")
+    right.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
