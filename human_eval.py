@@ -414,12 +414,13 @@ def agreement(preferences_a: list[float | None], preferences_b: list[float | Non
     return {"n": len(shared), "agreement": judge.rounded(share), "kappa": judge.rounded(kappa)}
 
 
-def human_results(output_dir: str, seed: int = 42, plot: bool = True) -> dict:
+def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42, plot: bool = True) -> dict:
     """Win rates from the human verdicts in output_dir, and their agreement with the LLM judge and each other.
 
     Arguments:
-        output_dir: the directory `python judge.py human` wrote to (and, for the agreement, where judge.py wrote
-            annotations.jsonl for the same two answer files).
+        output_dir: the directory `python judge.py human` wrote to.
+        judge_dir: where judge.py judged the same two answer files (its annotations.jsonl and results.json), to
+            measure the agreement; default output_dir.
         seed: the bootstrap resamples of the 95% intervals.
         plot: write human_win_rates.png and human_agreement.png.
     Writes human_results.json: "pooled" (every annotator's verdicts, averaged per instruction) and "annotators"
@@ -449,10 +450,11 @@ def human_results(output_dir: str, seed: int = 42, plot: bool = True) -> dict:
     pooled = results_of(pooled_preferences(list(preferences.values())), f"humans: {', '.join(annotators)}")
     pooled["annotators"] = annotators
 
-    judged_by_llm = judge_preferences(output_dir, pairs)
+    judge_dir = judge_dir or output_dir
+    judged_by_llm = judge_preferences(judge_dir, pairs)
     judge_model = None
-    if judged_by_llm is not None and os.path.exists(os.path.join(output_dir, "results.json")):
-        with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as f:
+    if judged_by_llm is not None and os.path.exists(os.path.join(judge_dir, "results.json")):
+        with open(os.path.join(judge_dir, "results.json"), encoding="utf-8") as f:
             entry = json.load(f).get(pairs[0]["model_generator"], {})
         judge_model = entry.get("judge_model") and f"{entry['judge_model']} ({entry.get('judge_mode')} mode)"
     results = {
@@ -490,8 +492,8 @@ def format_agreement(agreement_results: dict) -> str:
     """The printed agreement summary, one line per comparison."""
     lines = []
     if agreement_results["with_judge"] is None:
-        lines.append("No LLM judge annotations of these two answer files in this directory (run judge.py with the "
-                     "same --output_dir to measure its agreement with people).")
+        lines.append("No LLM judge annotations of these two answer files found (run judge.py with the same "
+                     "--output_dir, or pass its directory as --judge_dir, to measure its agreement with people).")
     else:
         judge_name = f"the LLM judge {agreement_results['judge'] or ''}".strip()
         for name, entry in agreement_results["with_judge"].items():

@@ -188,6 +188,16 @@ def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
     results = judge.main(["human_results", "--output_dir", str(out), "--plot", "False"])
     assert results["agreement"]["with_judge"] is None and results["agreement"]["between_annotators"] == []
     assert "No LLM judge annotations" in capsys.readouterr().out
+    # the judge's verdicts in another directory (e.g. one where it judged several models)
+    judged = tmp_path / "judged"
+    judged.mkdir()
+    model_first = stored[0]["model_generator"] == human_eval.verdict_record(stored[0], "carol", 42, "A")["shown_first"]
+    (judged / "annotations.jsonl").write_text(json.dumps(
+        {"instruction": PAIRS[0][0], "input": PAIRS[0][1], "model": MODEL, "reference": REFERENCE,
+         "shown_first": MODEL, "verdict": "A" if model_first else "B", "p_a": 0.9 if model_first else 0.1}) + "\n")
+    results = judge.main(["human_results", "--output_dir", str(out), "--judge_dir", str(judged), "--plot", "False"])
+    assert results["agreement"]["with_judge"] == {"carol": {"n": 1, "agreement": 1.0, "kappa": None}}
+    assert "carol vs the LLM judge: agree on 100% of 1 shared pairs, Cohen's kappa undefined" in capsys.readouterr().out
 
 
 # -- the HTTP API, in-process ------------------------------------------------------------------------------
