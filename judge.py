@@ -245,10 +245,10 @@ def append_judgment(path: str, record: dict) -> None:
 
 
 async def judge_jobs(endpoint: LLMEndpoint, jobs: list[dict], judge_mode: str, decoding_args: OpenAIDecodingArguments,
-                     max_retries: int, on_judgment) -> dict[str, str]:
+                     max_retries: int, on_reply) -> dict[str, str]:
     """Ask the judge each job's prompt ({"key", "prompt"}) until its reply holds a verdict, at most 1 + max_retries
-    times, `max_concurrency` requests in flight. Each verdict goes to `on_judgment(job, judgment, usage)` as it
-    arrives (in job order). Returns {key: last reply} of the jobs that never got one."""
+    times, `max_concurrency` requests in flight. Every reply goes to `on_reply(job, judgment or None, usage)` as it
+    arrives (in job order). Returns {key: last reply} of the jobs that never got a verdict."""
     pending, failed = list(jobs), {}
     for attempt in range(max_retries + 1):
         if not pending:
@@ -266,12 +266,12 @@ async def judge_jobs(endpoint: LLMEndpoint, jobs: list[dict], judge_mode: str, d
             async for index, _, result in stream:
                 job = pending[index - offset]
                 judgment = read_reply(result["choices"][0], judge_mode)
+                on_reply(job, judgment, result["usage"])
                 if judgment is None:
                     still_pending.append(job)
                     failed[job["key"]] = result["choices"][0]["text"]
                     continue
                 failed.pop(job["key"], None)
-                on_judgment(job, judgment, result["usage"])
         pending = still_pending
     return failed
 
@@ -679,13 +679,15 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
                                             top_p=1.0, logprobs=5 if logprobs else None)
     progress = tqdm(total=len(jobs), unit="judgment", desc="judged")
 
-    def on_judgment(job: dict, judgment: dict, usage: dict) -> None:
+    def on_reply(job: dict, judgment: dict | None, usage: dict) -> None:
+        for k in spent:  # a reply without a verdict is paid for too
+            spent[k] += usage[k]
+        if judgment is None:
+            return
         record = {"key": job["key"], "judge_model": judge_model, "judge_mode": judge_mode, **judgment,
                   "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens")}, "time": time.time()}
         append_judgment(journal_path, record)
         judgments[job["key"]] = record
-        for k in spent:
-            spent[k] += usage[k]
         progress.update(1)
 
     try:
@@ -693,7 +695,7 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
                                cache_dir=None) as endpoint:
-            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_judgment)
+            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
     except LLMError as error:
         raise JudgeError(f"{error} Every verdict so far is saved in {journal_path}.") from None
     finally:
