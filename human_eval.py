@@ -38,6 +38,7 @@ import re
 import secrets
 import socket
 import unicodedata
+import urllib.parse
 
 import numpy as np
 
@@ -242,12 +243,21 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int, toke
         choice: str
 
     @app.middleware("http")
-    async def require_token(request, call_next):
-        given = request.query_params.get("token", "")
-        if token is not None and not secrets.compare_digest(given.encode(), token.encode()):
-            return PlainTextResponse("Forbidden: open the full address the server printed (it carries the token).",
-                                     status_code=403, headers=headers)
+    async def guard(request, call_next):
+        if token is not None and not secrets.compare_digest(request.query_params.get("token", "").encode(),
+                                                            token.encode()):
+            return forbidden("open the full address the server printed (it carries the token)")
+        # Without a token only this machine is served: a page elsewhere that renames itself 127.0.0.1 (DNS
+        # rebinding) or posts to us from its own origin is refused.
+        if token is None and request.url.hostname not in LOOPBACK_HOSTS:
+            return forbidden("this server answers to 127.0.0.1 only; use the address it printed")
+        origin = request.headers.get("origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+            return forbidden("requests from other sites are refused")
         return await call_next(request)
+
+    def forbidden(why: str) -> PlainTextResponse:
+        return PlainTextResponse(f"Forbidden: {why}.", status_code=403, headers=headers)
 
     def current_stack() -> list[dict]:
         return standing_verdicts(read_annotations(path)).get(annotator, [])
