@@ -84,7 +84,7 @@ done
 python judge.py --model_outputs "$out/eval/tuned.json" --reference_outputs "$out/eval/base.json" \
   --output_dir "$out/judged" --judge_model "$out/tuned" --api_type local --max_tokens 16 --max_retries 1
 cat <<'TXT'
-These verdicts are toys: a 64-wide model trained on a few dozen examples cannot read two answers and
+These verdicts are toys: a 64-wide model trained on 120 examples cannot read two answers and
 write "[[A]]" or "[[B]]", so most pairs come back unjudged, and the numbers above rest on the few
 that happened to contain a verdict (or on identical answers, which are ties without a call). The point
 is the plumbing: answers, the judge in both orders, the journal, results.json, annotations.jsonl and
