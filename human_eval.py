@@ -478,7 +478,7 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
                                    for a, b in itertools.combinations(annotators, 2)]}}
     judge.write_atomically(os.path.join(output_dir, RESULTS_NAME),
                            json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    table = {f"all {len(annotators)} annotators": pooled, **{f"human: {name}": per_annotator[name]
+    table = {f"pooled ({len(annotators)} annotators)": pooled, **{f"human: {name}": per_annotator[name]
                                                              for name in annotators}}
     print(f"Human verdicts on {results['model']} vs {results['reference']} ({len(pairs)} instructions):")
     print(judge.format_table(table))
