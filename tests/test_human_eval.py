@@ -295,9 +295,10 @@ def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"browser tests skipped: {CHROMIUM} not found; install Debian's chromium")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         pytest.skip("browser tests skipped: playwright is not installed (requirements-dev.txt)")
+    expect.set_options(timeout=30_000)  # the default 5 s is too short on a busy 2-core machine
     with sync_playwright() as playwright:
         try:
             browser = playwright.chromium.launch(
@@ -342,6 +343,7 @@ def recording_page(browser, seen: list):
         seen.append((response.url, response.status, json.dumps(response.headers), response.body()))
         route.fulfill(response=response)
 
+    context.set_default_timeout(60_000)
     context.route("**/*", record)
     page = context.new_page()
     page.on("dialog", lambda dialog: seen.append(("dialog", 0, "", dialog.message.encode())))
