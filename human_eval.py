@@ -45,6 +45,7 @@ import numpy as np
 import cli
 import judge
 import utils
+import win_rates
 
 ANNOTATIONS_NAME = "human_annotations.jsonl"
 PAIRS_NAME = "human_pairs.json"  # the pair set being annotated, written by the first `human` run on a directory
@@ -421,7 +422,7 @@ def agreement(preferences_a: list[float | None], preferences_b: list[float | Non
     labels_a, labels_b = zip(*shared, strict=True)
     share = sum(x == y for x, y in shared) / len(shared)
     kappa = None if len(set(labels_a) | set(labels_b)) < 2 else float(cohen_kappa_score(labels_a, labels_b))
-    return {"n": len(shared), "agreement": judge.rounded(share), "kappa": judge.rounded(kappa)}
+    return {"n": len(shared), "agreement": win_rates.rounded(share), "kappa": win_rates.rounded(kappa)}
 
 
 def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42, plot: bool = True) -> dict:
@@ -448,7 +449,7 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
     categories = [p["category"] for p in pairs]
 
     def results_of(preferences: list[float | None], rater: str) -> dict:
-        result = judge.compute_results(preferences, model_lengths, reference_lengths, categories, seed)
+        result = win_rates.compute_results(preferences, model_lengths, reference_lengths, categories, seed)
         result.update(reference=pairs[0]["reference_generator"], judge_model=rater, judge_mode="human")
         return result
 
@@ -481,10 +482,10 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
     table = {f"pooled ({len(annotators)} annotators)": pooled, **{f"human: {name}": per_annotator[name]
                                                              for name in annotators}}
     print(f"Human verdicts on {results['model']} vs {results['reference']} ({len(pairs)} instructions):")
-    print(judge.format_table(table))
+    print(win_rates.format_table(table))
     print(format_agreement(results["agreement"]))
     if plot:
-        judge.plot_win_rates(table, os.path.join(output_dir, "human_win_rates.png"))
+        win_rates.plot_win_rates(table, os.path.join(output_dir, "human_win_rates.png"))
         plot_agreement(results["agreement"], annotators, os.path.join(output_dir, "human_agreement.png"))
     pictures = ", human_win_rates.png, human_agreement.png" if plot else ""
     print(f"Wrote {RESULTS_NAME}{pictures} to {output_dir}")

@@ -17,6 +17,7 @@ import pytest
 
 import human_eval
 import judge
+import win_rates
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -165,7 +166,7 @@ def test_agreement_and_results_on_hand_made_files_with_known_kappa(tmp_path, cap
     # pooled: the two annotators' preferences averaged per instruction (pair 1: M and R make a tie)
     assert (pooled["win_rate"], pooled["n_wins"], pooled["n_losses"], pooled["n_ties"]) == (0.6, 4, 2, 4)
     assert pooled["annotators"] == ["alice", "bob"] and pooled["judge_mode"] == "human"
-    fields = set(judge.compute_results([1.0, 0.0], [3, 4], [4, 3], ["a", "b"], 0)) | {"reference", "judge_model",
+    fields = set(win_rates.compute_results([1.0, 0.0], [3, 4], [4, 3], ["a", "b"], 0)) | {"reference", "judge_model",
                                                                                      "judge_mode"}
     assert fields <= set(alice) and fields <= set(pooled)
     assert alice["per_category"] == {"math": {"win_rate": 0.5, "n": 5}, "writing": {"win_rate": 0.7, "n": 5}}
