@@ -409,10 +409,13 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     # Every input is read and checked, and the endpoint settings too, before any file is written or call made.
     runs = [load_pairs(path, reference_outputs) for path in paths]
     names = [pairs[0]["model_generator"] for pairs in runs]
+    reference_name = runs[0][0]["reference_generator"]
     for name, path in zip(names, paths, strict=True):
-        if names.count(name) > 1 or name == DIFFERENCES_KEY:
-            raise cli.DataError(f"Two model files are both named '{name}' ({path}); give each a distinct 'generator' "
-                                "field or file name.")
+        clash = "another model file" if names.count(name) > 1 else "the reference" if name == reference_name else \
+            "a key of results.json" if name == DIFFERENCES_KEY else None
+        if clash:
+            raise cli.DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
+                                "'generator' field (inference.py --generator) or file name.")
     try:
         check_settings(api_type, judge_model, api_base)
     except LLMError as error:
@@ -536,7 +539,9 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
                                cache_dir=None) as endpoint:
             return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
     except LLMError as error:
-        raise JudgeError(f"{error} Every verdict so far is saved in {journal_path}.") from None
+        advice = " If it does not support log-probabilities, use --judge_mode swap." \
+            if logprobs and "rejected the request" in str(error) else ""
+        raise JudgeError(f"{error}{advice} Every verdict so far is saved in {journal_path}.") from None
     finally:
         progress.close()
 

@@ -155,6 +155,15 @@ def test_an_endpoint_without_logprobs_is_told_to_use_swap_mode(openai_server, tm
     assert len(openai_server.requests) == 1
 
 
+def test_an_endpoint_that_refuses_logprobs_is_told_to_use_swap_mode(openai_server, tmp_path):
+    from openai_server import error_reply
+
+    model, reference = write_pair_files(tmp_path, ["one", "two"], ["uno", "dos"])
+    openai_server.push(error_reply(400, "logprobs is not supported by this server", "invalid_request_error"))
+    with pytest.raises(judge.JudgeError, match=r"rejected the request.*use --judge_mode swap"):
+        run(openai_server, model, reference, tmp_path / "out", "--judge_mode", "logprobs", "--max_concurrency", "1")
+
+
 # -- verdicts, retries and the journal --------------------------------------------------------------------------
 
 
@@ -247,6 +256,7 @@ def test_api_key_never_reaches_the_output_dir(openai_server, tmp_path):
         assert b"sk-test-key-123" not in path.read_bytes(), path
 
 
+@pytest.mark.slow
 def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
     (model, reference), quality = quality_files(tmp_path, 40, 0.6, seed=5)
     openai_server.responder = quality_judge(quality)
@@ -262,6 +272,7 @@ def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    time.sleep(0.5)  # let the server record any request that reached it just before the kill
     kept = judge.load_judgments(str(journal))
     assert 5 <= len(kept) < 80, "the run must be killed mid-way"
     sent_before_kill = len(openai_server.requests)
@@ -297,6 +308,16 @@ def test_paired_difference_is_paired():
     result = judge.paired_difference_ci(a, b, seed=0)
     assert result["n"] == 3 and result["difference"] == pytest.approx(1 / 3, abs=1e-4)
     assert result["ci95"][0] <= result["difference"] <= result["ci95"][1]
+
+
+def test_a_model_named_like_the_reference_or_another_model_is_refused(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"], name="reference")
+    with pytest.raises(judge.cli.DataError, match="is named 'reference', as is the reference"):
+        run(openai_server, model, reference, tmp_path / "out")
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
+    with pytest.raises(judge.cli.DataError, match="is named 'model', as is another model file"):
+        run(openai_server, [model, model], reference, tmp_path / "out")
+    assert not openai_server.requests and not (tmp_path / "out").exists()
 
 
 def test_model_outputs_as_a_space_or_comma_list():
@@ -346,6 +367,7 @@ def contract_run(tmp_path, *argv: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ))
 
 
+@pytest.mark.slow
 def test_command_line_contract(openai_server, tmp_path):
     """Unknown flag, false booleans, a missing and a malformed file: exit code, one `error:` line, nothing written."""
     model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
@@ -383,6 +405,7 @@ def test_help_lists_the_flags():
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp_path, capsys):
     model, reference = write_pair_files(tmp_path, ["Paris is the capital.", "Four."], ["It is Paris.", "4"])
     results = judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir",
