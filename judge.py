@@ -21,7 +21,8 @@ Every verdict is appended to `output_dir/judgments.jsonl` as soon as it arrives,
 prompt (which holds both answers): a re-run makes no calls and gives the same results, a changed answer is judged
 anew, a killed run loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
 length-controlled win rate, counts, lengths, per category; paired differences between models), `annotations.jsonl`
-(every judged order with the judge's raw reply) and `win_rates.png`.
+(every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
+win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs.
 """
 
 import asyncio
@@ -79,7 +80,7 @@ ENDINGS = {
     "logprobs": "Which answer is better? Reply with the single letter A or B and nothing else.\nBetter answer:",
 }
 VERDICT_PATTERN = re.compile(r"\[\[\s*(A|B|TIE)\s*\]\]", re.IGNORECASE)
-MODEL_PREFERENCE_OF_VERDICT = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # for answer A
+PREFERENCE_FOR_A = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # by verdict
 
 
 class JudgeError(cli.UserError):
@@ -301,7 +302,7 @@ def order_job(pair: dict, model_first: bool, judge_model: str, judge_mode: str) 
 
 def model_preference(judgment: dict, model_first: bool, judge_mode: str) -> float:
     """The preference for the model's answer (1 win, 0 loss, 0.5 tie, in between in logprobs mode) of one order."""
-    p_a = judgment["p_a"] if judge_mode == "logprobs" else MODEL_PREFERENCE_OF_VERDICT[judgment["verdict"]]
+    p_a = judgment["p_a"] if judge_mode == "logprobs" else PREFERENCE_FOR_A[judgment["verdict"]]
     return p_a if model_first else 1.0 - p_a
 
 
@@ -388,7 +389,8 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         request_timeout: seconds to wait for one response.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
         plot: write win_rates.png.
-    Returns the results (also in output_dir/results.json).
+    Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
+    `python judge.py human_results --help` (blind human evaluation of the same pairs).
     """
     if judge_mode not in JUDGE_MODES:
         raise cli.UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
