@@ -137,7 +137,8 @@ def read_reply(choice: dict, judge_mode: str) -> dict | None:
     p_a = preference_for_a(positions)
     if p_a is None:
         return None
-    return {"verdict": "A" if p_a >= 0.5 else "B", "p_a": p_a, "raw_reply": text, "top_logprobs": positions[:3]}
+    verdict = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "TIE"
+    return {"verdict": verdict, "p_a": p_a, "raw_reply": text, "top_logprobs": positions[:3]}
 
 
 # -- inputs ------------------------------------------------------------------------------------------

@@ -173,6 +173,21 @@ def test_parse_verdict_takes_the_last_one():
     assert judge.parse_verdict("A is better") is None and judge.parse_verdict("[A]") is None
 
 
+def test_logprobs_are_read_from_both_endpoint_formats():
+    chat = {"content": [{"token": "\n", "logprob": -0.1, "top_logprobs": [{"token": "\n", "logprob": -0.1}]},
+                        {"token": "A", "logprob": -0.5, "top_logprobs": [{"token": "A", "logprob": math.log(0.3)},
+                                                                         {"token": " A", "logprob": math.log(0.3)},
+                                                                         {"token": "B", "logprob": math.log(0.4)}]}]}
+    completions = {"tokens": ["B"], "top_logprobs": [{"B": math.log(0.5), " A": math.log(0.5), "C": -3.0}]}
+    assert judge.read_reply({"text": "A", "logprobs": chat}, "logprobs")["p_a"] == pytest.approx(0.6)
+    tie = judge.read_reply({"text": "B", "logprobs": completions}, "logprobs")
+    assert tie["p_a"] == pytest.approx(0.5) and tie["verdict"] == "TIE"
+    assert judge.read_reply({"text": "C", "logprobs": {"tokens": ["C"], "top_logprobs": [{"C": 0.0}]}},
+                            "logprobs") is None  # neither letter: no verdict, asked again
+    with pytest.raises(judge.JudgeError, match="use --judge_mode swap"):
+        judge.read_reply({"text": "A", "logprobs": None}, "logprobs")
+
+
 def test_swap_combination():
     assert judge.pair_preference([1.0, 1.0]) == 1.0 and judge.pair_preference([0.0, 0.0]) == 0.0
     assert judge.pair_preference([1.0, 0.0]) == 0.5 and judge.pair_preference([1.0, 0.5]) == 0.5
