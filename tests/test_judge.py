@@ -262,6 +262,18 @@ def test_identical_answers_are_a_tie_without_a_call(openai_server, tmp_path):
     assert results["win_rate"] == 0.75
 
 
+def test_cost_counts_the_judgments_behind_the_result(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["one answer", "two answers"], ["uno", "dos"])
+    openai_server.responder = lambda path, prompt, body: ("Model wins. [[A]]" if "<answer_a>\nuno" not in prompt
+                                                         and "<answer_a>\ndos" not in prompt else "[[B]]", "stop")
+    prices = ["--price_per_1k_prompt_tokens", "0.5", "--price_per_1k_completion_tokens", "2"]
+    results = run(openai_server, model, reference, tmp_path / "out", *prices)["model"]
+    journal = judge.load_judgments(str(tmp_path / "out" / judge.JOURNAL_NAME)).values()
+    expected = sum(j["usage"]["prompt_tokens"] * 0.5 + j["usage"]["completion_tokens"] * 2 for j in journal) / 1000
+    assert len(journal) == 4 and results["cost"] == pytest.approx(expected, abs=1e-6) and expected > 0
+    assert "cost" not in run(openai_server, model, reference, tmp_path / "out")["model"]
+
+
 def test_api_key_never_reaches_the_output_dir(openai_server, tmp_path):
     (model, reference), quality = quality_files(tmp_path, 5, 0.5, seed=4)
     openai_server.responder = quality_judge(quality)
