@@ -112,11 +112,12 @@ def build_request(api_type: str, model_name: str, prompts: Sequence[str], decodi
 
 def choices_of(response: dict) -> list[dict]:
     """The choices of a raw completions or chat response, in index order, each a dict with `text`,
-    `finish_reason` ("stop" or "length") and `index`."""
+    `finish_reason` ("stop" or "length"), `index` and `logprobs` (the endpoint's own, or None)."""
     choices = []
     for choice in sorted(response["choices"], key=lambda c: c.get("index", 0)):
         text = choice["message"].get("content") if "message" in choice else choice.get("text")
-        choices.append({"text": text or "", "finish_reason": choice.get("finish_reason"), "index": choice.get("index")})
+        choices.append({"text": text or "", "finish_reason": choice.get("finish_reason"), "index": choice.get("index"),
+                        "logprobs": choice.get("logprobs")})
     return choices
 
 

@@ -18,10 +18,10 @@ mkdir -p "$out"
 start=$SECONDS
 step() { printf '\n=== [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
 
-step "1/5 Build a tiny LLaMA-style base model (hidden 64, 2 layers, SentencePiece tokenizer without a pad token)"
+step "1/6 Build a tiny LLaMA-style base model (hidden 64, 2 layers, SentencePiece tokenizer without a pad token)"
 python scripts/make_tiny_model.py --output_dir "$out/base"
 
-step "2/5 Fine-tune it with train.py on data/demo_alpaca.json (the Alpaca recipe, on CPU)"
+step "2/6 Fine-tune it with train.py on data/demo_alpaca.json (the Alpaca recipe, on CPU)"
 python train.py \
   --model_name_or_path "$out/base" \
   --data_path data/demo_alpaca.json \
@@ -37,7 +37,7 @@ python train.py \
   --save_strategy no \
   --report_to none
 
-step "3/5 Answer instructions with inference.py (two seen in training, two new)"
+step "3/6 Answer instructions with inference.py (two seen in training, two new)"
 cat > "$out/questions.json" <<'JSON'
 [
   {"instruction": "Name the largest ocean on Earth.", "input": ""},
@@ -56,13 +56,13 @@ for record in json.load(open(sys.argv[1])):
     print(f"  Response:    {record['output']!r}\n")
 PY
 
-step "4/5 Publish a weight diff and recover the fine-tuned weights from it"
+step "4/6 Publish a weight diff and recover the fine-tuned weights from it"
 python weight_diff.py make_diff --path_raw "$out/base" --path_tuned "$out/tuned" --path_diff "$out/diff"
 python weight_diff.py recover --path_raw "$out/base" --path_diff "$out/diff" --path_tuned "$out/recovered" \
   --test_inference False
 python scripts/compare_checkpoints.py "$out/tuned" "$out/recovered"
 
-step "5/5 Generate Self-Instruct data with the fine-tuned model as the LLM (local backend, 2 requests)"
+step "5/6 Generate Self-Instruct data with the fine-tuned model as the LLM (local backend, 2 requests)"
 python -m generate_instruction generate_instruction_following_data \
   --api_type local \
   --model_name "$out/tuned" \
@@ -72,6 +72,24 @@ python -m generate_instruction generate_instruction_following_data \
   --max_requests 2 \
   --max_tokens 128 \
   --seed 0
+
+step "6/6 Evaluate: the fine-tuned model against the base model, judged by the fine-tuned model (judge.py, local)"
+# Answers to the first 20 instructions of the evaluation set from each model, then the pairwise judge in swap mode.
+head -n 20 eval_instructions.jsonl > "$out/eval20.jsonl"
+mkdir -p "$out/eval"
+for model in base tuned; do
+  python inference.py --model_name_or_path "$out/$model" --data_path "$out/eval20.jsonl" \
+    --output_path "$out/eval/$model.json" --max_new_tokens 16
+done
+python judge.py --model_outputs "$out/eval/tuned.json" --reference_outputs "$out/eval/base.json" \
+  --output_dir "$out/judged" --judge_model "$out/tuned" --api_type local --max_tokens 16 --max_retries 1
+cat <<'TXT'
+These verdicts are toys: a 64-wide model trained on 120 examples cannot read two answers and
+write "[[A]]" or "[[B]]", so most pairs come back unjudged, and the numbers above rest on the few
+that happened to contain a verdict (or on identical answers, which are ties without a call). The point
+is the plumbing: answers, the judge in both orders, the journal, results.json, annotations.jsonl and
+win_rates.png, all in the directory above. With a real judge, see README.md, "Evaluation".
+TXT
 
 step "Done in $((SECONDS - start)) s; everything is in $out/"
 cat <<'TXT'
@@ -86,4 +104,6 @@ are, for example (see README.md):
       --output_dir output/alpaca --num_train_epochs 3 --per_device_train_batch_size 4 \
       --gradient_accumulation_steps 8 --learning_rate 2e-5 --fsdp --fsdp_config configs/fsdp_llama.json
   python inference.py --model_name_or_path output/alpaca --instruction "Give three tips for staying healthy."
+  python judge.py --model_outputs outputs/alpaca.json --reference_outputs outputs/reference.json \
+      --output_dir judged --judge_model gpt-4o-mini
 TXT

@@ -5,7 +5,9 @@ this server over a real loopback socket instead. It serves `POST /v1/completions
 `POST /v1/chat/completions` (and `GET /v1/models`), records every request, and answers either from a
 queue of scripted replies (errors, delays, malformed bodies) or, when the queue is empty, from a
 responder function of the request. The default responder continues the Self-Instruct list with
-deterministic made-up tasks, so that the same request always gets the same answer.
+deterministic made-up tasks, so that the same request always gets the same answer. A responder may also return
+a third value, the top log-probabilities of the first token ({token: logprob}); they are sent, in the endpoint's
+format, only to requests that ask for logprobs (a responder returning None plays a server that has none).
 
     with OpenAIServer() as server:
         server.push(rate_limited(retry_after=0.05), server_error())
@@ -58,6 +60,7 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0  # seconds between the body's bytes: a server that streams its answer very slowly
     use_responder: bool = False  # answer as the server would without a script (after `delay`)
+    logprobs: list[dict[str, float] | None] | None = None  # per text: top log-probabilities of its first token
 
 
 def answer(delay: float = 0.0) -> Reply:
@@ -145,7 +148,8 @@ def fake_tasks(prompt: str, last: int = 19, salt: str = "") -> str:
 
 
 def default_responder(endpoint: str, prompt: str, body: dict) -> tuple[str, str]:
-    """(text, finish_reason) for one prompt: the fake tasks, ended as if stopped at "\\n20"."""
+    """(text, finish_reason) for one prompt: the fake tasks, ended as if stopped at "\\n20". A responder may
+    return (text, finish_reason, top_logprobs) instead, top_logprobs being {token: logprob} or None."""
     return fake_tasks(prompt), "stop"
 
 
@@ -233,7 +237,8 @@ class OpenAIServer:
                 return context_length_error(self.max_context, prompt_tokens, requested, self.context_style)
         answers = [self.responder(path, p, body) for p in prompts]
         delay = scripted.delay if scripted is not None else self.delay
-        return Reply(texts=[a[0] for a in answers], finish_reasons=[a[1] for a in answers], delay=delay)
+        return Reply(texts=[a[0] for a in answers], finish_reasons=[a[1] for a in answers], delay=delay,
+                     logprobs=[a[2] if len(a) > 2 else None for a in answers])
 
     def _handler_class(self):
         server = self
@@ -272,7 +277,7 @@ class OpenAIServer:
                     payload = reply.raw
                 elif reply.texts is not None:
                     reasons = reply.finish_reasons or [reply.finish_reason] * len(reply.texts)
-                    payload = json.dumps(success_body(self.path, body, reply.texts, reasons))
+                    payload = json.dumps(success_body(self.path, body, reply.texts, reasons, reply.logprobs))
                 else:
                     payload = json.dumps(reply.body)
                 try:
@@ -307,19 +312,37 @@ def prompts_of(path: str, body: dict) -> list[str]:
     return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
-def success_body(path: str, body: dict, texts: list[str], finish_reasons: list[str]) -> dict:
-    """A 200 response in the endpoint's format, with usage counted in words."""
+def logprobs_body(path: str, text: str, top: dict[str, float] | None) -> dict | None:
+    """A choice's `logprobs` in the endpoint's format for a reply whose first token has these top log-probabilities
+    (the first token's own log-probability is its entry in `top`, else the best one there)."""
+    if not top:
+        return None
+    token = next((t for t in top if text.startswith(t)), max(top, key=top.get))
+    if path.endswith("/chat/completions"):
+        return {"content": [{"token": token, "logprob": top.get(token), "bytes": None,
+                             "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()]}],
+                "refusal": None}
+    return {"tokens": [token], "token_logprobs": [top.get(token)], "top_logprobs": [dict(top)], "text_offset": [0]}
+
+
+def success_body(path: str, body: dict, texts: list[str], finish_reasons: list[str],
+                 logprobs: list[dict[str, float] | None] | None = None) -> dict:
+    """A 200 response in the endpoint's format, with usage counted in words; `logprobs` (one per text) only when
+    the request asked for them."""
     prompt_tokens = sum(count_tokens(p) for p in prompts_of(path, body))
     completion_tokens = sum(count_tokens(t) for t in texts)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
     model = body.get("model", "test-model")
+    asked = bool(body.get("logprobs"))
+    sent = [logprobs_body(path, t, top) if asked else None
+            for t, top in zip(texts, logprobs or [None] * len(texts), strict=True)]
     if path.endswith("/chat/completions"):
-        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
-                   for i, (t, r) in enumerate(zip(texts, finish_reasons, strict=True))]
+        choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": lp}
+                   for i, (t, r, lp) in enumerate(zip(texts, finish_reasons, sent, strict=True))]
         return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
                 "choices": choices, "usage": usage}
-    choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": None}
-               for i, (t, r) in enumerate(zip(texts, finish_reasons, strict=True))]
+    choices = [{"index": i, "text": t, "finish_reason": r, "logprobs": lp}
+               for i, (t, r, lp) in enumerate(zip(texts, finish_reasons, sent, strict=True))]
     return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": model,
             "choices": choices, "usage": usage}

@@ -42,6 +42,8 @@ def test_readme_names_only_flags_that_exist():
         # fire lists positional arguments in capitals (PATH_RAW); they are passed as flags all the same
         "weight_diff.py": (_help([sys.executable, "weight_diff.py", "make_diff", "--help"])
                            + _help([sys.executable, "weight_diff.py", "recover", "--help"])).lower(),
+        "judge.py": "".join(_help([sys.executable, "judge.py", *command, "--help"])
+                            for command in ([], ["human"], ["human_results"])),
     }
     commands = re.sub(r"\\\n\s*", " ", "\n".join(re.findall(r"```bash\n(.*?)```", README, flags=re.S)))
     checked = 0
@@ -93,3 +95,6 @@ def test_quickstart_demo_runs_every_step(tmp_path):
     assert len(answers) == 4 and all(isinstance(a["output"], str) for a in answers)
     assert "Pacific Ocean" in answers[0]["output"]  # a question seen in training: fine-tuning took hold
     assert (tmp_path / "demo" / "generated" / "regen.json").exists()
+    judged = json.loads((tmp_path / "demo" / "judged" / "results.json").read_text())
+    assert judged["tuned"]["n_total"] == 20 and judged["tuned"]["reference"] == "base"
+    assert (tmp_path / "demo" / "judged" / "win_rates.png").exists()

@@ -1,0 +1,457 @@
+"""judge.py against a loopback OpenAI-compatible server that plays the judge (tests/openai_server.py).
+
+Each scripted judge reads the two answers between the prompt's <answer_a>/<answer_b> markers and decides as a real
+judge with a known bias would: always the first shown, always the longer, by a hidden quality label, or with
+log-probabilities. The answer files are made here, so every true win rate is known.
+"""
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import judge
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CATEGORIES = ["writing", "coding", "math", "advice"]
+
+
+def answers_of(prompt: str) -> tuple[str, str]:
+    found = re.search(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", prompt, flags=re.S)
+    assert found, "the judge prompt must hold both answers between their markers"
+    return found.group(1), found.group(2)
+
+
+def write_pair_files(tmp_path, model_answers: list[str], reference_answers: list[str], name: str = "model") -> tuple:
+    """model and reference answer files for the same instructions (a third of them with an input)."""
+    records = [{"instruction": f"Do task number {i}.", "input": f"context {i}" if i % 3 == 0 else "",
+                "category": CATEGORIES[i % len(CATEGORIES)]} for i in range(len(model_answers))]
+    model_path, reference_path = tmp_path / f"{name}.json", tmp_path / "reference.json"
+    model_path.write_text(json.dumps([{**r, "output": a, "generator": name}
+                                      for r, a in zip(records, model_answers, strict=True)]))
+    reference_path.write_text(json.dumps([{**r, "output": a, "generator": "reference"}
+                                          for r, a in zip(records, reference_answers, strict=True)]))
+    return str(model_path), str(reference_path)
+
+
+def run(server, model, reference, output_dir, *extra: str) -> dict:
+    argv = ["--model_outputs", *([model] if isinstance(model, str) else model), "--reference_outputs", reference,
+            "--output_dir", str(output_dir), "--judge_model", "judge-test", "--api_base", server.url,
+            "--max_concurrency", "8", "--plot", "False", *extra]
+    return judge.main(argv)
+
+
+def length_judge(path, prompt, body):
+    a, b = answers_of(prompt)
+    return ("The longer one is better. [[A]]" if len(a) > len(b) else "[[B]]"), "stop"
+
+
+def quality_files(tmp_path, n: int, true_rate: float, seed: int, name: str = "model") -> tuple:
+    """Answers whose hidden quality label (a lookup table, not the text) makes the model better on a share
+    `true_rate` of instructions in expectation; lengths are random and unrelated to quality."""
+    rng = np.random.default_rng(seed)
+    better = rng.random(n) < true_rate
+    quality = {}
+    model_answers, reference_answers = [], []
+    for i in range(n):
+        m = f"{name} answer {i} " + "x" * int(rng.integers(20, 400))
+        r = f"reference answer {i} " + "y" * int(rng.integers(20, 400))
+        quality[m], quality[r] = (1, 0) if better[i] else (0, 1)
+        model_answers.append(m)
+        reference_answers.append(r)
+    return write_pair_files(tmp_path, model_answers, reference_answers, name), quality
+
+
+def quality_judge(quality: dict):
+    def responder(path, prompt, body):
+        a, b = answers_of(prompt)
+        return ("[[A]]" if quality[a] > quality[b] else "[[B]]"), "stop"
+    return responder
+
+
+# -- the judge's biases, and what the numbers make of them ---------------------------------------------------
+
+
+def test_always_first_judge_gives_exactly_half_every_pair_a_tie(openai_server, tmp_path):
+    openai_server.responder = lambda path, prompt, body: ("Answer A is better. [[A]]", "stop")
+    model, reference = write_pair_files(tmp_path, [f"m{i}" * (i + 1) for i in range(30)], ["ref"] * 30)
+    results = run(openai_server, model, reference, tmp_path / "out")["model"]
+    assert results["win_rate"] == 0.5 and results["lc_win_rate"] == 0.5
+    assert results["n_ties"] == 30 and results["n_wins"] == results["n_losses"] == results["n_unjudged"] == 0
+    assert len(openai_server.requests) == 60  # both orders of every pair
+
+
+def test_always_longer_judge_is_brought_back_near_half_by_length_control(openai_server, tmp_path):
+    openai_server.responder = length_judge
+    rng = np.random.default_rng(0)
+    differences = rng.normal(0.8416, 1.0, 300) * 150  # the model is longer on ~80% of the instructions
+    reference_lengths = rng.integers(400, 800, 300)
+    model = ["m" * int(r + d) for r, d in zip(reference_lengths, differences, strict=True)]
+    reference = ["r" * int(r) for r in reference_lengths]
+    model_path, reference_path = write_pair_files(tmp_path, model, reference)
+    results = run(openai_server, model_path, reference_path, tmp_path / "out")["model"]
+    longer = np.mean([len(m) > len(r) for m, r in zip(model, reference, strict=True)])
+    assert results["win_rate"] == pytest.approx(longer, abs=1e-4) and 0.75 < longer < 0.85
+    assert abs(results["lc_win_rate"] - 0.5) < 0.12, results["lc_win_rate"]
+    assert results["lc_win_rate_ci95"][1] < results["win_rate_ci95"][0]  # the length effect is clearly removed
+
+
+def test_hidden_quality_judge_win_rates_cover_the_true_rate(openai_server, tmp_path):
+    (model, reference), quality = quality_files(tmp_path, 300, 0.7, seed=3)
+    openai_server.responder = quality_judge(quality)
+    results = run(openai_server, model, reference, tmp_path / "out")["model"]
+    for field in ("win_rate", "lc_win_rate"):
+        low, high = results[f"{field}_ci95"]
+        assert low < 0.7 < high, (field, results[field], low, high)
+    assert abs(results["lc_win_rate"] - results["win_rate"]) < 0.05  # length plays no part here
+    assert results["win_rate_se"] == pytest.approx(math.sqrt(0.7 * 0.3 / 300), abs=0.004)
+    assert sum(c["n"] for c in results["per_category"].values()) == 300
+
+
+def test_logprobs_mode_one_call_per_pair_soft_preferences_random_order(openai_server, tmp_path):
+    (model, reference), quality = quality_files(tmp_path, 40, 0.5, seed=1)
+
+    def responder(path, prompt, body):
+        a, b = answers_of(prompt)
+        p_a = 0.8 if a.startswith("model") else 0.2  # prefers the model's answer with probability 0.8
+        return ("A" if p_a > 0.5 else "B"), "stop", {"A": math.log(p_a), " B": math.log(1 - p_a), "C": -9.0}
+    openai_server.responder = responder
+    results = run(openai_server, model, reference, tmp_path / "out", "--judge_mode", "logprobs")["model"]
+    assert results["win_rate"] == pytest.approx(0.8) and results["n_wins"] == 40
+    bodies = openai_server.bodies()
+    assert len(bodies) == 40 and all(b["logprobs"] and b["top_logprobs"] for b in bodies)
+    model_first = sum(answers_of(b["messages"][0]["content"])[0].startswith("model") for b in bodies)
+    assert 10 <= model_first <= 30  # the order is drawn per instruction
+    lines = [json.loads(line) for line in (tmp_path / "out" / "annotations.jsonl").read_text().splitlines()]
+    assert len(lines) == 40 and {line["verdict"] for line in lines} == {"A", "B"}
+    # Same seed, same orders: a second directory asks exactly the same prompts.
+    run(openai_server, model, reference, tmp_path / "again", "--judge_mode", "logprobs")
+    key = json.dumps
+    assert sorted(map(key, openai_server.bodies()[40:])) == sorted(map(key, bodies))
+
+
+def test_logprobs_mode_on_the_completions_endpoint(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["short", "a much longer answer"], ["medium one", "mid"])
+    openai_server.responder = lambda path, prompt, body: ("A", "stop", {" A": math.log(0.6), " B": math.log(0.4)})
+    results = run(openai_server, model, reference, tmp_path / "out", "--judge_mode", "logprobs", "--api_type",
+                  "completions")["model"]
+    assert results["n_unjudged"] == 0 and sorted(json.loads(line)["p_a"] for line in
+                                                 (tmp_path / "out" / "annotations.jsonl").read_text().splitlines()) \
+        == pytest.approx([0.6, 0.6])
+
+
+def test_an_endpoint_without_logprobs_is_told_to_use_swap_mode(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["one", "two", "three"], ["uno", "dos", "tres"])
+    openai_server.responder = lambda path, prompt, body: ("A", "stop")  # like Ollama: never any logprobs
+    with pytest.raises(judge.JudgeError, match=r"returned no log-probabilities.*use --judge_mode swap"):
+        run(openai_server, model, reference, tmp_path / "out", "--judge_mode", "logprobs", "--max_concurrency", "1")
+    assert len(openai_server.requests) == 1
+
+
+def test_an_endpoint_that_refuses_logprobs_is_told_to_use_swap_mode(openai_server, tmp_path):
+    from openai_server import error_reply
+
+    model, reference = write_pair_files(tmp_path, ["one", "two"], ["uno", "dos"])
+    openai_server.push(error_reply(400, "logprobs is not supported by this server", "invalid_request_error"))
+    with pytest.raises(judge.JudgeError, match=r"rejected the request.*use --judge_mode swap"):
+        run(openai_server, model, reference, tmp_path / "out", "--judge_mode", "logprobs", "--max_concurrency", "1")
+
+
+# -- verdicts, retries and the journal --------------------------------------------------------------------------
+
+
+def test_parse_verdict_takes_the_last_one():
+    assert judge.parse_verdict("A is shorter, but [[B]] is right... final: [[ tie ]]") == "TIE"
+    assert judge.parse_verdict("I prefer [[A]].") == "A"
+    assert judge.parse_verdict("A is better") is None and judge.parse_verdict("[A]") is None
+
+
+def test_logprobs_are_read_from_both_endpoint_formats():
+    chat = {"content": [{"token": "\n", "logprob": -0.1, "top_logprobs": [{"token": "\n", "logprob": -0.1}]},
+                        {"token": "A", "logprob": -0.5, "top_logprobs": [{"token": "A", "logprob": math.log(0.3)},
+                                                                         {"token": " A", "logprob": math.log(0.3)},
+                                                                         {"token": "B", "logprob": math.log(0.4)}]}]}
+    completions = {"tokens": ["B"], "top_logprobs": [{"B": math.log(0.5), " A": math.log(0.5), "C": -3.0}]}
+    assert judge.read_reply({"text": "A", "logprobs": chat}, "logprobs")["p_a"] == pytest.approx(0.6)
+    tie = judge.read_reply({"text": "B", "logprobs": completions}, "logprobs")
+    assert tie["p_a"] == pytest.approx(0.5) and tie["verdict"] == "TIE"
+    assert judge.read_reply({"text": "C", "logprobs": {"tokens": ["C"], "top_logprobs": [{"C": 0.0}]}},
+                            "logprobs") is None  # neither letter: no verdict, asked again
+    with pytest.raises(judge.JudgeError, match="use --judge_mode swap"):
+        judge.read_reply({"text": "A", "logprobs": None}, "logprobs")
+
+
+def test_swap_combination():
+    assert judge.pair_preference([1.0, 1.0]) == 1.0 and judge.pair_preference([0.0, 0.0]) == 0.0
+    assert judge.pair_preference([1.0, 0.0]) == 0.5 and judge.pair_preference([1.0, 0.5]) == 0.5
+    assert judge.pair_preference([1.0, None]) is None
+
+
+def test_prompt_holds_the_markers_and_the_input():
+    prompt = judge.judge_prompt("Summarize {this}.", "Some text.", "first {answer}", "second", "swap")
+    assert "<answer_a>\nfirst {answer}\n</answer_a>\n\n<answer_b>\nsecond\n</answer_b>" in prompt
+    assert "Summarize {this}." in prompt and "Input:\nSome text." in prompt and prompt.rstrip().endswith(
+        "[[TIE]] (they are equally good).")
+    assert "Input:" not in judge.judge_prompt("Name a colour.", "", "a", "b", "logprobs")
+
+
+def test_unparsable_replies_are_retried_then_unjudged_not_cached_and_judged_on_rerun(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, [f"model answer {i}" for i in range(6)],
+                                        [f"reference answer {i}" for i in range(6)])
+    stubborn = "Do task number 2."
+
+    def responder(path, prompt, body):
+        if stubborn in prompt:
+            return "Both answers have merit.", "stop"
+        return "[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]", "stop"
+    openai_server.responder = responder
+    results = run(openai_server, model, reference, tmp_path / "out", "--max_retries", "2")["model"]
+    assert results["n_unjudged"] == 1 and results["n_total"] == 6 and results["n_wins"] == 5
+    assert results["win_rate"] == 1.0  # over judged pairs: the unjudged one is not a tie
+    stubborn_calls = [b for b in openai_server.bodies() if stubborn in b["messages"][0]["content"]]
+    assert len(stubborn_calls) == 2 * 3  # both orders, each asked 1 + 2 times
+    assert [b["temperature"] for b in stubborn_calls[:2]] == [0.0, 0.0]
+    assert {b["temperature"] for b in stubborn_calls[2:]} == {judge.RETRY_TEMPERATURE}
+    journal = [json.loads(line) for line in (tmp_path / "out" / judge.JOURNAL_NAME).read_text().splitlines()]
+    assert len(journal) == 10 and all(record["verdict"] for record in journal)
+    annotations = [json.loads(line) for line in (tmp_path / "out" / "annotations.jsonl").read_text().splitlines()]
+    assert [a["raw_reply"] for a in annotations if a["verdict"] is None] == ["Both answers have merit."] * 2
+
+    openai_server.responder = lambda path, prompt, body: ("[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]",
+                                                         "stop")
+    before = len(openai_server.requests)
+    results = run(openai_server, model, reference, tmp_path / "out")["model"]
+    assert len(openai_server.requests) - before == 2 and results["n_unjudged"] == 0 and results["n_wins"] == 6
+
+
+def test_rerun_makes_no_calls_and_gives_identical_results_a_changed_answer_rejudges_one_pair(openai_server,
+                                                                                                tmp_path):
+    (model, reference), quality = quality_files(tmp_path, 25, 0.6, seed=2)
+    openai_server.responder = quality_judge(quality)
+    out = tmp_path / "out"
+    run(openai_server, model, reference, out, "--plot", "True")
+    first = (out / "results.json").read_bytes()
+    assert (out / "win_rates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    calls = len(openai_server.requests)
+    run(openai_server, model, reference, out, "--max_concurrency", "1")
+    assert len(openai_server.requests) == calls and (out / "results.json").read_bytes() == first
+
+    records = json.loads(open(model).read())
+    records[4]["output"] = "a rewritten answer"
+    quality["a rewritten answer"] = 1
+    with open(model, "w") as f:
+        json.dump(records, f)
+    run(openai_server, model, reference, out)
+    new_calls = openai_server.bodies()[calls:]
+    assert len(new_calls) == 2 and all("a rewritten answer" in b["messages"][0]["content"] for b in new_calls)
+
+
+def test_identical_answers_are_a_tie_without_a_call(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["same", "model's"], ["same", "reference's"])
+    openai_server.responder = lambda path, prompt, body: ("[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]",
+                                                         "stop")
+    results = run(openai_server, model, reference, tmp_path / "out")["model"]
+    assert len(openai_server.requests) == 2 and results["n_ties"] == 1 and results["n_wins"] == 1
+    assert results["win_rate"] == 0.75
+
+
+def test_cost_counts_the_judgments_behind_the_result(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["one answer", "two answers"], ["uno", "dos"])
+    openai_server.responder = lambda path, prompt, body: ("Model wins. [[A]]" if "<answer_a>\nuno" not in prompt
+                                                         and "<answer_a>\ndos" not in prompt else "[[B]]", "stop")
+    prices = ["--price_per_1k_prompt_tokens", "0.5", "--price_per_1k_completion_tokens", "2"]
+    results = run(openai_server, model, reference, tmp_path / "out", *prices)["model"]
+    journal = judge.load_judgments(str(tmp_path / "out" / judge.JOURNAL_NAME)).values()
+    expected = sum(j["usage"]["prompt_tokens"] * 0.5 + j["usage"]["completion_tokens"] * 2 for j in journal) / 1000
+    assert len(journal) == 4 and results["cost"] == pytest.approx(expected, abs=1e-6) and expected > 0
+    assert "cost" not in run(openai_server, model, reference, tmp_path / "out")["model"]
+
+
+def test_api_key_never_reaches_the_output_dir(openai_server, tmp_path):
+    (model, reference), quality = quality_files(tmp_path, 5, 0.5, seed=4)
+    openai_server.responder = quality_judge(quality)
+    run(openai_server, model, reference, tmp_path / "out", "--plot", "True")
+    assert openai_server.requests[0]["headers"]["authorization"] == "Bearer sk-test-key-123"
+    for path in (tmp_path / "out").iterdir():
+        assert b"sk-test-key-123" not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
+    (model, reference), quality = quality_files(tmp_path, 40, 0.6, seed=5)
+    openai_server.responder = quality_judge(quality)
+    openai_server.delay = 0.1
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "judge.py", "--model_outputs", model, "--reference_outputs", reference, "--output_dir",
+         str(out), "--judge_model", "judge-test", "--api_base", openai_server.url, "--max_concurrency", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    journal = out / judge.JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    time.sleep(0.5)  # let the server record any request that reached it just before the kill
+    kept = judge.load_judgments(str(journal))
+    assert 5 <= len(kept) < 80, "the run must be killed mid-way"
+    sent_before_kill = len(openai_server.requests)
+
+    openai_server.delay = 0.0
+    resumed = run(openai_server, model, reference, out)
+    assert len(openai_server.requests) - sent_before_kill == 80 - len(kept)  # nothing judged is asked again
+    whole = run(openai_server, model, reference, tmp_path / "whole")
+    assert resumed == whole
+
+
+def test_several_models_get_paired_differences_and_a_sorted_table(openai_server, tmp_path, capsys):
+    (good, reference), good_quality = quality_files(tmp_path, 120, 0.8, seed=6, name="good")
+    (bad, _), bad_quality = quality_files(tmp_path, 120, 0.3, seed=7, name="bad")
+    quality = {**good_quality, **bad_quality}
+    # the two files share the reference file's answers, so the reference's quality must be the same in both
+    for record in json.loads(open(reference).read()):
+        quality[record["output"]] = 0.5
+    openai_server.responder = quality_judge(quality)
+    results = run(openai_server, f"{bad},{good}", reference, tmp_path / "out", "--plot", "True")
+    assert list(results)[:2] == ["bad", "good"]
+    difference = results[judge.DIFFERENCES_KEY]
+    assert [(d["model_a"], d["model_b"]) for d in difference] == [("good", "bad")]
+    assert difference[0]["ci95"][0] > 0.2 and difference[0]["n"] == 120
+    table = capsys.readouterr().out
+    assert table.index("\ngood ") < table.index("\nbad ")
+    assert (tmp_path / "out" / "win_rates.png").stat().st_size > 10_000
+
+
+def test_paired_difference_is_paired():
+    a = [1.0, 0.0, 1.0, None, 0.5]
+    b = [0.0, 0.0, 1.0, 1.0, None]
+    result = judge.paired_difference_ci(a, b, seed=0)
+    assert result["n"] == 3 and result["difference"] == pytest.approx(1 / 3, abs=1e-4)
+    assert result["ci95"][0] <= result["difference"] <= result["ci95"][1]
+
+
+def test_a_model_named_like_the_reference_or_another_model_is_refused(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"], name="reference")
+    with pytest.raises(judge.cli.DataError, match="is named 'reference', as is the reference"):
+        run(openai_server, model, reference, tmp_path / "out")
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
+    with pytest.raises(judge.cli.DataError, match="is named 'model', as is another model file"):
+        run(openai_server, [model, model], reference, tmp_path / "out")
+    assert not openai_server.requests and not (tmp_path / "out").exists()
+
+
+def test_model_outputs_as_a_space_or_comma_list():
+    assert judge.split_model_outputs("a.json", ("b.json",)) == ["a.json", "b.json"]
+    assert judge.split_model_outputs("[a.json, 'b.json']") == ["a.json", "b.json"]
+    assert judge.split_model_outputs(["a.json", "b.json,c.json"]) == ["a.json", "b.json", "c.json"]
+
+
+# -- bad inputs fail in one line, before any call -------------------------------------------------------------
+
+
+def test_mismatched_sets_are_named(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["a", "b", "c"], ["x", "y", "z"])
+    records = json.loads(open(model).read())
+    records[1]["instruction"] = "An instruction the reference never had."
+    with open(model, "w") as f:
+        json.dump(records, f)
+    with pytest.raises(judge.cli.DataError) as error:
+        run(openai_server, model, reference, tmp_path / "out")
+    message = str(error.value)
+    assert "1 of the reference's instructions are missing (e.g. 'Do task number 1.')" in message
+    assert "1 are not in the reference (e.g. 'An instruction the reference never had.')" in message
+    assert not openai_server.requests and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing output", "empty file", "duplicate"])
+def test_bad_files_are_one_line_errors_before_any_call(openai_server, tmp_path, problem):
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
+    records = json.loads(open(model).read())
+    if problem == "missing output":
+        del records[1]["output"]
+    elif problem == "empty file":
+        records = []
+    else:
+        records[1] = dict(records[0])
+    with open(model, "w") as f:
+        json.dump(records, f)
+    expected = {"missing output": r"model\.json, record 1: field 'output' is missing",
+                "empty file": r"model\.json holds no examples", "duplicate": r"record 1: the same instruction"}
+    with pytest.raises(judge.cli.DataError, match=expected[problem]):
+        run(openai_server, model, reference, tmp_path / "out")
+    assert not openai_server.requests and not (tmp_path / "out").exists()
+
+
+def contract_run(tmp_path, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "judge.py", *argv], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+
+
+@pytest.mark.slow
+def test_command_line_contract(openai_server, tmp_path):
+    """Unknown flag, false booleans, a missing and a malformed file: exit code, one `error:` line, nothing written."""
+    model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
+    out = tmp_path / "out"
+    base = ["--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(out), "--judge_model",
+            "judge-test", "--api_base", openai_server.url]
+    malformed = tmp_path / "broken.json"
+    malformed.write_text('[{"instruction": "a", "output": "b"},')
+    for argv, code, message in [
+        ([*base, "--judge_mod", "swap"], 2, "unknown flag --judge_mod"),
+        ([*base, "--plot", "maybe"], 2, "--plot takes True or False"),
+        ([*base, "--judge_mode", "pairwise"], 2, "--judge_mode must be one of swap, logprobs"),
+        ([*base[:1], str(tmp_path / "missing.json"), *base[2:]], 1, "missing.json' does not exist"),
+        ([*base[:1], str(malformed), *base[2:]], 1, "broken.json is not valid JSON"),
+        (base[2:], 2, "missing --model_outputs"),
+    ]:
+        result = contract_run(tmp_path, *argv)
+        assert result.returncode == code, (argv, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+        assert not out.exists() and not openai_server.requests
+    openai_server.responder = lambda path, prompt, body: ("[[A]]", "stop")
+    for false in ("false", "False", "0"):
+        result = contract_run(tmp_path, *base, "--plot", false)
+        assert result.returncode == 0, result.stderr
+        assert (out / "results.json").exists() and not (out / "win_rates.png").exists()
+
+
+def test_help_lists_the_flags():
+    result = subprocess.run([sys.executable, "judge.py", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    for flag in ("--model_outputs", "--reference_outputs", "--output_dir", "--judge_model", "--api_base",
+                 "--api_type", "--judge_mode", "--max_concurrency", "--seed", "--max_retries"):
+        assert flag in result.stdout
+
+
+@pytest.mark.slow
+def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp_path, capsys):
+    model, reference = write_pair_files(tmp_path, ["Paris is the capital.", "Four."], ["It is Paris.", "4"])
+    results = judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir",
+                          str(tmp_path / "out"), "--judge_model", str(tiny_model_dir), "--api_type", "local",
+                          "--max_tokens", "8", "--max_retries", "1", "--plot", "False"])["model"]
+    assert results["n_total"] == 2 and results["judge_model"] == str(tiny_model_dir)
+    out = capsys.readouterr().out
+    if results["n_unjudged"]:  # an untrained model writes no verdict: the report says so
+        assert "unjudged" in out
+    with pytest.raises(judge.cli.UsageError, match="local judge returns no log-probabilities"):
+        judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(tmp_path / "x"),
+                    "--judge_model", str(tiny_model_dir), "--api_type", "local", "--judge_mode", "logprobs"])
+
+
+def test_compute_results_counts_and_categories():
+    results = judge.compute_results([1.0, 0.0, 0.5, None, 1.0], [10, 20, 30, 40, 50], [20, 20, 20, 20, 20],
+                                    ["a", "a", "b", "b", "b"], seed=0)
+    assert (results["n_total"], results["n_wins"], results["n_losses"], results["n_ties"], results["n_unjudged"]) \
+        == (5, 2, 1, 1, 1)
+    assert results["win_rate"] == 0.625 and results["avg_length"] == {"model": 30.0, "reference": 20.0}
+    assert results["per_category"] == {"a": {"win_rate": 0.5, "n": 2}, "b": {"win_rate": 0.75, "n": 2}}
+    assert judge.compute_results([None, None], [1, 2], [1, 2], ["a", "a"], seed=0)["win_rate"] is None

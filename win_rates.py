@@ -1,0 +1,178 @@
+"""Win rates from pairwise preferences, with honest error bars: the numbers and the picture behind judge.py (the LLM
+judge) and human_eval.py (people). Pure functions over per-instruction lists; no I/O but the picture.
+
+A preference is the judge's preference for the model's answer over the reference's on one instruction: 1 a win,
+0 a loss, 0.5 a tie, in between for a soft (log-probability) verdict, None when unjudged.
+"""
+
+import math
+
+import numpy as np
+
+DIFFERENCES_KEY = "win_rate_differences"  # the one key of results.json that is not a model
+N_BOOTSTRAP = 2000  # resamples of the instructions for the win rate's interval
+N_BOOTSTRAP_LC = 200  # for the length-controlled one: each resample refits the regression (a few ms)
+# L2 strength of the length regression (sklearn's C; the intercept is not penalised). A judge that always picks the
+# longer answer makes the data separable and the unregularised fit drift; C = 10 keeps the slope finite (~11) while
+# leaving ordinary data almost untouched.
+LC_REGULARISATION_C = 10.0
+
+
+def percentile_ci(samples: np.ndarray) -> list[float]:
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def bootstrap_indices(n: int, seed: int, count: int) -> np.ndarray:
+    """(count, n) indices drawn with replacement: resamples of the instructions."""
+    return np.random.default_rng(seed).integers(0, n, size=(count, n))
+
+
+def length_controlled_win_rate(preferences: np.ndarray, length_differences: np.ndarray) -> float:
+    """The judge's preference for the model at zero length difference: scikit-learn's logistic regression of the
+    preference on tanh(length difference / its standard deviation) plus an intercept (L2 on the slope only), with
+    soft preferences as sample weights (a preference p is a win of weight p and a loss of weight 1 - p)."""
+    p = np.asarray(preferences, dtype=float)
+    if p.min() == p.max():  # nothing to explain: every fit returns this constant
+        return float(p[0])
+    from sklearn.linear_model import LogisticRegression
+
+    d = np.asarray(length_differences, dtype=float)
+    scale = d.std()
+    x = np.tanh(d / scale) if scale > 0 else np.zeros_like(d)
+    features = np.concatenate([x, x])[:, None]
+    labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])
+    weights = np.concatenate([p, 1.0 - p])
+    keep = weights > 0
+    fit = LogisticRegression(C=LC_REGULARISATION_C, solver="newton-cholesky", max_iter=1000).fit(
+        features[keep], labels[keep], sample_weight=weights[keep])
+    return float(1.0 / (1.0 + math.exp(-fit.intercept_[0])))
+
+
+def rounded(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def compute_results(preferences: list[float | None], model_lengths: list[int], reference_lengths: list[int],
+                    categories: list[str], seed: int) -> dict:
+    """The results.json fields of one model from per-instruction lists (all in the same order).
+
+    preferences: the judge's preference for the model per instruction, 1 win, 0 loss, 0.5 tie (or in between),
+    None unjudged. Lengths are in characters. win_rate = mean preference over judged instructions (wins + ties/2),
+    win_rate_se its standard error, the 95% intervals percentile bootstraps over instructions seeded by `seed`.
+    """
+    judged = [i for i, p in enumerate(preferences) if p is not None]
+    p = np.array([preferences[i] for i in judged], dtype=float)
+    d = np.array([model_lengths[i] - reference_lengths[i] for i in judged], dtype=float)
+    n = len(p)
+    result: dict = {"win_rate": None, "win_rate_se": None, "win_rate_ci95": None, "lc_win_rate": None,
+                    "lc_win_rate_ci95": None}
+    if n:
+        samples = bootstrap_indices(n, seed, N_BOOTSTRAP)
+        result.update(
+            win_rate=rounded(p.mean()), win_rate_se=rounded(p.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+            win_rate_ci95=[rounded(v) for v in percentile_ci(p[samples].mean(axis=1))],
+            lc_win_rate=rounded(length_controlled_win_rate(p, d)),
+            lc_win_rate_ci95=[rounded(v) for v in percentile_ci(np.array(
+                [length_controlled_win_rate(p[s], d[s]) for s in samples[:N_BOOTSTRAP_LC]]))])
+    per_category = {}
+    for category in sorted(set(categories)):
+        values = [preferences[i] for i in judged if categories[i] == category]
+        per_category[category] = {"win_rate": rounded(np.mean(values)) if values else None, "n": len(values)}
+    result.update(
+        n_total=len(preferences), n_wins=int((p > 0.5).sum()), n_losses=int((p < 0.5).sum()),
+        n_ties=int((p == 0.5).sum()), n_unjudged=len(preferences) - n,
+        avg_length={"model": rounded(np.mean(model_lengths), 1) if model_lengths else None,
+                    "reference": rounded(np.mean(reference_lengths), 1) if reference_lengths else None},
+        per_category=per_category)
+    return result
+
+
+def paired_difference_ci(preferences_a: list[float | None], preferences_b: list[float | None], seed: int) -> dict:
+    """Win rate of model a minus that of model b on the instructions both have judged (same order in both lists),
+    with a paired bootstrap 95% interval over those instructions: {"difference", "ci95", "n"}."""
+    both = [i for i, (a, b) in enumerate(zip(preferences_a, preferences_b, strict=True))
+            if a is not None and b is not None]
+    if not both:
+        return {"difference": None, "ci95": None, "n": 0}
+    diff = np.array([preferences_a[i] - preferences_b[i] for i in both], dtype=float)
+    samples = bootstrap_indices(len(diff), seed, N_BOOTSTRAP)
+    return {"difference": rounded(diff.mean()), "ci95": [rounded(v) for v in percentile_ci(diff[samples].mean(1))],
+            "n": len(diff)}
+
+
+def model_names(results: dict) -> list[str]:
+    """The models of a results dict, best length-controlled win rate first (unjudged models last)."""
+    names = [name for name in results if name != DIFFERENCES_KEY]
+    return sorted(names, key=lambda name: -(results[name]["lc_win_rate"] if results[name]["lc_win_rate"] is not None
+                                            else -1.0))
+
+
+def format_table(results: dict) -> str:
+    """The printed summary: one row per model, sorted by length-controlled win rate, then the paired differences."""
+    def interval(ci):
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+
+    def number(value):
+        return f"{value:.3f}" if value is not None else "-"
+
+    names = model_names(results)
+    width = max([5, *map(len, names)])
+    lines = [f"{'model':<{width}}  win rate  95% CI            LC win rate  95% CI            wins/losses/ties  "
+             f"unjudged  avg length (model/ref)"]
+    for name in names:
+        r = results[name]
+        lines.append(f"{name:<{width}}  {number(r['win_rate']):>8}  {interval(r['win_rate_ci95']):<16}  "
+                     f"{number(r['lc_win_rate']):>11}  {interval(r['lc_win_rate_ci95']):<16}  "
+                     f"{r['n_wins']:>4}/{r['n_losses']}/{r['n_ties']:<8}  {r['n_unjudged']:>8}  "
+                     f"{r['avg_length']['model']:.0f}/{r['avg_length']['reference']:.0f}")
+    for entry in results.get(DIFFERENCES_KEY, []):
+        lines.append(f"win rate {entry['model_a']} - {entry['model_b']}: {number(entry['difference'])} "
+                     f"(paired 95% CI {interval(entry['ci95'])}, {entry['n']} instructions)")
+    return "\n".join(lines)
+
+
+def plot_win_rates(results: dict, path: str) -> None:
+    """win_rates.png: each model's win rate and length-controlled win rate with their 95% intervals (left), and
+    its win rate per category (right; n = judged pairs). Drawn with matplotlib's Agg canvas, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = model_names(results)[::-1]  # best at the top
+    categories = sorted({c for name in names for c in results[name]["per_category"]})
+    figure = Figure(figsize=(13, 2.5 + 0.4 * max(len(names) * 2, len(categories))))
+    FigureCanvasAgg(figure)
+    left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    for offset, (field, label, marker) in enumerate([("win_rate", "win rate", "o"),
+                                                     ("lc_win_rate", "length-controlled", "s")]):
+        ys, xs, errors = [], [], [[], []]
+        for y, name in enumerate(names):
+            value, ci = results[name][field], results[name][f"{field}_ci95"]
+            if value is None:
+                continue
+            ys.append(y + 0.15 - 0.3 * offset)
+            xs.append(value)
+            errors[0].append(value - ci[0])
+            errors[1].append(ci[1] - value)
+        left.errorbar(xs, ys, xerr=errors, fmt=marker, capsize=4, label=f"{label} (95% CI)")
+    left.set_yticks(range(len(names)), names)
+    left.set_ylim(-0.6, len(names) - 0.4)
+    left.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    left.set_xlim(0, 1)
+    left.set_xlabel("share of instructions where the judge prefers the model")
+    left.legend(loc="best", fontsize="small")
+    left.set_title("win rate against the reference")
+    height = 0.8 / max(1, len(names))
+    for k, name in enumerate(names):
+        per = results[name]["per_category"]
+        values = [per.get(c, {}).get("win_rate") or 0.0 for c in categories]
+        right.barh([i - 0.4 + height * (k + 0.5) for i in range(len(categories))], values, height=height, label=name)
+    right.set_yticks(range(len(categories)),
+                     [f"{c} (n={max(results[name]['per_category'].get(c, {}).get('n', 0) for name in names)})"
+                      for c in categories])
+    right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    right.set_xlim(0, 1)
+    right.set_title("win rate per category")
+    right.legend(loc="best", fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
