@@ -360,6 +360,34 @@ def safe_save_model_for_hf_trainer(trainer: Trainer, output_dir: str) -> None:
         trainer.args.distributed_state.wait_for_everyone()
 
 
+# ----------------------------------------------------------------------------- DeepSpeed on a CPU
+
+def deepspeed_build_notices(training_args: TrainingArguments) -> list[str]:
+    """One line per DeepSpeed C++ op this run will compile before it trains, which it does silently for minutes:
+    CPU Adam for an optimizer offloaded to the CPU, and the shared-memory collectives of DeepSpeed's CPU backend
+    when there is no GPU. Each is built once per machine and kept in TORCH_EXTENSIONS_DIR (default
+    ~/.cache/torch_extensions); an interrupted build leaves a lock file there that makes later runs wait forever."""
+    if not training_args.deepspeed:
+        return []
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils.cpp_extension import _get_build_directory
+
+    zero = training_args.hf_deepspeed_config.config.get("zero_optimization", {})
+    needed = ["cpu_adam"] if zero.get("offload_optimizer", {}).get("device") == "cpu" else []
+    needed += ["deepspeed_shm_comm"] if not torch.cuda.is_available() else []
+    notices = []
+    for op in needed:
+        build_dir = _get_build_directory(op, verbose=False)
+        if installed_ops.get(op) or any(name.endswith(".so") for name in os.listdir(build_dir)):
+            continue
+        notice = f"DeepSpeed compiles its {op} op now: 1-3 minutes, once; later runs reuse the build in {build_dir}."
+        if os.path.exists(os.path.join(build_dir, "lock")):
+            notice += (f" A lock file is there: if nothing happens for minutes, an earlier build was interrupted; "
+                       f"stop, delete {os.path.join(build_dir, 'lock')} and start again.")
+        notices.append(notice)
+    return notices
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 def add_lora(model, training_args: TrainingArguments):
@@ -455,6 +483,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
          "--merge_lora True needs LoRA: pass --lora_r (e.g. 16)."),
         (data_args.val_set_size > 0 and bool(data_args.eval_data_path),
          "give --val_set_size or --eval_data_path, not both: the held-out examples would leave training unused."),
+        (bool(training_args.deepspeed) and training_args.world_size > 1 and not torch.cuda.is_available(),
+         f"--deepspeed in {training_args.world_size} processes needs GPUs: on a CPU, DeepSpeed does not join the "
+         "process group torchrun sets up (it counts a world of 1 and its batch-size check fails). Here, run "
+         "DeepSpeed in one process (torchrun --nproc_per_node=1 train.py ... --deepspeed ...), or drop --deepspeed "
+         "to train data-parallel over gloo (torchrun --nproc_per_node=N train.py ... --use_cpu True)."),
     ]
     for failed, message in problems:
         if failed:
@@ -513,6 +546,8 @@ def train(argv: list[str] | None = None) -> None:
         utils.load_alpaca_records(path)
     resume = resume_checkpoint(training_args)
     check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
+    for notice in deepspeed_build_notices(training_args) if training_args.should_log else []:
+        logger.warning(notice)  # minutes of silence otherwise
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import pathlib
 import random
 import shutil
 import socket
@@ -595,6 +596,7 @@ def run_script(repo_dir, *args: str, env: dict | None = None) -> subprocess.Comp
                           text=True, timeout=300)
 
 
+@pytest.mark.slow  # a fresh Python per case: the in-process tests above cover the same, fast
 @pytest.mark.parametrize("case", ["unknown flag", "false boolean", "missing data file", "malformed data file"])
 def test_the_command_line_contract(repo_dir, tmp_path, case):
     """Exit code, one `error:` line, nothing written, and no model loaded before the check (the model directory
@@ -621,6 +623,7 @@ def test_the_command_line_contract(repo_dir, tmp_path, case):
     assert (sorted(out.rglob("*")) if out.exists() else None) == before  # nothing written
 
 
+@pytest.mark.slow  # a fresh Python per case: the in-process tests above cover the same, fast
 def test_a_hub_id_that_is_no_local_directory_fails_in_one_sentence(repo_dir, tmp_path):
     """No local tiny-llama, and the Hub unreachable (a closed loopback port stands in for it): one sentence at once,
     not a minute of retries and a 100-line OSError."""
@@ -638,3 +641,27 @@ def test_a_hub_id_that_is_no_local_directory_fails_in_one_sentence(repo_dir, tmp
         f"error: There is no local model directory 'tiny-llama', and the Hugging Face Hub (http://127.0.0.1:{closed}) "
         "could not be reached to fetch it as a Hub id: pass the directory of a local checkpoint, or check the "
         "network."], result.stderr[-3000:]
+
+
+def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch):
+    """train.py says what happens before DeepSpeed's silent first-use compile, and only then."""
+    pytest.importorskip("deepspeed")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    offload = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
+    args = types.SimpleNamespace(deepspeed="ds.json", hf_deepspeed_config=types.SimpleNamespace(config=offload))
+    notices = train.deepspeed_build_notices(args)
+    assert [n.split()[3] for n in notices] == ["cpu_adam", "deepspeed_shm_comm"]
+    cpu_adam = pathlib.Path(_get_build_directory("cpu_adam", verbose=False))
+    assert notices[0] == f"DeepSpeed compiles its cpu_adam op now: 1-3 minutes, once; later runs reuse the build in " \
+                         f"{cpu_adam}."
+    (cpu_adam / "lock").touch()  # a build killed half-way: torch would wait for it forever
+    assert f"delete {cpu_adam / 'lock'}" in train.deepspeed_build_notices(args)[0]
+    (cpu_adam / "cpu_adam.so").write_bytes(b"built")
+    assert [n.split()[3] for n in train.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
+    args.hf_deepspeed_config.config = {"zero_optimization": {"stage": 2}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
+    assert train.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
