@@ -380,12 +380,22 @@ def deepspeed_build_notices(training_args: TrainingArguments) -> list[str]:
         build_dir = _get_build_directory(op, verbose=False)
         if installed_ops.get(op) or any(name.endswith(".so") for name in os.listdir(build_dir)):
             continue
-        notice = f"DeepSpeed compiles its {op} op now: 1-3 minutes, once; later runs reuse the build in {build_dir}."
+        notice = f"DeepSpeed compiles its {op} op on this first use: minutes, once; later runs reuse {build_dir}."
         if os.path.exists(os.path.join(build_dir, "lock")):
             notice += (f" A lock file is there: if nothing happens for minutes, an earlier build was interrupted; "
                        f"stop, delete {os.path.join(build_dir, 'lock')} and start again.")
         notices.append(notice)
     return notices
+
+
+def join_deepspeed_to_the_process_group(training_args: TrainingArguments) -> None:
+    """Under torchrun without a GPU, accelerate starts the gloo process group but leaves DeepSpeed's own
+    communication layer unset: DeepSpeed then counts a world of 1 and fails its batch-size check (`train_batch_size
+    64 != 4 * 8 * 1`). Hand it the group, as accelerate does on GPUs. A no-op with a GPU or in one process."""
+    if training_args.deepspeed and training_args.world_size > 1 and not torch.cuda.is_available():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
 
 
 # ----------------------------------------------------------------------------- LoRA
@@ -483,11 +493,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
          "--merge_lora True needs LoRA: pass --lora_r (e.g. 16)."),
         (data_args.val_set_size > 0 and bool(data_args.eval_data_path),
          "give --val_set_size or --eval_data_path, not both: the held-out examples would leave training unused."),
-        (bool(training_args.deepspeed) and training_args.world_size > 1 and not torch.cuda.is_available(),
-         f"--deepspeed in {training_args.world_size} processes needs GPUs: on a CPU, DeepSpeed does not join the "
-         "process group torchrun sets up (it counts a world of 1 and its batch-size check fails). Here, run "
-         "DeepSpeed in one process (torchrun --nproc_per_node=1 train.py ... --deepspeed ...), or drop --deepspeed "
-         "to train data-parallel over gloo (torchrun --nproc_per_node=N train.py ... --use_cpu True)."),
     ]
     for failed, message in problems:
         if failed:
@@ -548,6 +553,7 @@ def train(argv: list[str] | None = None) -> None:
     check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
     for notice in deepspeed_build_notices(training_args) if training_args.should_log else []:
         logger.warning(notice)  # minutes of silence otherwise
+    join_deepspeed_to_the_process_group(training_args)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:
