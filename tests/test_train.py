@@ -264,6 +264,23 @@ def test_legacy_flags_are_translated_with_one_notice_each():
     assert argv == ["--bf16", "True", "--use_cpu", "True"] and len(notices) == 2
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--no_cuda", "maybe"], "--no_cuda takes True or False, not 'maybe'"),
+    (["--warmup_ratio", "three percent"], "--warmup_ratio must be a number in \\[0, 1\\), got 'three percent'"),
+    (["--fsdp", "full_shard", "--fsdp_config", "{not json", "--fsdp_transformer_layer_cls_to_wrap", "X"],
+     "--fsdp_config {not json: not valid JSON"),
+])
+def test_bad_legacy_flag_values_are_usage_errors(argv, message):
+    with pytest.raises(cli.UserError, match=message):
+        translate_legacy_flags(argv)
+
+
+def test_legacy_booleans_are_read_as_every_script_reads_them():
+    for spelling in ("false", "False", "0", "no", "off"):
+        assert translate_legacy_flags(["--no_cuda", spelling, "--use_cpu", "True"])[0] == ["--use_cpu", "True"]
+        assert translate_legacy_flags(["--fsdp", spelling, "--use_cpu", "True"])[0] == ["--use_cpu", "True"]
+
+
 def test_legacy_layer_class_merges_into_a_given_fsdp_config(repo_dir):
     argv, _ = translate_legacy_flags(["--fsdp", "--fsdp_config", str(repo_dir / "configs" / "fsdp_llama.json"),
                                       "--fsdp_transformer_layer_cls_to_wrap", "OPTDecoderLayer"])
