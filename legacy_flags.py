@@ -18,8 +18,8 @@ substituted:
 import json
 import os
 
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
+from cli import DataError, MissingPathError, UsageError, parse_bool
+
 # `--fsdp` words that map onto fsdp_config keys for FSDP2 (transformers 5's default); others pass through untouched.
 _FSDP_WORDS = {"full_shard": ("reshard_after_forward", True), "shard_grad_op": ("reshard_after_forward", False),
                "offload": ("cpu_offload", True), "auto_wrap": (None, None)}
@@ -44,11 +44,22 @@ def _split(argv: list[str]) -> list[tuple[str, str | None]]:
 
 
 def _is_true(flag: str, value: str | None) -> bool:
-    if value is None or value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
+    """A bare flag is True; otherwise the value as cli.parse_bool reads it (`false`, `False`, `0` are False)."""
+    return value is None or parse_bool(value, flag)
+
+
+def _as_bool(value: str) -> bool | None:
+    try:
+        return parse_bool(value)
+    except UsageError:
+        return None
+
+
+def _is_ratio(value: str | None) -> bool:
+    try:
+        return value is not None and 0 <= float(value) < 1
+    except ValueError:
         return False
-    raise ValueError(f"{flag} takes True or False, not {value!r}.")
 
 
 def _gpu_available() -> bool:
@@ -68,12 +79,16 @@ def _tf32_available() -> bool:
 def _load_fsdp_config(value: str | None) -> dict:
     if value is None:
         return {}
-    if value.lstrip().startswith("{"):
-        return json.loads(value)
-    if not os.path.isfile(value):
-        raise FileNotFoundError(f"--fsdp_config {value}: no such file; pass e.g. configs/fsdp_llama.json.")
-    with open(value, encoding="utf-8") as f:
-        return json.load(f)
+    inline = value.lstrip().startswith("{")
+    if not inline and not os.path.isfile(value):
+        raise MissingPathError(f"--fsdp_config {value}: no such file; pass e.g. configs/fsdp_llama.json.")
+    try:
+        if inline:
+            return json.loads(value)
+        with open(value, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"--fsdp_config {value}: not valid JSON ({error}).") from None
 
 
 def translate_legacy_flags(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -87,8 +102,8 @@ def translate_legacy_flags(argv: list[str]) -> tuple[list[str], list[str]]:
             out.append(("--eval_strategy", value))
             notices.append(f"--evaluation_strategy {value} -> --eval_strategy {value} (renamed in transformers 5)")
         elif flag == "--warmup_ratio":
-            if value is None or not 0 <= float(value) < 1:
-                raise ValueError(f"--warmup_ratio must be a number in [0, 1), got {value!r}.")
+            if not _is_ratio(value):
+                raise UsageError(f"--warmup_ratio must be a number in [0, 1), got {value!r}.")
             out.append(("--warmup_steps", value))
             notices.append(f"--warmup_ratio {value} -> --warmup_steps {value} (a float below 1 is a ratio in "
                            "transformers 5)")
@@ -111,11 +126,12 @@ def translate_legacy_flags(argv: list[str]) -> tuple[list[str], list[str]]:
                            f"[\"transformer_layer_cls_to_wrap\"] = {fsdp_updates['transformer_layer_cls_to_wrap']}")
         elif flag == "--fsdp" and value is not None:
             words = value.split()
-            if value.lower() in _FALSE or not words:
+            switch = _as_bool(value)  # `--fsdp True` / `--fsdp false`, or None for words like "full_shard auto_wrap"
+            if switch is False or not words:
                 notices.append(f"--fsdp {value} dropped (FSDP off)")
                 continue
             fsdp_requested = True
-            if value.lower() in _TRUE:
+            if switch:
                 continue
             unknown = [w for w in words if w not in _FSDP_WORDS]
             if unknown:  # hybrid_shard, no_shard, ...: FSDP1-only words, transformers explains them itself

@@ -15,10 +15,13 @@ LoRA: `--lora_r 16`. Less padding: `--train_sampling_strategy group_by_length`, 
 `--attn_implementation flash_attention_2`. On a CPU: `--use_cpu True` (torchrun then runs DDP over gloo).
 """
 
+import argparse
+import difflib
 import itertools
 import json
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,10 +32,14 @@ import transformers
 from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import DataCollatorWithFlattening, Trainer
+from transformers.hf_argparser import string_to_bool
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
+import cli
 import utils
+from cli import DataError, MissingPathError, OutputExistsError, UsageError
 from legacy_flags import translate_legacy_flags
 from prompts import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
 
@@ -44,6 +51,8 @@ DEFAULT_EOS_TOKEN = "</s>"
 DEFAULT_BOS_TOKEN = "<s>"
 DEFAULT_UNK_TOKEN = "<unk>"
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # kernels that attend within each packed sequence
+# What a finished or interrupted run leaves in output_dir (besides *.safetensors and checkpoint-N directories).
+TRAINED_MODEL_FILES = ("config.json", "adapter_config.json", "trainer_state.json", "pytorch_model.bin")
 
 
 @dataclass
@@ -85,6 +94,9 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "Module names that get LoRA adapters (space separated), or all-linear."})
     merge_lora: bool = field(default=False, metadata={
         "help": "With --lora_r: also write base + adapter merged into a full checkpoint in output_dir/merged."})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Train into an --output_dir that already holds a trained model or checkpoints, replacing them "
+                "(without it such a directory is refused; --resume_from_checkpoint continues the run there)."})
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
@@ -114,11 +126,18 @@ def missing_special_tokens(tokenizer) -> dict:
 
 def load_model_and_tokenizer(model_args: ModelArguments, training_args: TrainingArguments):
     """The base model and its tokenizer (right padding, model_max_length, special tokens added)."""
-    utils.check_local_weights(model_args.model_name_or_path)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, cache_dir=training_args.cache_dir, dtype=getattr(torch, model_args.torch_dtype),
-        attn_implementation=model_args.attn_implementation, trust_remote_code=model_args.trust_remote_code,
-        use_safetensors=True)
+    utils.check_local_weights(model_args.model_name_or_path, cache_dir=training_args.cache_dir)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, cache_dir=training_args.cache_dir,
+            dtype=getattr(torch, model_args.torch_dtype), attn_implementation=model_args.attn_implementation,
+            trust_remote_code=model_args.trust_remote_code, use_safetensors=True)
+    except OSError as error:
+        if os.path.isdir(model_args.model_name_or_path):
+            raise  # a local checkpoint that does not load is not a path mistake: keep the whole story
+        raise MissingPathError(f"--model_name_or_path {model_args.model_name_or_path}: no such local directory, and "
+                               "it could not be loaded from the Hugging Face Hub either "
+                               f"({str(error).splitlines()[0]})") from error
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         model_args.model_name_or_path, cache_dir=training_args.cache_dir, padding_side="right",
         trust_remote_code=model_args.trust_remote_code)
@@ -129,25 +148,6 @@ def load_model_and_tokenizer(model_args: ModelArguments, training_args: Training
 
 
 # ----------------------------------------------------------------------------- data
-
-def load_examples(data_path: str) -> list[dict]:
-    """Alpaca records from a JSON list or a JSONL file, checked: instruction and output are required strings,
-    input is an optional string (missing means no input, as in the original's `example.get("input", "")`)."""
-    records = utils.load_records(data_path)
-    for index, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{data_path}, record {index}: expected an object with instruction/input/output, "
-                             f"got {type(record).__name__}.")
-        for key in ("instruction", "input", "output"):
-            if key not in record and key != "input":
-                raise ValueError(f"{data_path}, record {index}: field '{key}' is missing.")
-            if key in record and not isinstance(record[key], str):
-                raise ValueError(f"{data_path}, record {index}: field '{key}' must be a string, "
-                                 f"got {type(record[key]).__name__}.")
-    if not records:
-        raise ValueError(f"{data_path} holds no examples.")
-    return records
-
 
 def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], list[str]]:
     """(prompts, targets): the Alpaca template filled with each example, and output + eos."""
@@ -254,7 +254,7 @@ class SupervisedDataset(Dataset):
 
     def __init__(self, data_path: str | Sequence[dict], tokenizer):
         super().__init__()
-        examples = load_examples(data_path) if isinstance(data_path, str) else data_path
+        examples = utils.load_alpaca_records(data_path) if isinstance(data_path, str) else data_path
         sources, targets = format_examples(examples, tokenizer)
         data_dict = preprocess(sources, targets, tokenizer)
         keep = [i for i, labels in enumerate(data_dict["labels"]) if bool((labels != IGNORE_INDEX).any())]
@@ -262,7 +262,8 @@ class SupervisedDataset(Dataset):
             logger.warning(f"Dropped {len(examples) - len(keep)} of {len(examples)} examples whose prompt fills "
                            f"model_max_length={tokenizer.model_max_length}: no response token is left to learn from.")
         if not keep:
-            raise ValueError("Every example's prompt fills model_max_length; raise --model_max_length.")
+            raise DataError(f"Every example's prompt fills --model_max_length {tokenizer.model_max_length}: no "
+                            "response token is left to learn from; raise --model_max_length.")
         self.input_ids = [data_dict["input_ids"][i] for i in keep]
         self.labels = [data_dict["labels"][i] for i in keep]
         self.lengths = [len(ids) for ids in self.input_ids]
@@ -296,11 +297,11 @@ def make_supervised_data_module(tokenizer, data_args: DataArguments, seed: int =
     Padding-free batches are one row [1, total_tokens] with position_ids restarting at 0 for each example and the
     first label of each example masked, so no token learns from the previous example.
     """
-    examples = load_examples(data_args.data_path)
+    examples = utils.load_alpaca_records(data_args.data_path)
     eval_dataset = None
     if data_args.val_set_size > 0:
         if data_args.val_set_size >= len(examples):
-            raise ValueError(f"--val_set_size {data_args.val_set_size} leaves no training data: "
+            raise UsageError(f"--val_set_size {data_args.val_set_size} leaves no training data: "
                              f"{data_args.data_path} has {len(examples)} examples.")
         order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
         eval_dataset = SupervisedDataset([examples[i] for i in order[:data_args.val_set_size]], tokenizer)
@@ -359,6 +360,44 @@ def safe_save_model_for_hf_trainer(trainer: Trainer, output_dir: str) -> None:
         trainer.args.distributed_state.wait_for_everyone()
 
 
+# ----------------------------------------------------------------------------- DeepSpeed on a CPU
+
+def deepspeed_build_notices(training_args: TrainingArguments) -> list[str]:
+    """One line per DeepSpeed C++ op this run will compile before it trains, which it does silently for minutes:
+    CPU Adam for an optimizer offloaded to the CPU, and the shared-memory collectives of DeepSpeed's CPU backend
+    when there is no GPU. Each is built once per machine and kept in TORCH_EXTENSIONS_DIR (default
+    ~/.cache/torch_extensions); an interrupted build leaves a lock file there that makes later runs wait forever."""
+    if not training_args.deepspeed:
+        return []
+    from deepspeed.git_version_info import installed_ops
+    from torch.utils.cpp_extension import _get_build_directory
+
+    zero = training_args.hf_deepspeed_config.config.get("zero_optimization", {})
+    needed = ["cpu_adam"] if zero.get("offload_optimizer", {}).get("device") == "cpu" else []
+    needed += ["deepspeed_shm_comm"] if not torch.cuda.is_available() else []
+    notices = []
+    for op in needed:
+        build_dir = _get_build_directory(op, verbose=False)
+        if installed_ops.get(op) or any(name.endswith(".so") for name in os.listdir(build_dir)):
+            continue
+        notice = f"DeepSpeed compiles its {op} op on this first use: minutes, once; later runs reuse {build_dir}."
+        if os.path.exists(os.path.join(build_dir, "lock")):
+            notice += (f" A lock file is there: if nothing happens for minutes, an earlier build was interrupted; "
+                       f"stop, delete {os.path.join(build_dir, 'lock')} and start again.")
+        notices.append(notice)
+    return notices
+
+
+def join_deepspeed_to_the_process_group(training_args: TrainingArguments) -> None:
+    """Under torchrun without a GPU, accelerate starts the gloo process group but leaves DeepSpeed's own
+    communication layer unset: DeepSpeed then counts a world of 1 and fails its batch-size check (`train_batch_size
+    64 != 4 * 8 * 1`). Hand it the group, as accelerate does on GPUs. A no-op with a GPU or in one process."""
+    if training_args.deepspeed and training_args.world_size > 1 and not torch.cuda.is_available():
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend="gloo")
+
+
 # ----------------------------------------------------------------------------- LoRA
 
 def add_lora(model, training_args: TrainingArguments):
@@ -396,13 +435,54 @@ def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArg
     logger.info(f"Merged LoRA checkpoint written to {merged_dir}")
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- command line and checks
+
+def _argparse_bool(value: str) -> bool:
+    """argparse `type=` for the dataclasses' booleans: cli.parse_bool's spellings (`false`, `False`, `0`, ...)."""
+    try:
+        return cli.parse_bool(value)
+    except UsageError:
+        raise argparse.ArgumentTypeError(f"takes True or False, not {value!r}") from None
+
+
+class ArgumentParser(transformers.HfArgumentParser, cli.ArgumentParser):
+    """HfArgumentParser whose mistakes raise cli.UsageError (one `error:` line, not argparse's page of usage) and
+    whose booleans are read by cli.parse_bool, as in every other script."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types, prog="python train.py")
+        for action in self._actions:
+            if action.type is string_to_bool:
+                action.type = _argparse_bool
+
+    def unknown_flags(self, remaining: list[str]) -> UsageError:
+        """The error for arguments no dataclass took, with the closest known flag for each typo."""
+        known = [option for action in self._actions for option in action.option_strings]
+        flags = [arg.split("=", 1)[0] for arg in remaining if arg.startswith("-")] or remaining
+        hints = [f"{flag} (did you mean {match[0]}?)" if (match := difflib.get_close_matches(flag, known, n=1))
+                 else flag for flag in flags]
+        return UsageError(f"unknown flag {', '.join(hints)}; `{self.prog} --help` lists the flags.")
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments, list[str]]:
-    """The three argument groups from argv (old flags translated), and the translation notices."""
+    """The three argument groups from argv (old flags translated), and the translation notices.
+
+    Every mistake is a UsageError, printed after the notices (a translation may explain it)."""
     argv, notices = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+
+    def refuse(message: str) -> UsageError:
+        if cli.is_main_process():
+            print("".join(f"legacy flag: {notice}\n" for notice in notices), end="", file=sys.stderr)
+        return UsageError(message)
+
+    parser = ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    try:
+        model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
+            args=argv, return_remaining_strings=True)
+    except ValueError as error:  # TrainingArguments.__post_init__ refusing a combination of flags
+        raise refuse(str(error)) from None
+    if remaining:
+        raise refuse(str(parser.unknown_flags(remaining)))
     problems = [
         (data_args.data_path is None, "--data_path is required: a JSON list or JSONL of {instruction, input, output} "
                                       "records."),
@@ -415,12 +495,48 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
          "give --val_set_size or --eval_data_path, not both: the held-out examples would leave training unused."),
     ]
     for failed, message in problems:
-        if failed:  # one line (after the flag translations, which may explain it), not argparse's page of usage
-            print("".join(f"legacy flag: {notice}\n" for notice in notices) + f"train.py: error: {message}",
-                  file=sys.stderr)
-            sys.exit(2)
+        if failed:
+            raise refuse(message)
     return model_args, data_args, training_args, notices
 
+
+def resume_checkpoint(training_args: TrainingArguments) -> str | bool | None:
+    """--resume_from_checkpoint as Trainer.train takes it: True (the last checkpoint-N in output_dir), a checkpoint
+    directory, or None (`False` included: the flag is a string, and 'False' is not a directory)."""
+    value = training_args.resume_from_checkpoint
+    try:
+        return cli.parse_bool(value) or None
+    except UsageError:
+        return value or None
+
+
+def check_output_dir(output_dir: str, resume: str | bool | None, overwrite: bool) -> None:
+    """Refuse, before any work, to train into a directory that holds a trained model or checkpoints.
+
+    Resuming continues the run that wrote it (--resume_from_checkpoint True, or a checkpoint inside it);
+    --overwrite_output_dir True replaces what is there. An empty or absent directory is always fine.
+    """
+    out = pathlib.Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--output_dir {output_dir} is a file; give a directory (it is created if missing).")
+    if resume is True and (not out.is_dir() or get_last_checkpoint(output_dir) is None):
+        raise MissingPathError(f"--resume_from_checkpoint True continues from the last checkpoint-N directory in "
+                               f"--output_dir {output_dir}, and there is none; pass a checkpoint directory instead, "
+                               "or leave the flag out to start afresh.")
+    if overwrite or not out.is_dir():
+        return
+    if resume is True or (resume and out.resolve() in pathlib.Path(resume).resolve().parents):
+        return  # continuing the run that wrote this directory
+    trained = sorted(p.name for p in out.iterdir() if p.name in TRAINED_MODEL_FILES or p.suffix == ".safetensors"
+                     or (p.is_dir() and p.name.startswith("checkpoint-")))
+    if trained:
+        raise OutputExistsError(
+            f"--output_dir {output_dir} already holds a trained model or checkpoints ({', '.join(trained[:4])}"
+            f"{', ...' if len(trained) > 4 else ''}). Pass --resume_from_checkpoint True to continue that run, "
+            "--overwrite_output_dir True to replace it, or another --output_dir.")
+
+
+# ----------------------------------------------------------------------------- training
 
 def train(argv: list[str] | None = None) -> None:
     """The recipe: parse flags, load model and tokenizer, tokenize the data once, train, save to output_dir."""
@@ -430,9 +546,14 @@ def train(argv: list[str] | None = None) -> None:
     for notice in notices if training_args.should_log else []:
         logger.warning(f"legacy flag: {notice}")
 
-    # Check the data files first: a typo in a path should fail in a second, not after a 7B model has loaded.
+    # Check the data files and output_dir first: a typo should fail in a second, not after a 7B model has loaded.
     for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
-        load_examples(path)
+        utils.load_alpaca_records(path)
+    resume = resume_checkpoint(training_args)
+    check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
+    for notice in deepspeed_build_notices(training_args) if training_args.should_log else []:
+        logger.warning(notice)  # minutes of silence otherwise
+    join_deepspeed_to_the_process_group(training_args)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:
@@ -455,8 +576,7 @@ def train(argv: list[str] | None = None) -> None:
         logger.warning("--fsdp was given, but FSDP is not in use here (it needs GPUs: on a CPU accelerate falls back "
                        "to DDP, and a single process does not shard): every process holds the whole model.")
 
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     if data_module["eval_dataset"] is not None:
         metrics = trainer.evaluate()
@@ -471,4 +591,5 @@ def train(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    train()
+    cli.report_errors(train, "training interrupted: checkpoints saved so far are in --output_dir; continue with "
+                             "--resume_from_checkpoint True.")

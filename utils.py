@@ -10,7 +10,10 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import sys
+import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import aclosing
 from typing import TYPE_CHECKING
@@ -52,18 +55,72 @@ def _make_r_io_base(f, mode: str):
     return f
 
 
-def check_local_weights(path: str) -> None:
-    """Fail early, with a sentence, on a directory we cannot load: missing, or holding only pickled weights."""
-    local = pathlib.Path(path)
+def check_local_weights(path: str, cache_dir: str | None = None) -> None:
+    """Fail early, with a sentence, on a model we cannot load: a local directory holding only pickled weights, or a
+    path that is no local directory and cannot come from the Hub either (offline, or unreachable: checked within
+    seconds, instead of the ~30-60 s of retries from_pretrained spends before its 100-line error)."""
+    local = pathlib.Path(path).expanduser()
     if not local.is_dir():
-        return  # a Hub id: from_pretrained resolves it, and we explain a failure there
+        _check_hub_model(path, cache_dir)
+        return
     if not list(local.glob("*.safetensors")):
         found = sorted(p.name for p in local.glob("*.bin")) or sorted(p.name for p in local.iterdir())[:10]
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"No *.safetensors weights in '{path}' (found: {', '.join(found) or 'nothing'}). We load "
             "safetensors only, since pickled .bin files can run code when loaded; re-save the model with "
             "`model.save_pretrained(dir, safe_serialization=True)`, or point --model_name_or_path elsewhere."
         )
+
+
+def _check_hub_model(name: str, cache_dir: str | None) -> None:
+    """For a model path that is not a local directory: return if the Hub may serve it (or its cache holds it),
+    else raise MissingPathError saying why it cannot."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.exists(os.path.expanduser(name)):
+        raise MissingPathError(f"Model path '{name}' is a file; give the directory that holds config.json and the "
+                               "weights, or a Hugging Face Hub id.")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return  # no Hub id either: from_pretrained fails at once, without the network, and the caller explains
+    no_such_dir = f"There is no local model directory '{name}'"
+    if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir), str):
+        return  # downloaded before: from_pretrained loads it from the cache, online or not
+    if any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        raise MissingPathError(f"{no_such_dir}, and the Hugging Face Hub is switched off (HF_HUB_OFFLINE is set) and "
+                               "its cache does not hold it: pass the directory of a local checkpoint.")
+    if not hub_reachable(constants.ENDPOINT):
+        raise MissingPathError(f"{no_such_dir}, and the Hugging Face Hub ({constants.ENDPOINT}) could not be reached "
+                               "to fetch it as a Hub id: pass the directory of a local checkpoint, or check the "
+                               "network.")
+
+
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `endpoint` (a URL) opens within `timeout` seconds, name lookup included.
+
+    Behind a proxy (HTTPS_PROXY, ALL_PROXY) a direct connection says nothing, so the answer is True: from_pretrained
+    then tries through the proxy.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    opened = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)  # a thread, because name lookup ignores the timeout
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:

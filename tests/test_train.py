@@ -2,8 +2,13 @@
 
 import json
 import logging
+import os
+import pathlib
 import random
 import shutil
+import socket
+import subprocess
+import sys
 import types
 
 import pytest
@@ -11,7 +16,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import cli
 import train
+import utils
+from cli import MissingPathError, UsageError
 from legacy_flags import translate_legacy_flags
 from train import (
     IGNORE_INDEX,
@@ -22,7 +30,6 @@ from train import (
     SupervisedDataset,
     TrainingArguments,
     format_examples,
-    load_examples,
     load_model_and_tokenizer,
     make_supervised_data_module,
     missing_special_tokens,
@@ -184,26 +191,35 @@ def test_json_list_and_jsonl_load_the_same(tmp_path):
     examples = make_examples(5)
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text("\n".join(json.dumps(e) for e in examples) + "\n\n")
-    assert load_examples(write_json(tmp_path / "d.json", examples)) == load_examples(str(jsonl)) == examples
+    load = utils.load_alpaca_records
+    assert load(write_json(tmp_path / "d.json", examples)) == load(str(jsonl)) == examples
 
 
 @pytest.mark.parametrize("record, message", [
     ({"input": "", "output": "o"}, "record 2: field 'instruction' is missing"),
     ({"instruction": "i", "input": ""}, "record 2: field 'output' is missing"),
-    ({"instruction": "i", "input": None, "output": "o"}, "record 2: field 'input' must be a string, got NoneType"),
     ({"instruction": "i", "input": "", "output": 3}, "record 2: field 'output' must be a string, got int"),
     (["i", "", "o"], "record 2: expected an object"),
 ])
 def test_bad_records_are_named(tmp_path, record, message):
     path = write_json(tmp_path / "bad.json", make_examples(2) + [record])
     with pytest.raises(ValueError, match=message):
-        load_examples(path)
+        utils.load_alpaca_records(path)
+
+
+def test_a_null_input_means_no_input(tmp_path, model_and_tokenizer):
+    """One contract for every script (utils.load_alpaca_records): `"input": null` is no input, as a missing one."""
+    _, tokenizer = model_and_tokenizer
+    path = write_json(tmp_path / "null.json", [{"instruction": "Do X.", "input": None, "output": "Done."}])
+    dataset = SupervisedDataset(path, tokenizer)
+    no_input = SupervisedDataset([{"instruction": "Do X.", "output": "Done."}], tokenizer)
+    assert torch.equal(dataset[0]["input_ids"], no_input[0]["input_ids"])
 
 
 def test_a_json_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "bom.json"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(make_examples(2)).encode())
-    assert load_examples(str(path)) == make_examples(2)
+    assert utils.load_alpaca_records(str(path)) == make_examples(2)
 
 
 def test_lora_target_modules_the_model_lacks_are_named(tiny_model_dir, tmp_path, caplog):
@@ -217,10 +233,6 @@ def test_lora_target_modules_the_model_lacks_are_named(tiny_model_dir, tmp_path,
 def test_bad_files_are_named(tmp_path):
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text(json.dumps(make_examples(1)[0]) + "\n{not json\n")
-    with pytest.raises(ValueError, match="bad.jsonl, line 2"):
-        load_examples(str(jsonl))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_examples(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="bad.jsonl, line 2"):  # before the model is loaded (it does not exist)
         run_train(tmp_path / "no-such-model", jsonl, tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="missing.json"):
@@ -228,7 +240,8 @@ def test_bad_files_are_named(tmp_path):
                   "--eval_data_path", str(tmp_path / "missing.json"))
     (tmp_path / "empty.json").write_text("[]")
     with pytest.raises(ValueError, match="holds no examples"):
-        load_examples(str(tmp_path / "empty.json"))
+        run_train(tmp_path / "no-such-model", tmp_path / "empty.json", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------- legacy flags and configs
@@ -249,6 +262,23 @@ def test_legacy_flags_are_translated_with_one_notice_each():
     assert sum("no GPU found" in n for n in notices) == 0
     argv, notices = translate_legacy_flags(["--bf16", "True", "--group_by_length", "False"])
     assert argv == ["--bf16", "True", "--use_cpu", "True"] and len(notices) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--no_cuda", "maybe"], "--no_cuda takes True or False, not 'maybe'"),
+    (["--warmup_ratio", "three percent"], "--warmup_ratio must be a number in \\[0, 1\\), got 'three percent'"),
+    (["--fsdp", "full_shard", "--fsdp_config", "{not json", "--fsdp_transformer_layer_cls_to_wrap", "X"],
+     "--fsdp_config {not json: not valid JSON"),
+])
+def test_bad_legacy_flag_values_are_usage_errors(argv, message):
+    with pytest.raises(cli.UserError, match=message):
+        translate_legacy_flags(argv)
+
+
+def test_legacy_booleans_are_read_as_every_script_reads_them():
+    for spelling in ("false", "False", "0", "no", "off"):
+        assert translate_legacy_flags(["--no_cuda", spelling, "--use_cpu", "True"])[0] == ["--use_cpu", "True"]
+        assert translate_legacy_flags(["--fsdp", spelling, "--use_cpu", "True"])[0] == ["--use_cpu", "True"]
 
 
 def test_legacy_layer_class_merges_into_a_given_fsdp_config(repo_dir):
@@ -328,6 +358,8 @@ def test_train_writes_a_checkpoint_that_auto_classes_load(tiny_model_dir, tmp_pa
     assert json.loads((tmp_path / "out" / "tokenizer.json").read_text())["truncation"] is None
     raw = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, raw.model.layers[0].mlp.up_proj.weight)
+    with pytest.raises(cli.OutputExistsError, match="already holds a trained model"):  # a second run keeps it
+        run_train(tiny_model_dir, data, tmp_path / "out", "--num_train_epochs", "1")
 
 
 def test_group_by_length_uses_the_precomputed_lengths(tiny_model_dir, tmp_path, monkeypatch, model_and_tokenizer):
@@ -400,7 +432,7 @@ def test_val_set_size_and_eval_data_path_log_eval_loss(tiny_model_dir, tmp_path)
     run_train(tiny_model_dir, data, tmp_path / "evalfile", "--max_steps", "2", "--eval_data_path", held_out)
     metrics = json.loads((tmp_path / "evalfile" / "eval_results.json").read_text())  # evaluated once, at the end
     assert metrics["eval_loss"] > 0 and metrics["eval_samples"] == 5
-    with pytest.raises(ValueError, match="leaves no training data"):
+    with pytest.raises(UsageError, match="leaves no training data"):
         make_supervised_data_module(None, DataArguments(data_path=data, val_set_size=30))
 
 
@@ -427,18 +459,226 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_model_dir, tmp_
 
 def test_bad_arguments_are_explained(tiny_model_dir, tmp_path, capsys):
     data = write_json(tmp_path / "d.json", make_examples(4))
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--merge_lora True needs LoRA"):
         run_train(tiny_model_dir, data, tmp_path / "x", "--merge_lora", "True")
-    with pytest.raises(SystemExit):
-        run_train(tiny_model_dir, data, tmp_path / "x", "--fsdp", "full_shard auto_wrap")  # no torchrun
-    err = capsys.readouterr().err
-    assert err.splitlines()[-1] == ("train.py: error: --fsdp shards the model across processes: launch with torchrun "
-                                    "--nproc_per_node=N (N GPUs).") and "usage:" not in err
-    with pytest.raises(SystemExit):  # the held-out examples would be lost from training for nothing
+    code, err = run_main(["--model_name_or_path", str(tiny_model_dir), "--data_path", data, "--output_dir",
+                          str(tmp_path / "x"), "--fsdp", "full_shard auto_wrap"], capsys)  # no torchrun
+    assert code == 2 and err[-1] == ("error: --fsdp shards the model across processes: launch with torchrun "
+                                     "--nproc_per_node=N (N GPUs).")
+    assert any(line.startswith("legacy flag: --fsdp") for line in err) and not any("usage:" in line for line in err)
+    with pytest.raises(UsageError, match="not both"):  # the held-out examples would be lost from training for nothing
         run_train(tiny_model_dir, data, tmp_path / "x", "--val_set_size", "2", "--eval_data_path", data)
-    assert "not both" in capsys.readouterr().err
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(FileNotFoundError, match="No \\*.safetensors weights .*pytorch_model.bin"):
-        run_train(pickled, data, tmp_path / "x")
+    with pytest.raises(UsageError, match="leaves no training data"):
+        run_train(tiny_model_dir, data, tmp_path / "x", "--val_set_size", "4")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- user mistakes: one sentence, exit 1
+
+class ReachedModelLoading(Exception):
+    """Raised where train.train would load the model: every check before it has passed."""
+
+
+@pytest.fixture
+def stop_at_model_loading(monkeypatch):
+    def stop(*args, **kwargs):
+        raise ReachedModelLoading
+    monkeypatch.setattr(train, "load_model_and_tokenizer", stop)
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+    """train.train(argv) as `python train.py` runs it, through cli.report_errors: (exit code, stderr lines)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        cli.report_errors(lambda: train.train(argv), sigterm_as_interrupt=False)
+    return exited.value.code, capsys.readouterr().err.splitlines()
+
+
+def one_error_line(err: list[str]) -> str:
+    """The single `error:` line of stderr; fails on a traceback or on several error lines."""
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1 and not any("Traceback" in line for line in err), err
+    return errors[0]
+
+
+def pickled_model_dir(tmp_path):
+    """A model directory that train.py refuses to load (pickled weights only): reaching it is an error of its own."""
+    model = tmp_path / "pickled-model"
+    model.mkdir(exist_ok=True)
+    (model / "pytorch_model.bin").write_bytes(b"never unpickled")
+    return model
+
+
+def test_data_mistakes_are_one_sentence_before_the_model_loads(tmp_path, capsys, stop_at_model_loading):
+    good = make_examples(3)
+    cases = {  # file name, content, what the sentence says
+        "missing field": ("a.json", json.dumps(good[:1] + [{"instruction": "i", "input": ""}]),
+                          "a.json, record 1: field 'output' is missing"),
+        "not UTF-8": ("b.json", b'[{"instruction": "caf\xe9", "output": "o"}]', "b.json is not UTF-8 text"),
+        "a JSON object": ("c.json", json.dumps(good[0], indent=2),
+                          "c.json holds a single JSON object (keys: instruction, input, output); expected a JSON list"),
+        "malformed JSONL": ("d.jsonl", json.dumps(good[0]) + "\n{oops\n", "d.jsonl, line 2: not valid JSON"),
+        "no examples": ("e.json", "[]", "e.json holds no examples"),
+    }
+    for name, content, message in cases.values():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        for flag in ("--data_path", "--eval_data_path"):
+            data = str(path) if flag == "--data_path" else write_json(tmp_path / "good.json", good)
+            argv = ["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "out")]
+            code, err = run_main(argv + (["--eval_data_path", str(path)] if flag == "--eval_data_path" else []), capsys)
+            assert code == 1 and message in one_error_line(err), (name, flag)
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_and_model_mistakes_are_one_sentence(tmp_path, capsys):
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    argv = ["--model_name_or_path", str(pickled_model_dir(tmp_path)), "--data_path", data,
+            "--output_dir", str(tmp_path / "out")]
+    code, err = run_main(argv + ["--lerning_rate", "1e-3"], capsys)
+    assert code == 2 and one_error_line(err) == ("error: unknown flag --lerning_rate (did you mean --learning_rate?); "
+                                                 "`python train.py --help` lists the flags.")
+    code, err = run_main(argv + ["--bf16", "maybe"], capsys)
+    assert code == 2 and "argument --bf16: takes True or False, not 'maybe'" in one_error_line(err)
+    code, err = run_main(argv, capsys)  # the refused pickle
+    assert code == 1 and "No *.safetensors weights" in one_error_line(err) and "pytorch_model.bin" in err[-1]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spelling, value", [("false", False), ("False", False), ("0", False), ("no", False),
+                                             ("true", True), ("TRUE", True), ("1", True)])
+def test_booleans_are_read_as_every_script_reads_them(tmp_path, spelling, value):
+    _, _, args, _ = train.parse_args(["--data_path", "d.json", "--output_dir", str(tmp_path), "--use_cpu", "True",
+                                      "--overwrite_output_dir", spelling, "--group_by_length", spelling])
+    assert args.overwrite_output_dir is value
+    assert (args.train_sampling_strategy == "group_by_length") is value
+
+
+def test_an_output_dir_holding_a_model_is_refused_unless_resuming_or_overwriting(tmp_path, capsys,
+                                                                                 stop_at_model_loading):
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "model.safetensors").write_bytes(b"a trained model")
+    argv = ["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(out)]
+    for extra in ([], ["--overwrite_output_dir", "false"], ["--resume_from_checkpoint", "False"],
+                  ["--resume_from_checkpoint", str(tmp_path / "elsewhere" / "checkpoint-1")]):
+        code, err = run_main(argv + extra, capsys)
+        assert code == 1 and one_error_line(err) == (
+            f"error: --output_dir {out} already holds a trained model or checkpoints (checkpoint-2, "
+            "model.safetensors). Pass --resume_from_checkpoint True to continue that run, --overwrite_output_dir True "
+            "to replace it, or another --output_dir."), extra
+    assert (out / "model.safetensors").read_bytes() == b"a trained model"
+    for allowed in (["--overwrite_output_dir", "True"], ["--resume_from_checkpoint", "True"],
+                    ["--resume_from_checkpoint", str(out / "checkpoint-2")]):
+        with pytest.raises(ReachedModelLoading):
+            train.train(argv + allowed)
+    for empty in (tmp_path / "empty", tmp_path / "absent"):  # nothing to lose: no flag needed
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(ReachedModelLoading):
+            train.train(["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(empty)])
+    with pytest.raises(MissingPathError, match="--resume_from_checkpoint True continues from the last checkpoint-N"):
+        train.train(["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "empty"),
+                     "--resume_from_checkpoint", "True"])
+    with pytest.raises(cli.OutputExistsError, match="is a file"):
+        train.train(["--model_name_or_path", "unused", "--data_path", data, "--output_dir", data])
+
+
+def test_a_hub_id_without_a_hub_is_refused_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MissingPathError, match="no local model directory 'tiny-llama', and the Hugging Face Hub is "
+                                               "switched off \\(HF_HUB_OFFLINE is set\\)"):
+        utils.check_local_weights("tiny-llama", cache_dir=str(tmp_path))
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / "abc123"  # a model downloaded before: loads offline
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    utils.check_local_weights("org/tiny", cache_dir=str(tmp_path))
+    utils.check_local_weights(str(tmp_path / "no" / "such" / "dir"))  # no Hub id: from_pretrained fails offline
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert utils.hub_reachable(f"http://127.0.0.1:{port}")
+    assert not utils.hub_reachable(f"http://127.0.0.1:{port}", timeout=2)  # closed now
+
+
+# ----------------------------------------------------------------------------- the command-line contract
+
+def run_script(repo_dir, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` in a subprocess, as a user runs it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "train.py", *args], cwd=repo_dir, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow  # a fresh Python per case: the in-process tests above cover the same, fast
+@pytest.mark.parametrize("case", ["unknown flag", "false boolean", "missing data file", "malformed data file"])
+def test_the_command_line_contract(repo_dir, tmp_path, case):
+    """Exit code, one `error:` line, nothing written, and no model loaded before the check (the model directory
+    holds only pickled weights: reaching it would be another error)."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    out = tmp_path / "out"
+    args = {"--model_name_or_path": str(pickled_model_dir(tmp_path)), "--data_path": data, "--output_dir": str(out)}
+    extra, expected_code, message = {
+        "unknown flag": (["--num_train_epoks", "1"], 2, "unknown flag --num_train_epoks (did you mean "
+                                                        "--num_train_epochs?)"),
+        "false boolean": (["--overwrite_output_dir", "false"], 1, f"--output_dir {out} already holds a trained model"),
+        "missing data file": (["--data_path", str(tmp_path / "nope.json")], 1, "nope.json' does not exist"),
+        "malformed data file": (["--data_path", str(tmp_path / "bad.json")], 1, "bad.json is not valid JSON"),
+    }[case]
+    (tmp_path / "bad.json").write_text(json.dumps(make_examples(2))[:-3])
+    if case == "false boolean":
+        out.mkdir()
+        (out / "model.safetensors").write_bytes(b"a trained model")
+    before = sorted(out.rglob("*")) if out.exists() else None
+    result = run_script(repo_dir, *[s for flag, value in args.items() for s in (flag, value)], *extra)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == expected_code and len(errors) == 1, result.stderr[-3000:]
+    assert message in errors[0] and "Traceback" not in result.stderr
+    assert (sorted(out.rglob("*")) if out.exists() else None) == before  # nothing written
+
+
+@pytest.mark.slow  # a fresh Python per case: the in-process tests above cover the same, fast
+def test_a_hub_id_that_is_no_local_directory_fails_in_one_sentence(repo_dir, tmp_path):
+    """No local tiny-llama, and the Hub unreachable (a closed loopback port stands in for it): one sentence at once,
+    not a minute of retries and a 100-line OSError."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    result = subprocess.run(
+        [sys.executable, "train.py", "--model_name_or_path", "tiny-llama", "--data_path",
+         write_json(tmp_path / "d.json", make_examples(3)), "--output_dir", str(tmp_path / "out")],
+        cwd=repo_dir, env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HF_HOME": str(tmp_path / "hf")},
+        capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and errors == [
+        f"error: There is no local model directory 'tiny-llama', and the Hugging Face Hub (http://127.0.0.1:{closed}) "
+        "could not be reached to fetch it as a Hub id: pass the directory of a local checkpoint, or check the "
+        "network."], result.stderr[-3000:]
+
+
+def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch):
+    """train.py says what happens before DeepSpeed's silent first-use compile, and only then."""
+    pytest.importorskip("deepspeed")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    offload = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
+    args = types.SimpleNamespace(deepspeed="ds.json", hf_deepspeed_config=types.SimpleNamespace(config=offload))
+    notices = train.deepspeed_build_notices(args)
+    assert [n.split()[3] for n in notices] == ["cpu_adam", "deepspeed_shm_comm"]
+    cpu_adam = pathlib.Path(_get_build_directory("cpu_adam", verbose=False))
+    assert notices[0] == ("DeepSpeed compiles its cpu_adam op on this first use: minutes, once; later runs reuse "
+                          f"{cpu_adam}.")
+    (cpu_adam / "lock").touch()  # a build killed half-way: torch would wait for it forever
+    assert f"delete {cpu_adam / 'lock'}" in train.deepspeed_build_notices(args)[0]
+    (cpu_adam / "cpu_adam.so").write_bytes(b"built")
+    assert [n.split()[3] for n in train.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
+    args.hf_deepspeed_config.config = {"zero_optimization": {"stage": 2}}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
+    assert train.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
