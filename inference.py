@@ -343,8 +343,10 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
                 if args.api_type == "chat":  # the messages replace the one user message build_request would send
                     return index, await endpoint.complete([example["instruction"]], decoding,
                                                           messages=chat_messages(example))
-                return index, await endpoint.complete([format_prompt(example["instruction"], example["input"])],
-                                                      decoding)
+                prompt = format_prompt(example["instruction"], example["input"])
+                # The prompt as a string, not the one-element list build_request makes: transformers serve and
+                # llama.cpp's server reject lists.
+                return index, await endpoint.complete([prompt], decoding, prompt=prompt)
 
             tasks = [asyncio.create_task(answer(index)) for index in range(len(examples))]
             responses = [""] * len(examples)
@@ -399,13 +401,12 @@ def check_output_path(path: str) -> None:
 
 
 def generator_name(args: argparse.Namespace) -> str:
-    """The `generator` written into each record: --generator, else the served model's name or the checkpoint's
-    directory name (the adapter's, for LoRA)."""
+    """The `generator` written into each record: --generator, else the checkpoint's directory name (the adapter's,
+    for LoRA), also when a server names the model by its path, else the served model's name."""
     if args.generator:
         return args.generator
-    if args.api_base:
-        return args.model_name
-    return pathlib.Path(args.lora_path or args.model_name_or_path).resolve().name or args.model_name_or_path
+    name = args.model_name if args.api_base else args.lora_path or args.model_name_or_path
+    return pathlib.Path(name).resolve().name if os.path.isdir(name) else name
 
 
 def interactive(answer) -> None:
@@ -423,7 +424,8 @@ def interactive(answer) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # --max_new_token is a typo, not --max_new_tokens
     model = parser.add_argument_group("a local model")
     model.add_argument("--model_name_or_path", default=None,
                        help="checkpoint directory written by train.py (or a Hub id); may also be a LoRA adapter dir")
@@ -495,6 +497,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpx2"):  # a line per request would bury the progress bar
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # Everything the user gave is checked before a model loads or a request is sent.
     if args.output_path is not None:
         check_output_path(args.output_path)
