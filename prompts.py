@@ -45,6 +45,7 @@ def format_prompt(instruction: str, input: str | None = "") -> str:
 #     says so: the Alpaca format holds one instruction per prompt and no conversation history.
 
 INPUT_ROLE = "input"
+TEMPLATE_MARKER = "The Alpaca prompt as a chat template"  # how a template of ours, of any version, is recognised
 _HEADERS = {"instruction": "\n\n### Instruction:\n", "input": "\n\n### Input:\n", "response": "\n\n### Response:"}
 PREAMBLES = {  # the first paragraph of each template, up to the instruction header
     name: template.split(_HEADERS["instruction"])[0] for name, template in PROMPT_DICT.items()
@@ -54,7 +55,7 @@ PREAMBLES = {  # the first paragraph of each template, up to the instruction hea
 BOS_PREFIXES = {"none": "", "bos": "{{- bos_token -}}", "bos_space": "{{- bos_token ~ ' ' -}}"}
 
 _CHAT_TEMPLATE = """\
-{#- The Alpaca prompt (github.com/tatsu-lab/stanford_alpaca) as a chat template; written by prompts.py. -#}
+{#- TEMPLATE_MARKER (github.com/tatsu-lab/stanford_alpaca); written by prompts.py. -#}
 {%- set ns = namespace(state='start', system=none, instruction='', input='', answer=none) -%}
 {%- for message in messages -%}
   {%- set role = message['role'] -%}
@@ -159,6 +160,7 @@ def alpaca_chat_template(bos_prefix: str = "none") -> str:
         "INPUT_HEADER": _jinja_string(_HEADERS["input"]),
         "RESPONSE_HEADER": _jinja_string(_HEADERS["response"]),
         "INPUT_ROLE": INPUT_ROLE,
+        "TEMPLATE_MARKER": TEMPLATE_MARKER,
         **{name: _jinja_string(message) for name, message in TEMPLATE_ERRORS.items()},
     }
     template = _CHAT_TEMPLATE
@@ -168,7 +170,12 @@ def alpaca_chat_template(bos_prefix: str = "none") -> str:
 
 
 def is_alpaca_chat_template(template: str | None) -> bool:
-    """Whether `template` is one this module writes (any BOS prefix)."""
+    """Whether `template` was written by this module (any BOS prefix, this version or an earlier one)."""
+    return isinstance(template, str) and TEMPLATE_MARKER in template
+
+
+def is_current_chat_template(template: str | None) -> bool:
+    """Whether `template` is exactly one this version of the module writes."""
     return template in {alpaca_chat_template(prefix) for prefix in BOS_PREFIXES}
 
 

@@ -20,7 +20,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import cli  # noqa: E402  (the repository's modules, importable once REPO is on the path)
-from prompts import INPUT_ROLE, alpaca_chat_template, choose_bos_prefix, format_prompt, is_alpaca_chat_template  # noqa: E402
+from prompts import (  # noqa: E402
+    INPUT_ROLE,
+    alpaca_chat_template,
+    choose_bos_prefix,
+    format_prompt,
+    is_alpaca_chat_template,
+    is_current_chat_template,
+)
 
 CHECK_DATA = REPO / "data" / "demo_alpaca.json"
 
@@ -83,10 +90,10 @@ def add_chat_template(model_dir: str, overwrite: bool = False) -> None:
         raise cli.MissingPathError(f"'{model_dir}' holds no tokenizer files (tokenizer.json, tokenizer.model, ...); "
                                    "the chat template is saved with the tokenizer, so copy the tokenizer there first.")
     current = saved_template(directory)
-    if is_alpaca_chat_template(current):
+    if is_current_chat_template(current):
         print(f"{model_dir} already has the Alpaca chat template; nothing to do.")
         return
-    if current is not None and not overwrite:
+    if current is not None and not overwrite and not is_alpaca_chat_template(current):  # ours, older: updated
         raise cli.OutputExistsError(f"{model_dir} already has a chat template that is not the Alpaca one; pass "
                                     "--overwrite True to replace it (a model fine-tuned by train.py expects Alpaca "
                                     "prompts).")

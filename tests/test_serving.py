@@ -216,6 +216,13 @@ def test_add_chat_template_repairs_an_old_checkpoint(tmp_path, tiny_model_dir, c
     assert is_alpaca_chat_template((foreign / "chat_template.jinja").read_text())
     assert json.loads((foreign / "tokenizer_config.json").read_text()) == config  # no stale copy left behind
 
+    older = tmp_path / "older"  # a template of ours from an earlier version is brought up to date unasked
+    shutil.copytree(old, older)
+    (older / "chat_template.jinja").write_text(alpaca_chat_template("bos_space").replace("-%}", "%}", 1))
+    assert is_alpaca_chat_template((older / "chat_template.jinja").read_text())
+    add_chat_template(str(older))
+    assert (older / "chat_template.jinja").read_text() == alpaca_chat_template("bos_space")
+
     (tmp_path / "no-tokenizer").mkdir()
     missing = _run(["scripts/add_chat_template.py", str(tmp_path / "no-tokenizer")])
     assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
