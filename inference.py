@@ -326,7 +326,7 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
     cached before it is used, a usage (and cost) line at the end."""
     from tqdm.auto import tqdm
 
-    from llm_client import LLMEndpoint, LLMError, OpenAIDecodingArguments, choices_of
+    from llm_client import LLMEndpoint, LLMError, OpenAIDecodingArguments
 
     decoding = OpenAIDecodingArguments(max_tokens=args.max_new_tokens,
                                        temperature=args.temperature if args.do_sample else 0.0,
@@ -354,7 +354,7 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
                 for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="answering",
                                      unit="example", disable=not progress):
                     index, result = await finished
-                    responses[index] = choices_of(result)[0]["text"].strip() if result["choices"] else ""
+                    responses[index] = result["choices"][0]["text"].strip() if result["choices"] else ""
                     totals["requests"] += 1
                     totals["cached"] += result["cached"]
                     if not result["cached"]:
