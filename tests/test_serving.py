@@ -354,3 +354,18 @@ def test_inference_through_the_served_model_writes_what_local_inference_writes(s
     assert remote.returncode == 0, remote.stderr
     assert "2 responses from" in remote.stderr
     assert json.loads((tmp_path / "served.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_generator_runs_against_the_served_checkpoint(served, tmp_path):
+    """The README's loop: the fine-tuned model, served, as the Self-Instruct generator's LLM through the chat
+    endpoint (its prompt becomes an Alpaca instruction). A tiny random model writes no usable tasks; the run must
+    still complete its requests and write regen.json."""
+    api_base, model_dir = served
+    result = _run(["-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+                   str(tmp_path / "gen"), "--api_base", api_base, "--api_type", "chat", "--model_name",
+                   str(model_dir), "--request_batch_size", "1", "--max_requests", "2", "--max_tokens", "16",
+                   "--num_instructions_to_generate", "5", "--max_concurrency", "2"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "from 2 requests" in result.stdout + result.stderr
+    assert isinstance(json.loads((tmp_path / "gen" / "regen.json").read_text()), list)
