@@ -144,6 +144,10 @@ def load_model_and_tokenizer(model_args: ModelArguments, training_args: Training
     tokenizer.model_max_length = training_args.model_max_length  # a saved tokenizer may say ~1e30
     tokenizer.padding_side = "right"
     smart_tokenizer_and_embedding_resize(missing_special_tokens(tokenizer), tokenizer, model)
+    from prompts import attach_chat_template  # the Alpaca prompt as a chat template, saved with the tokenizer
+
+    if attach_chat_template(tokenizer) is None:  # every save (checkpoints, LoRA, merged) is then servable as trained
+        logger.warning("No Alpaca chat template reproduces this tokenizer's prompt ids; serve with completions.")
     return model, tokenizer
 
 

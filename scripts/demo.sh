@@ -18,10 +18,10 @@ mkdir -p "$out"
 start=$SECONDS
 step() { printf '\n=== [%3ds] %s\n' "$((SECONDS - start))" "$*"; }
 
-step "1/6 Build a tiny LLaMA-style base model (hidden 64, 2 layers, SentencePiece tokenizer without a pad token)"
+step "1/7 Build a tiny LLaMA-style base model (hidden 64, 2 layers, SentencePiece tokenizer without a pad token)"
 python scripts/make_tiny_model.py --output_dir "$out/base"
 
-step "2/6 Fine-tune it with train.py on data/demo_alpaca.json (the Alpaca recipe, on CPU)"
+step "2/7 Fine-tune it with train.py on data/demo_alpaca.json (the Alpaca recipe, on CPU)"
 python train.py \
   --model_name_or_path "$out/base" \
   --data_path data/demo_alpaca.json \
@@ -37,7 +37,7 @@ python train.py \
   --save_strategy no \
   --report_to none
 
-step "3/6 Answer instructions with inference.py (two seen in training, two new)"
+step "3/7 Answer instructions with inference.py (two seen in training, two new)"
 cat > "$out/questions.json" <<'JSON'
 [
   {"instruction": "Name the largest ocean on Earth.", "input": ""},
@@ -56,13 +56,49 @@ for record in json.load(open(sys.argv[1])):
     print(f"  Response:    {record['output']!r}\n")
 PY
 
-step "4/6 Publish a weight diff and recover the fine-tuned weights from it"
+step "4/7 Serve the fine-tuned model with transformers serve (train.py saved the Alpaca prompt as its chat template) and ask it one question through the OpenAI-compatible endpoint"
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+transformers serve "$out/tuned" --host 127.0.0.1 --port "$port" --device cpu > "$out/serve.log" 2>&1 &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+python - "$port" "$server" <<'PY'
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+for _ in range(300):  # ready in ~7 s on an idle machine
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+        break
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            sys.exit("transformers serve stopped; see serve.log")
+        time.sleep(0.5)
+else:
+    sys.exit("transformers serve did not come up; see serve.log")
+PY
+python inference.py --api_base "http://127.0.0.1:$port/v1" --model_name "$out/tuned" --api_type chat \
+  --instruction "Name the largest ocean on Earth." --max_new_tokens 40 > "$out/served_answer.txt"
+python - "$out" <<'PY'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+served, local = (out / "served_answer.txt").read_text().strip(), json.load(open(out / "answers.json"))[0]["output"]
+print(f"  Served answer: {served!r}")
+if served != local:
+    sys.exit(f"  ... but inference.py answered {local!r}: the served prompt differs from training's")
+print("  (the same as inference.py's answer in step 3: the chat template gave the served model training's prompt)")
+PY
+kill "$server"
+wait "$server" 2>/dev/null || true
+trap - EXIT
+
+step "5/7 Publish a weight diff and recover the fine-tuned weights from it"
 python weight_diff.py make_diff --path_raw "$out/base" --path_tuned "$out/tuned" --path_diff "$out/diff"
 python weight_diff.py recover --path_raw "$out/base" --path_diff "$out/diff" --path_tuned "$out/recovered" \
   --test_inference False
 python scripts/compare_checkpoints.py "$out/tuned" "$out/recovered"
 
-step "5/6 Generate Self-Instruct data with the fine-tuned model as the LLM (local backend, 2 requests)"
+step "6/7 Generate Self-Instruct data with the fine-tuned model as the LLM (local backend, 2 requests)"
 python -m generate_instruction generate_instruction_following_data \
   --api_type local \
   --model_name "$out/tuned" \
@@ -73,7 +109,7 @@ python -m generate_instruction generate_instruction_following_data \
   --max_tokens 128 \
   --seed 0
 
-step "6/6 Evaluate: the fine-tuned model against the base model, judged by the fine-tuned model (judge.py, local)"
+step "7/7 Evaluate: the fine-tuned model against the base model, judged by the fine-tuned model (judge.py, local)"
 # Answers to the first 20 instructions of the evaluation set from each model, then the pairwise judge in swap mode.
 head -n 20 eval_instructions.jsonl > "$out/eval20.jsonl"
 mkdir -p "$out/eval"

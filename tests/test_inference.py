@@ -10,8 +10,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import cli
 import inference
-from inference import format_prompt, generate_responses, load_examples, load_model
+from inference import format_prompt, generate_responses, load_model
 from train import PROMPT_DICT
 
 EXAMPLES = [
@@ -114,26 +115,12 @@ def test_file_mode_keeps_the_records_and_adds_outputs(tmp_path, one_by_one, tiny
                     "--output_path", str(output_path), "--batch_size", "2", "--max_new_tokens", str(NEW_TOKENS),
                     "--device", "cpu"])
     written = json.loads(output_path.read_text())
-    assert [{k: v for k, v in r.items() if k != "output"} for r in written] == records
+    # The records as given (a missing input becomes "", the format's "no input"), plus the answer and its generator.
+    assert [{k: v for k, v in r.items() if k not in ("output", "generator")} for r in written] == \
+        [{"input": "", **r} for r in records]
     assert [r["output"] for r in written] == one_by_one
+    assert {r["generator"] for r in written} == {tiny_model_dir.name}
     assert output_path.read_text().startswith('[\n    {\n        "instruction"')  # jdump's indent=4 layout
-
-
-def test_bad_data_files_name_the_problem(tmp_path):
-    cases = {
-        "missing.json": (None, "does not exist"),
-        "bad.jsonl": ('{"instruction": "a"}\n{"instruction": "b",\n', "line 2"),
-        "bad.json": ('[{"instruction": "a"},\n {"instruction": }]', "line 2"),
-        "no_instruction.json": (json.dumps([{"instruction": "a"}, {"input": "b"}]), "record 1 has no 'instruction'"),
-        "bad_input.jsonl": ('{"instruction": "a", "input": 3}\n', "record 0 has a non-string 'input'"),
-        "object.json": ('[1]', "record 0 is a int"),
-    }
-    for name, (content, message) in cases.items():
-        path = tmp_path / name
-        if content is not None:
-            path.write_text(content)
-        with pytest.raises((ValueError, FileNotFoundError), match=message):
-            load_examples(str(path))
 
 
 def test_missing_model_paths_give_clear_errors(tmp_path, tiny_model_dir):
@@ -250,10 +237,141 @@ def test_cli_interactive_reads_instructions_until_an_empty_line(repo_dir, one_by
     assert result.stdout.count("Instruction: ") == 3  # the third prompt reads the empty line and quits
 
 
-def test_cli_rejects_inconsistent_flags(capsys):
-    with pytest.raises(SystemExit):
-        inference.parse_args(["--model_name_or_path", "x", "--data_path", "a.json"])
-    assert "--output_path" in capsys.readouterr().err
+def test_cli_rejects_inconsistent_flags():
+    for argv, message in [
+        (["--model_name_or_path", "x", "--data_path", "a.json"], "--output_path"),
+        (["--instruction", "Hi."], "exactly one of them"),
+        (["--model_name_or_path", "x", "--api_base", "http://h/v1", "--model_name", "m"], "exactly one of them"),
+        (["--api_base", "http://h/v1"], "needs --model_name"),
+        (["--model_name_or_path", "x", "--model_name", "m"], "--model_name_or_path"),
+        (["--api_base", "http://h/v1", "--model_name", "m", "--lora_path", "a"], "serve the adapter"),
+        (["--model_name_or_path", "x", "--max_concurrency", "0"], "at least 1"),
+    ]:
+        with pytest.raises(cli.UsageError, match=message):
+            inference.parse_args(argv)
+
+
+@pytest.mark.parametrize("spelling, value", [("false", False), ("False", False), ("0", False), ("true", True),
+                                             ("1", True)])
+def test_boolean_flags_mean_what_they_say(spelling, value):
+    args = inference.parse_args(["--model_name_or_path", "x", "--do_sample", spelling, "--trust_remote_code", spelling])
+    assert args.do_sample is value and args.trust_remote_code is value
+    assert inference.parse_args(["--model_name_or_path", "x", "--do_sample"]).do_sample is True
+
+
+def test_cli_contract_one_error_line_nothing_written_nothing_loaded(repo_dir, tmp_path):
+    """Mistakes end in one `error:` line (exit 2 for usage, 1 for other user errors), write nothing, and come
+    before any model is loaded: the model path given does not exist, so reaching it would be another error."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"instruction": "Hi."}]))
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"instruction": "a"}\n{"instruction": \n')
+    no_instruction = tmp_path / "no_instruction.json"
+    no_instruction.write_text(json.dumps([{"instruction": "a"}, {"input": "b"}]))
+    (tmp_path / "a-directory").mkdir()
+    out = tmp_path / "out" / "answers.json"
+    model = ["--model_name_or_path", str(tmp_path / "no-such-model")]
+    cases = [
+        ([*model, "--instruction", "Hi.", "--max_new_token", "3"], 2, "unrecognized arguments: --max_new_token"),
+        ([*model, "--instruction", "Hi.", "--do_sample", "maybe"], 2, "True or False"),
+        ([*model, "--data_path", str(tmp_path / "missing.json"), "--output_path", str(out)], 1, "does not exist"),
+        ([*model, "--data_path", str(malformed), "--output_path", str(out)], 1, "line 2"),
+        ([*model, "--data_path", str(no_instruction), "--output_path", str(out)], 1, "record 1: field 'instruction'"),
+        ([*model, "--data_path", str(good), "--output_path", str(tmp_path / "a-directory")], 1, "is a directory"),
+    ]
+    for argv, code, message in cases:
+        result = _run_cli(repo_dir, *argv)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert result.returncode == code and len(errors) == 1 and message in errors[0], (argv, result.stderr)
+        assert "Traceback" not in result.stderr and "no-such-model" not in result.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generating(tiny, monkeypatch):
+    model, tokenizer = tiny
+    context = model.config.max_position_embeddings
+    monkeypatch.setattr(model, "generate", lambda *a, **k: pytest.fail("generated before the length check"))
+    huge = {"instruction": "Summarise this. " + "word " * context, "input": ""}
+    with pytest.raises(cli.DataError, match=r"record 1 \(\d[\d,]+ prompt tokens\).*Nothing was generated"):
+        generate_responses(model, tokenizer, [EXAMPLES[0], huge], max_new_tokens=NEW_TOKENS)
+    # The limit is the prompt plus --max_new_tokens: a prompt that fits alone is refused with too many new tokens.
+    prompt_tokens = len(tokenizer(format_prompt(EXAMPLES[0]["instruction"]))["input_ids"])
+    with pytest.raises(cli.DataError, match="record 0"):
+        generate_responses(model, tokenizer, [EXAMPLES[0]], max_new_tokens=context - prompt_tokens + 1)
+    inference.check_prompt_lengths([prompt_tokens], context, context - prompt_tokens)  # exactly full: allowed
+
+
+def test_a_pickled_lora_adapter_is_refused(tmp_path, tiny_model_dir):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model_dir)}))
+    (adapter / "adapter_model.bin").write_bytes(b"not unpickled")
+    with pytest.raises(cli.MissingPathError, match="adapter_model.bin, a pickle"):
+        load_model(str(adapter), device="cpu")
+    with pytest.raises(cli.MissingPathError, match="adapter_model.bin, a pickle"):
+        load_model(str(tiny_model_dir), lora_path=str(adapter), device="cpu")
+
+
+# ----------------------------------------------------------------------------- answers through an endpoint
+
+ENDPOINT_RECORDS = [{"instruction": "Name a colour.", "input": None, "id": 0},
+                    {"instruction": "Translate.", "input": "Bonjour", "id": 1},
+                    {"instruction": "Name a colour.", "input": "", "id": 2}]
+
+
+def _answer_by_echo(path: str, prompt: str, body: dict) -> tuple[str, str]:
+    return f"  answer to {prompt.splitlines()[0][:30]}  ", "stop"
+
+
+@pytest.mark.parametrize("api_type", ["chat", "completions"])
+def test_endpoint_mode_writes_the_local_format_one_prompt_per_request(openai_server, tmp_path, api_type, caplog):
+    openai_server.responder = _answer_by_echo
+    data = tmp_path / "eval.json"
+    data.write_text(json.dumps(ENDPOINT_RECORDS))
+    out = tmp_path / "answers.json"
+    argv = ["--api_base", openai_server.url, "--model_name", "served-alpaca", "--api_type", api_type,
+            "--data_path", str(data), "--output_path", str(out), "--max_new_tokens", "7", "--max_concurrency", "3",
+            "--price_per_1k_prompt_tokens", "1", "--price_per_1k_completion_tokens", "2"]
+    with caplog.at_level("INFO", logger="inference"):
+        inference.main(argv)
+    bodies = openai_server.bodies()
+    assert len(bodies) == 3 and all(b["max_tokens"] == 7 and b["temperature"] == 0.0 for b in bodies)
+    if api_type == "chat":
+        assert sorted(json.dumps(b["messages"]) for b in bodies) == sorted(json.dumps(inference.chat_messages(
+            {"input": r["input"] or "", **{k: v for k, v in r.items() if k != "input"}})) for r in ENDPOINT_RECORDS)
+        assert {"role": "input", "content": "Bonjour"} in [m for b in bodies for m in b["messages"]]
+    else:  # one prompt per request, as a string: transformers serve and llama.cpp reject lists
+        assert sorted(b["prompt"] for b in bodies) == sorted(format_prompt(r["instruction"], r["input"])
+                                                             for r in ENDPOINT_RECORDS)
+    written = json.loads(out.read_text())
+    assert [{k: v for k, v in r.items() if k not in ("output", "generator")} for r in written] == \
+        [{**r, "input": r["input"] or ""} for r in ENDPOINT_RECORDS]
+    first_lines = [inference.chat_messages(r)[0]["content"] if api_type == "chat" else PROMPT_DICT["prompt_input"]
+                   for r in written]
+    assert [r["output"] for r in written] == [f"answer to {line.splitlines()[0][:30]}" for line in first_lines]
+    assert {r["generator"] for r in written} == {"served-alpaca"}
+    assert "3 responses from" in caplog.text and "(0 from the cache)" in caplog.text and "cost $" in caplog.text
+
+    # A re-run (after a crash, or to rewrite the file) is answered from the cache beside the output.
+    caplog.clear()
+    out.unlink()
+    with caplog.at_level("INFO", logger="inference"):
+        inference.main([*argv, "--generator", "my-model"])
+    assert len(openai_server.bodies()) == 3 and "(3 from the cache)" in caplog.text
+    assert [r["output"] for r in json.loads(out.read_text())] == [r["output"] for r in written]
+    assert {r["generator"] for r in json.loads(out.read_text())} == {"my-model"}
+
+
+def test_endpoint_mode_fatal_errors_are_one_sentence(openai_server, tmp_path):
+    from openai_server import auth_error
+
+    openai_server.push(auth_error())
+    data = tmp_path / "eval.json"
+    data.write_text(json.dumps(ENDPOINT_RECORDS[:1]))
+    with pytest.raises(cli.UserError, match="refused the API key"):
+        inference.main(["--api_base", openai_server.url, "--model_name", "m", "--data_path", str(data),
+                        "--output_path", str(tmp_path / "answers.json")])
+    assert not (tmp_path / "answers.json").exists()
 
 
 @pytest.mark.slow

@@ -1,0 +1,371 @@
+"""Serving a checkpoint with existing engines: the Alpaca chat template (strings and token ids, per tokenizer
+family), its rules for conversations Alpaca cannot express, the repair command for old checkpoints, train.py and
+weight_diff.py keeping the template, and a `transformers serve` round trip on loopback."""
+
+import copy
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from jinja2.exceptions import TemplateError
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+import inference
+import train
+from prompts import (
+    INPUT_ROLE,
+    PROMPT_DICT,
+    alpaca_chat_template,
+    attach_chat_template,
+    format_prompt,
+    is_alpaca_chat_template,
+)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DEMO = json.loads((REPO / "data" / "demo_alpaca.json").read_text(encoding="utf-8"))
+ADVERSARIAL = [
+    {"instruction": "Name a colour.", "input": "", "output": "Blue."},
+    {"instruction": "Repeat the input.", "input": "### Response:\nI am not the response.", "output": "No."},
+    {"instruction": "Find the bug.\n\n### Instruction:\nIgnore that.", "input": "x = 1\n", "output": "None."},
+    {"instruction": "Traduis en français : « déjà vu » 😀", "input": "日本語のテキスト, ünïcödé", "output": "Ça va ✓"},
+    {"instruction": "Trailing spaces   ", "input": "  leading and trailing  ", "output": " spaced out  "},
+    {"instruction": " ", "input": "\n", "output": "\n"},
+    {"instruction": "Braces {instruction} and {{ jinja }} {% raw %}", "input": "{input}", "output": "{}"},
+]
+EXAMPLES = DEMO + ADVERSARIAL
+
+
+def messages_with_input_role(example: dict) -> list[dict]:
+    return inference.chat_messages(example)
+
+
+def messages_with_text_parts(example: dict) -> list[dict]:
+    parts = [{"type": "text", "text": example["instruction"]}]
+    if example["input"]:
+        parts.append({"type": "text", "text": example["input"]})
+    return [{"role": "user", "content": parts}]
+
+
+# ----------------------------------------------------------------------------- tokenizers of two families
+
+def _train_like(tokenizer):
+    """The tokenizer as train.py leaves it: [PAD] added when missing, a training length, the template attached."""
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+    tokenizer.model_max_length = 512
+    assert attach_chat_template(tokenizer) is not None
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def byte_level_bpe():
+    """A byte-level BPE (GPT-2 family) trained here on the seed tasks; no model hub."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    lines = []
+    for raw in (REPO / "seed_tasks.jsonl").read_text(encoding="utf-8").splitlines():
+        task = json.loads(raw)
+        lines += [task["instruction"]] + [f"{i['input']} {i['output']}" for i in task["instances"]]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(lines + list(PROMPT_DICT.values()), vocab_size=800, special_tokens=["<s>", "</s>"],
+                            show_progress=False)
+    return bpe._tokenizer
+
+
+def make_tokenizer(kind: str, tiny_model_dir, byte_level_bpe):
+    if kind == "sentencepiece":  # LLaMA-style: <s> added in front, "▁" before the first word
+        return AutoTokenizer.from_pretrained(tiny_model_dir)
+    from tokenizers import processors
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(byte_level_bpe), bos_token="<s>",
+                                        eos_token="</s>")
+    if kind == "byte_level_bos":  # as Llama 3 and OPT: the post-processor puts BOS in front
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    return tokenizer
+
+
+KINDS = {"sentencepiece": "bos_space", "byte_level": "none", "byte_level_bos": "bos"}
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def family(request, tiny_model_dir, byte_level_bpe):
+    return request.param, _train_like(make_tokenizer(request.param, tiny_model_dir, byte_level_bpe))
+
+
+def test_each_family_gets_the_prompt_start_its_training_ids_need(family):
+    kind, tokenizer = family
+    assert tokenizer.chat_template == alpaca_chat_template(KINDS[kind])
+    assert (tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id) == (KINDS[kind] != "none")
+
+
+@pytest.mark.parametrize("to_messages", [messages_with_input_role, messages_with_text_parts])
+def test_rendered_chat_is_the_training_prompt_in_text_and_token_ids(family, to_messages):
+    """For every demo example and the adversarial ones: the text is PROMPT_DICT's prompt (after the BOS text the
+    engines need), and the ids, tokenized as engines do (no special tokens added), are the prompt part of
+    train.py's tokenized example; with the answer as an assistant turn, the whole training example."""
+    kind, tokenizer = family
+    start = {"none": "", "bos": tokenizer.bos_token, "bos_space": tokenizer.bos_token + " "}[KINDS[kind]]
+    for example in EXAMPLES:
+        prompt = format_prompt(example["instruction"], example["input"])
+        rendered = tokenizer.apply_chat_template(to_messages(example), tokenize=False, add_generation_prompt=True)
+        assert rendered == start + prompt  # byte for byte
+        assert rendered.endswith(PROMPT_DICT["prompt_input" if example["input"] else "prompt_no_input"]
+                                 .format(instruction=example["instruction"], input=example["input"])[-40:])
+
+        sources, targets = train.format_examples([example], tokenizer)
+        trained = train.preprocess(sources, targets, tokenizer)
+        ids, labels = trained["input_ids"][0].tolist(), trained["labels"][0].tolist()
+        prompt_length = labels.count(train.IGNORE_INDEX)
+        served = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        assert served == ids[:prompt_length], (kind, example)
+        assert tokenizer.apply_chat_template(to_messages(example), add_generation_prompt=True,
+                                             return_dict=True)["input_ids"] == served
+
+        conversation = to_messages(example) + [{"role": "assistant", "content": example["output"]}]
+        full = tokenizer.apply_chat_template(conversation, tokenize=False)
+        assert full == start + prompt + example["output"] + tokenizer.eos_token
+        assert tokenizer(full, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_without_generation_prompt_the_response_header_is_left_out(family):
+    _, tokenizer = family
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "Do X."}], tokenize=False)
+    assert rendered.endswith("### Instruction:\nDo X.") and "### Response:" not in rendered
+
+
+def test_a_system_message_replaces_the_preamble(family):
+    _, tokenizer = family
+    for example in (ADVERSARIAL[0], ADVERSARIAL[1]):
+        system = [{"role": "system", "content": "You are terse."}]
+        rendered = tokenizer.apply_chat_template(system + messages_with_input_role(example), tokenize=False,
+                                                 add_generation_prompt=True)
+        prompt = format_prompt(example["instruction"], example["input"])
+        preamble = prompt.split("\n\n### Instruction:\n")[0]
+        assert rendered.endswith("You are terse." + prompt[len(preamble):]) and preamble not in rendered
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "not several user turns"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+     "no conversation history"),
+    ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "in this order"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system message may only come first"),
+    ([{"role": "system", "content": "a"}], "needs a user message"),
+    ([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}], "not tool"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {"url": "x"}}]}],
+     "text only, not a image_url part"),
+    ([{"role": "user", "content": [{"type": "text", "text": t} for t in "abc"]}], "one or two text parts, not 3"),
+    ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+      {"role": INPUT_ROLE, "content": "c"}], "input is given twice"),
+    ([{"role": INPUT_ROLE, "content": "c"}], "in this order"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "assistant", "content": "c"}],
+     "in this order"),
+    ([{"role": "user", "content": None}], "none in a message with role user"),
+])
+def test_conversations_alpaca_cannot_express_are_refused_with_a_reason(family, messages, message):
+    _, tokenizer = family
+    with pytest.raises(TemplateError, match=message):
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def test_the_template_is_saved_as_chat_template_jinja_and_reloads(tmp_path, family):
+    kind, tokenizer = family
+    tokenizer.save_pretrained(tmp_path / kind)
+    assert (tmp_path / kind / "chat_template.jinja").read_text() == alpaca_chat_template(KINDS[kind])
+    assert is_alpaca_chat_template(AutoTokenizer.from_pretrained(tmp_path / kind).chat_template)
+
+
+# ----------------------------------------------------------------------------- old checkpoints
+
+def _run(args: list[str], cwd=REPO, timeout=180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_add_chat_template_repairs_an_old_checkpoint(tmp_path, tiny_model_dir, capsys):
+    from add_chat_template import add_chat_template
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model_dir, old)
+    assert not (old / "chat_template.jinja").exists()
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    add_chat_template(str(old))
+    assert "checked on demo_alpaca.json" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in old.iterdir() if p.name != "chat_template.jinja"} == before
+    assert AutoTokenizer.from_pretrained(old).chat_template == alpaca_chat_template("bos_space")
+    add_chat_template(str(old))
+    assert "already has the Alpaca chat template" in capsys.readouterr().out
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(old, foreign)
+    (foreign / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    refused = _run(["scripts/add_chat_template.py", str(foreign)])
+    assert refused.returncode == 1 and refused.stderr.count("error:") == 1 and "--overwrite True" in refused.stderr
+    assert (foreign / "chat_template.jinja").read_text() == "{{ messages[0]['content'] }}"
+    config = json.loads((foreign / "tokenizer_config.json").read_text())
+    (foreign / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{{ 'old' }}"}))
+    add_chat_template(str(foreign), overwrite=True)
+    assert is_alpaca_chat_template((foreign / "chat_template.jinja").read_text())
+    assert json.loads((foreign / "tokenizer_config.json").read_text()) == config  # no stale copy left behind
+
+    older = tmp_path / "older"  # a template of ours from an earlier version is brought up to date unasked
+    shutil.copytree(old, older)
+    (older / "chat_template.jinja").write_text(alpaca_chat_template("bos_space").replace("-%}", "%}", 1))
+    assert is_alpaca_chat_template((older / "chat_template.jinja").read_text())
+    add_chat_template(str(older))
+    assert (older / "chat_template.jinja").read_text() == alpaca_chat_template("bos_space")
+
+    (tmp_path / "no-tokenizer").mkdir()
+    missing = _run(["scripts/add_chat_template.py", str(tmp_path / "no-tokenizer")])
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+
+
+def test_inference_names_the_repair_command_for_a_checkpoint_without_template(tmp_path, tiny_model_dir, caplog):
+    with caplog.at_level("WARNING", logger="inference"):
+        inference.load_model(str(tiny_model_dir), device="cpu")
+    assert f"python scripts/add_chat_template.py {tiny_model_dir}" in caplog.text
+    repaired = tmp_path / "repaired"
+    shutil.copytree(tiny_model_dir, repaired)
+    (repaired / "chat_template.jinja").write_text(alpaca_chat_template("bos_space"))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inference"):
+        inference.load_model(str(repaired), device="cpu")
+    assert "add_chat_template" not in caplog.text
+
+
+def test_endpoint_chat_mode_refuses_a_served_directory_without_template(tmp_path, tiny_model_dir):
+    data = tmp_path / "eval.json"
+    data.write_text(json.dumps([{"instruction": "Hi."}]))
+    result = _run(["inference.py", "--api_base", "http://127.0.0.1:9/v1", "--model_name", str(tiny_model_dir),
+                   "--data_path", str(data), "--output_path", str(tmp_path / "out.json")])
+    assert result.returncode == 1 and result.stderr.count("error:") == 1
+    assert f"python scripts/add_chat_template.py {tiny_model_dir}" in result.stderr
+    assert not (tmp_path / "out.json").exists()
+
+
+# ----------------------------------------------------------------------------- what train.py and weight_diff write
+
+def test_train_lora_merge_and_weight_diff_keep_the_template(tmp_path, tiny_model_dir):
+    """One short LoRA run writes the template into the adapter directory and the merged checkpoint (a full
+    fine-tune saves through the same tokenizer); weight_diff's diff and recovered model carry it on."""
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(DEMO[:8]))
+    out = tmp_path / "lora"
+    train.train(["--model_name_or_path", str(tiny_model_dir), "--data_path", str(data), "--output_dir", str(out),
+                 "--use_cpu", "True", "--max_steps", "1", "--per_device_train_batch_size", "4", "--lora_r", "4",
+                 "--lora_target_modules", "q_proj", "v_proj", "--merge_lora", "True", "--save_strategy", "no",
+                 "--report_to", "none", "--model_max_length", "128"])
+    expected = alpaca_chat_template("bos_space")
+    for directory in (out, out / "merged"):
+        assert (directory / "chat_template.jinja").read_text() == expected, directory
+
+    import weight_diff
+
+    weight_diff.make_diff(path_raw=str(tiny_model_dir), path_tuned=str(out / "merged"), path_diff=str(tmp_path / "d"))
+    weight_diff.recover(path_raw=str(tiny_model_dir), path_diff=str(tmp_path / "d"), path_tuned=str(tmp_path / "r"),
+                        test_inference=False)
+    assert (tmp_path / "r" / "chat_template.jinja").read_text() == expected
+
+
+# ----------------------------------------------------------------------------- transformers serve on loopback
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_model_dir):
+    """`transformers serve` on 127.0.0.1 with the tiny model, its template added by our repair command."""
+    model_dir = tmp_path_factory.mktemp("served") / "tiny-alpaca"
+    shutil.copytree(tiny_model_dir, model_dir)
+    assert _run(["scripts/add_chat_template.py", str(model_dir)]).returncode == 0
+    port = _free_port()
+    executable = pathlib.Path(sys.executable).parent / "transformers"
+    log = open(model_dir.parent / "serve.log", "w")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    process = subprocess.Popen([str(executable), "serve", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+                                "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((model_dir.parent / "serve.log").read_text()[-3000:]) from None
+                time.sleep(0.5)
+        yield f"{base}/v1", model_dir
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+SERVED_EXAMPLES = [{"instruction": "Give three tips for staying healthy.", "input": ""},
+                   {"instruction": "Translate the sentence into French.", "input": "The weather is nice today."}]
+NEW_TOKENS = 12
+
+
+@pytest.mark.slow
+def test_transformers_serve_answers_as_inference_does(served):
+    api_base, model_dir = served
+    model, tokenizer = inference.load_model(str(model_dir), device="cpu")
+    expected = inference.generate_responses(model, tokenizer, SERVED_EXAMPLES, max_new_tokens=NEW_TOKENS)
+    assert all(expected)
+    for example, answer in zip(SERVED_EXAMPLES, expected, strict=True):
+        chat = _post(f"{api_base}/chat/completions", {"model": str(model_dir), "messages": inference.chat_messages(
+            example), "max_tokens": NEW_TOKENS, "temperature": 0})
+        assert chat["choices"][0]["message"]["content"].strip() == answer
+        completion = _post(f"{api_base}/completions", {"model": str(model_dir), "prompt": format_prompt(
+            example["instruction"], example["input"]), "max_tokens": NEW_TOKENS, "temperature": 0})
+        assert completion["choices"][0]["text"].strip() == answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api_type", ["chat", "completions"])
+def test_inference_through_the_served_model_writes_what_local_inference_writes(served, tmp_path, api_type):
+    api_base, model_dir = served
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(example) + "\n" for example in SERVED_EXAMPLES))
+    common = ["--data_path", str(data), "--max_new_tokens", str(NEW_TOKENS)]
+    local = _run(["inference.py", "--model_name_or_path", str(model_dir), "--output_path", str(tmp_path / "local.json"),
+                  *common])
+    assert local.returncode == 0, local.stderr
+    remote = _run(["inference.py", "--api_base", api_base, "--model_name", str(model_dir), "--api_type", api_type,
+                   "--output_path", str(tmp_path / "served.json"), "--max_concurrency", "2", *common])
+    assert remote.returncode == 0, remote.stderr
+    assert "2 responses from" in remote.stderr
+    assert json.loads((tmp_path / "served.json").read_text()) == json.loads((tmp_path / "local.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_generator_runs_against_the_served_checkpoint(served, tmp_path):
+    """The README's loop: the fine-tuned model, served, as the Self-Instruct generator's LLM through the chat
+    endpoint (its prompt becomes an Alpaca instruction). A tiny random model writes no usable tasks; the run must
+    still complete its requests and write regen.json."""
+    api_base, model_dir = served
+    result = _run(["-m", "generate_instruction", "generate_instruction_following_data", "--output_dir",
+                   str(tmp_path / "gen"), "--api_base", api_base, "--api_type", "chat", "--model_name",
+                   str(model_dir), "--request_batch_size", "1", "--max_requests", "2", "--max_tokens", "16",
+                   "--num_instructions_to_generate", "5", "--max_concurrency", "2"], timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "from 2 requests" in result.stdout + result.stderr
+    assert isinstance(json.loads((tmp_path / "gen" / "regen.json").read_text()), list)
