@@ -110,13 +110,17 @@ def length_histograms(lengths: dict[str, dict[str, list[int]]], path: str, unit:
     save_figure(figure, path)
 
 
-def score_histogram(scores: list[float | None], path: str, title: str) -> None:
-    """Examples per rating in half-point bins from 0 to 5; unrated examples are counted in the title."""
+def score_histogram(scores: list[float | None], path: str, title: str, min_score: float | None = None) -> None:
+    """Examples per rating in half-point bins from 0 to 5; unrated examples are counted in the title; a dashed
+    line marks --min_score when one is given."""
     plt = _pyplot()
     rated = [s for s in scores if s is not None]
     figure, ax = plt.subplots(figsize=(6, 3.2))
     ax.hist(rated, bins=np.arange(-0.25, 5.5, 0.5), edgecolor="white")
     ax.set_xticks(np.arange(0, 5.5, 0.5))
+    if min_score is not None:
+        ax.axvline(min_score - 0.25, color="black", linestyle="--", linewidth=1, label=f"kept: score >= {min_score:g}")
+        ax.legend(fontsize=8)
     ax.set_xlabel("score")
     ax.set_ylabel("examples")
     ax.set_title(f"{title}: {len(rated)} rated, {len(scores) - len(rated)} unrated", fontsize=10)

@@ -194,7 +194,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         progress.close()
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
     data_tools.write_records(output, rated)
-    data_plots.score_histogram(scores, paths["picture"], os.path.basename(output))
+    data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
     num_rated = sum(s is not None for s in scores)
     cost = (totals["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
             + totals["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
