@@ -455,6 +455,17 @@ def test_rate_re_rates_records_that_changed_since_the_journal(tmp_path, judge_se
     assert [r["score"] for r in json.loads(pathlib.Path(output).read_text())] == [5.0, 1.0]
 
 
+@pytest.mark.slow
+def test_rate_with_a_local_model_leaves_unparseable_replies_unrated(tmp_path, tiny_model_dir):
+    """The tiny model writes toy text, never a score line: every record ends unrated, none gets a default."""
+    data = write_json(tmp_path / "d.json", RATE_RECORDS[:2])
+    output = str(tmp_path / "rated.json")
+    summary = data_tools.rate(data, output=output, judge_model=str(tiny_model_dir), api_type="local", max_tokens=8,
+                              score_retries=1)
+    assert summary["requests"] == 4 and summary["rated"] == 0
+    assert [r["score"] for r in json.loads(pathlib.Path(output).read_text())] == [None, None]
+
+
 def test_rate_checks_its_settings_before_writing(tmp_path, monkeypatch):
     data = write_json(tmp_path / "d.json", RATE_RECORDS)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
