@@ -10,12 +10,13 @@ Every input (a JSON list or JSONL of {"instruction", "input", "output"}, extra f
 work starts; an input "<noinput>" counts as no input, as in the generator. Outputs are written to a temporary file
 and renamed into place, so a failure never leaves half a file. `python data_tools.py COMMAND --help` lists a
 command's flags. The generator's filters, `--clean` filters and the ROUGE-L index are the generator's own
-(`generate_instruction.filter_drop_reason`, `clean_drop_reason`, `rouge_l.RougeLIndex`).
+(`generate_instruction.filter_drop_reason`, `clean_drop_reason`, `rouge_l.RougeLIndex`). The commands live here;
+their helpers in data_stats.py (the statistics), verb_objects.py (spaCy's verbs and objects), data_plots.py (the
+pictures) and rating.py (the LLM rater).
 """
 
 import json
 import os
-import pathlib
 import re
 from collections import Counter
 
@@ -32,7 +33,6 @@ NOINPUT_MARKER = "<noinput>"
 # Control characters (Unicode category Cc: C0, DEL, C1) except tab and newline; a stray \r goes too.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 FIELDS = ("instruction", "input", "output")
-PERCENTILES = (10, 50, 90, 99)
 
 # ----------------------------------------------------------------------------- reading and writing
 
@@ -94,141 +94,6 @@ def format_counts(counts: Counter) -> str:
 # ----------------------------------------------------------------------------- stats
 
 
-def length_summary(lengths: list[int]) -> dict:
-    """Mean, percentiles (10, 50, 90, 99) and max of a list of lengths; all None when it is empty."""
-    if not lengths:
-        return {"count": 0, "mean": None, **{f"p{p}": None for p in PERCENTILES}, "max": None}
-    values = np.asarray(lengths)
-    return {"count": len(lengths), "mean": round(float(values.mean()), 1),
-            **{f"p{p}": float(np.percentile(values, p)) for p in PERCENTILES}, "max": int(values.max())}
-
-
-def field_lengths(records: list[dict], count) -> dict[str, list[int]]:
-    """{field: [count(text) for each record]}; inputs only where the record has one."""
-    return {"instruction": [count(r["instruction"]) for r in records],
-            "input": [count(r["input"]) for r in records if has_input(r)],
-            "output": [count(r["output"]) for r in records]}
-
-
-def token_lengths(records: list[dict], tokenizer_path: str) -> dict[str, list[int]]:
-    """Like field_lengths, in tokens of a local Hugging Face tokenizer (no special tokens)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-    lengths = {}
-    for field in FIELDS:
-        texts = [r[field] for r in records if field != "input" or has_input(r)]
-        lengths[field] = []
-        for start in range(0, len(texts), 4096):
-            ids = tokenizer(texts[start:start + 4096], add_special_tokens=False)["input_ids"]
-            lengths[field] += [len(i) for i in ids]
-    return lengths
-
-
-def near_duplicates(instructions: list[str], threshold: float, num_examples: int, num_cpus: int | None) -> dict:
-    """Pairs (earlier, later) of instructions with ROUGE-L F1 above `threshold`, each later one scored against
-    every earlier one with `RougeLIndex` (exact rouge_score values). Identical texts are counted apart."""
-    index = RougeLIndex(num_threads=num_cpus)
-    pairs = records_with_pair = identical = 0
-    examples = []
-    for i, instruction in enumerate(tqdm(instructions, desc="near-duplicates", unit="instr", leave=False)):
-        scores = index.scores(instruction)
-        above = np.flatnonzero(scores > threshold)
-        if len(above):
-            pairs += len(above)
-            records_with_pair += 1
-            for j in above:
-                if instructions[j] == instruction:
-                    identical += 1
-                elif len(examples) < num_examples:
-                    examples.append({"earlier": int(j), "later": i, "rouge_l": float(scores[j]),
-                                     "earlier_instruction": instructions[j], "later_instruction": instruction})
-        index.add(instruction)
-    return {"threshold": threshold, "pairs": pairs, "identical_pairs": identical,
-            "records_with_an_earlier_near_duplicate": records_with_pair, "examples": examples}
-
-
-def file_stats(records: list[dict], path: str, tokenizer: str | None, nlp, num_examples: int,
-               num_cpus: int | None, num_verbs: int, num_objects: int) -> tuple[dict, dict]:
-    """(statistics of one data set, its per-record lengths for the histograms)."""
-    import verb_objects
-
-    instructions = [r["instruction"] for r in records]
-    words = field_lengths(records, lambda text: len(text.split()))
-    tokens = token_lengths(records, tokenizer) if tokenizer else None
-    with_input = sum(map(has_input, records))
-    stats = {
-        "path": path, "records": len(records), "unique_instructions": len(set(instructions)),
-        "with_input": with_input, "with_input_share": round(with_input / len(records), 4),
-        "words": {field: length_summary(values) for field, values in words.items()},
-        "tokens": {field: length_summary(values) for field, values in tokens.items()} if tokens else None,
-        "near_duplicates": near_duplicates(instructions, SIMILARITY_THRESHOLD, num_examples, num_cpus),
-        "generator_filter_drops": dict(Counter(filter(None, map(filter_drop_reason, instructions))).most_common()),
-        "clean_filter_drops": dict(Counter(filter(None, (clean_drop_reason(task_of(r)) for r in records)))
-                                   .most_common()),
-        "verbs": None,
-    }
-    if nlp is not None:
-        pairs = verb_objects.extract_all(nlp, instructions, total=len(instructions))
-        stats["verbs"] = verb_objects.top_verb_objects(pairs, num_verbs, num_objects)
-    return stats, {"words": words, "tokens": tokens}
-
-
-def unique_labels(paths: list[str]) -> list[str]:
-    """Short names for the data sets: file stems, with the parent directory (then a number) where they clash."""
-    labels = [pathlib.Path(p).stem for p in paths]
-    if len(set(labels)) < len(labels):
-        labels = [f"{pathlib.Path(p).parent.name}_{pathlib.Path(p).stem}".strip("_") for p in paths]
-    if len(set(labels)) < len(labels):
-        labels = [f"{i}_{label}" for i, label in enumerate(labels)]
-    return [re.sub(r"[^\w.-]+", "_", label) for label in labels]
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
-
-
-def markdown_report(all_stats: dict[str, dict], pictures: list[str], verbs_note: str | None) -> str:
-    """The side-by-side Markdown report of `stats`: one column per data set."""
-    labels = list(all_stats)
-    rows = [("records", lambda s: s["records"]), ("unique instructions", lambda s: s["unique_instructions"]),
-            ("with an input", lambda s: f"{s['with_input']:,} ({100 * s['with_input_share']:.1f}%)")]
-    for unit in ("words", "tokens"):
-        for field in FIELDS:
-            rows.append((f"{field} {unit} p50 / p90 / max",
-                         lambda s, u=unit, f=field: None if not s[u] or s[u][f]["count"] == 0 else
-                         f"{s[u][f]['p50']:g} / {s[u][f]['p90']:g} / {s[u][f]['max']:,}"))
-    rows.append(("near-duplicate pairs (ROUGE-L > 0.7)", lambda s: s["near_duplicates"]["pairs"]))
-    rows.append(("... of which identical", lambda s: s["near_duplicates"]["identical_pairs"]))
-    reasons = sorted({r for s in all_stats.values() for r in s["generator_filter_drops"]})
-    rows += [(f"generator filter: {r}", lambda s, r=r: s["generator_filter_drops"].get(r, 0)) for r in reasons]
-    reasons = sorted({r for s in all_stats.values() for r in s["clean_filter_drops"]})
-    rows += [(f"--clean filter: {r}", lambda s, r=r: s["clean_filter_drops"].get(r, 0)) for r in reasons]
-    lines = ["# Data statistics", "", "| | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    lines += [f"| {name} | " + " | ".join(_cell(get(all_stats[label])) for label in labels) + " |"
-              for name, get in rows if any(get(s) is not None for s in all_stats.values())]
-    lines += ["", "## Top root verbs and their direct objects", ""]
-    if verbs_note:
-        lines.append(f"Not computed: {verbs_note}")
-    for label, s in all_stats.items():
-        if s["verbs"]:
-            tops = "; ".join(f"{v['verb']} {v['count']} ({', '.join(o for o, _ in v['objects'])})"
-                             for v in s["verbs"]["top"])
-            lines.append(f"- {label}: {tops or 'none'}")
-    lines += ["", "## Near-duplicate examples", ""]
-    for label, s in all_stats.items():
-        for example in s["near_duplicates"]["examples"]:
-            lines.append(f"- {label}, records {example['earlier']} and {example['later']} "
-                         f"(ROUGE-L {example['rouge_l']:.3f}): {example['earlier_instruction']!r} / "
-                         f"{example['later_instruction']!r}")
-    lines += ["", "## Pictures", ""] + [f"![{name}]({name})" for name in pictures]
-    return "\n".join(lines) + "\n"
-
-
 def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | None = None,
           spacy_model: str = "en_core_web_sm", num_verbs: int = 20, num_objects: int = 4, num_examples: int = 5,
           num_cpus: int | None = None) -> dict:
@@ -252,6 +117,7 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
         num_cpus: threads for ROUGE-L scoring (default: all cores).
     """
     import data_plots
+    import data_stats
     import verb_objects
 
     paths = list(data_paths)
@@ -263,11 +129,11 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     verbs_note = None if nlp is not None else f"spaCy pipeline {spacy_model!r} not found; {verb_objects.INSTALL_HINT}"
     if verbs_note:
         print(f"note: {verbs_note}")
-    labels = unique_labels(paths)
+    labels = data_stats.unique_labels(paths)
     all_stats, lengths = {}, {}
     for label, path, records in zip(labels, paths, datasets, strict=True):
-        all_stats[label], lengths[label] = file_stats(records, path, tokenizer, nlp, num_examples, num_cpus,
-                                                      num_verbs, num_objects)
+        all_stats[label], lengths[label] = data_stats.file_stats(records, path, tokenizer, nlp, num_examples,
+                                                                 num_cpus, num_verbs, num_objects)
     os.makedirs(output_dir, exist_ok=True)
     pictures = ["lengths.png"]
     data_plots.length_histograms({label: lengths[label]["words"] for label in labels},
@@ -281,7 +147,7 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
             pictures.append(f"{label}_verbs.png")
             data_plots.verb_sunburst(s["verbs"]["top"], os.path.join(output_dir, pictures[-1]),
                                      f"{label}: top {num_verbs} root verbs and their top {num_objects} objects")
-    report = markdown_report(all_stats, pictures, verbs_note)
+    report = data_stats.markdown_report(all_stats, pictures, verbs_note)
     write_text_atomically(os.path.join(output_dir, "stats.json"),
                           json.dumps({"data_sets": all_stats, "verbs_note": verbs_note}, indent=2,
                                      ensure_ascii=False) + "\n")
