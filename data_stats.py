@@ -4,6 +4,7 @@
 command itself (reading, pictures, files) is `data_tools.stats`.
 """
 
+import os
 import pathlib
 import re
 from collections import Counter
@@ -11,11 +12,13 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
+from cli import MissingPathError
 from data_tools import FIELDS, has_input, task_of
 from generate_instruction import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
 from rouge_l import RougeLIndex
 
 PERCENTILES = (10, 50, 90, 99)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def length_summary(lengths: list[int]) -> dict:
@@ -34,11 +37,21 @@ def field_lengths(records: list[dict], count) -> dict[str, list[int]]:
             "output": [count(r["output"]) for r in records]}
 
 
-def token_lengths(records: list[dict], tokenizer_path: str) -> dict[str, list[int]]:
-    """Like field_lengths, in tokens of a local Hugging Face tokenizer (no special tokens)."""
+def load_tokenizer(path: str):
+    """A local Hugging Face tokenizer (a tokenizer or model directory); MissingPathError when there is none."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    if not os.path.isdir(path):
+        raise MissingPathError(f"--tokenizer {path} is not a directory; give a local Hugging Face tokenizer or "
+                               "model directory.")
+    if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise MissingPathError(f"--tokenizer {path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); give the "
+                               "directory of a saved tokenizer or model.")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def token_lengths(records: list[dict], tokenizer) -> dict[str, list[int]]:
+    """Like field_lengths, in tokens of a Hugging Face tokenizer (no special tokens)."""
     lengths = {}
     for field in FIELDS:
         texts = [r[field] for r in records if field != "input" or has_input(r)]
@@ -72,7 +85,7 @@ def near_duplicates(instructions: list[str], threshold: float, num_examples: int
             "records_with_an_earlier_near_duplicate": records_with_pair, "examples": examples}
 
 
-def file_stats(records: list[dict], path: str, tokenizer: str | None, nlp, num_examples: int,
+def file_stats(records: list[dict], path: str, tokenizer, nlp, num_examples: int,
                num_cpus: int | None, num_verbs: int, num_objects: int) -> tuple[dict, dict]:
     """(statistics of one data set, its per-record lengths for the histograms)."""
     import verb_objects

@@ -122,9 +122,7 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
 
     paths = list(data_paths)
     datasets = load_inputs(paths)
-    if tokenizer and not os.path.isdir(tokenizer):
-        raise MissingPathError(f"--tokenizer {tokenizer} is not a directory; give a local Hugging Face tokenizer or "
-                               "model directory.")
+    loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
     nlp = verb_objects.load_pipeline(spacy_model)
     verbs_note = None if nlp is not None else f"spaCy pipeline {spacy_model!r} not found; {verb_objects.INSTALL_HINT}"
     if verbs_note:
@@ -132,7 +130,7 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     labels = data_stats.unique_labels(paths)
     all_stats, lengths = {}, {}
     for label, path, records in zip(labels, paths, datasets, strict=True):
-        all_stats[label], lengths[label] = data_stats.file_stats(records, path, tokenizer, nlp, num_examples,
+        all_stats[label], lengths[label] = data_stats.file_stats(records, path, loaded_tokenizer, nlp, num_examples,
                                                                  num_cpus, num_verbs, num_objects)
     os.makedirs(output_dir, exist_ok=True)
     pictures = ["lengths.png"]

@@ -506,6 +506,7 @@ def test_command_line_contract(tmp_path):
         (["clean", good, "--output", str(out / "c.json"), "--clean_filters", "maybe"], 2, "takes True or False"),
         (["contamination", good, "--eval", str(tmp_path / "missing.jsonl")], 1, "does not exist"),
         (["rate", good, "--output", str(out / "r.json"), "--max_concurrency", "two"], 2, "takes a number"),
+        (["stats", good, "--output_dir", str(out), "--tokenizer", str(tmp_path)], 1, "holds no tokenizer"),
     ]
     for args, code, message in cases:
         result = run_cli(*args)
