@@ -123,8 +123,7 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     paths = list(data_paths)
     datasets = load_inputs(paths)
     loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
-    nlp = verb_objects.load_pipeline(spacy_model)
-    verbs_note = None if nlp is not None else f"spaCy pipeline {spacy_model!r} not found; {verb_objects.INSTALL_HINT}"
+    nlp, verbs_note = verb_objects.load_pipeline(spacy_model)
     if verbs_note:
         print(f"note: {verbs_note}")
     labels = data_stats.unique_labels(paths)

@@ -29,16 +29,19 @@ def verb_object(doc) -> tuple[str | None, str | None]:
 
 
 def load_pipeline(name: str):
-    """The spaCy pipeline `name` (a package name or a directory) without its entity recognizer, or None when it
-    is not installed (the caller prints INSTALL_HINT)."""
+    """(the spaCy pipeline `name` without its entity recognizer, None) when it is installed (a package name or a
+    directory) and parses dependencies, else (None, one sentence saying what is missing and how to install it)."""
     try:
         import spacy
     except ImportError:
-        return None
+        return None, f"spaCy is not installed; {INSTALL_HINT}"
     try:
-        return spacy.load(name, exclude=["ner"])
+        nlp = spacy.load(name, exclude=["ner"])
     except OSError:  # E050: no such package or directory
-        return None
+        return None, f"spaCy pipeline {name!r} not found; {INSTALL_HINT}"
+    if "parser" not in nlp.pipe_names:
+        return None, f"spaCy pipeline {name!r} has no dependency parser; {INSTALL_HINT}"
+    return nlp, None
 
 
 def extract_all(nlp, instructions: Iterable[str], total: int | None = None) -> list[tuple[str | None, str | None]]:

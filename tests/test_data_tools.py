@@ -286,7 +286,7 @@ def stats_records(docs) -> list[dict]:
 def test_stats_side_by_side_with_verbs_and_pictures(tmp_path, docs, monkeypatch):
     records = stats_records(docs)
     docs = {**docs, "Give three tips for staying fit.": docs["Give three tips for staying healthy."]}
-    monkeypatch.setattr(verb_objects, "load_pipeline", lambda name: HandBuiltPipeline(docs))
+    monkeypatch.setattr(verb_objects, "load_pipeline", lambda name: (HandBuiltPipeline(docs), None))
     (tmp_path / "a").mkdir()
     first = write_json(tmp_path / "a" / "regen.json", records)
     second = write_jsonl(tmp_path / "release.jsonl", records[:3])
@@ -322,9 +322,17 @@ def test_stats_without_a_spacy_model_says_how_to_install_one_and_prints_the_rest
     assert not (tmp_path / "out" / "d_verbs.png").exists()
 
 
+def test_a_spacy_pipeline_without_a_parser_is_reported_not_used(tmp_path):
+    import spacy
+
+    spacy.blank("en").to_disk(tmp_path / "blank_en")
+    nlp, note = verb_objects.load_pipeline(str(tmp_path / "blank_en"))
+    assert nlp is None and "has no dependency parser" in note and "python -m spacy download en_core_web_sm" in note
+
+
 def test_stats_with_an_installed_english_model():
     """Runs only where a spaCy English pipeline is installed; none can be downloaded on the test machine."""
-    nlp = verb_objects.load_pipeline("en_core_web_sm")
+    nlp, _ = verb_objects.load_pipeline("en_core_web_sm")
     if nlp is None:
         pytest.skip("no spaCy English model (en_core_web_sm) is installed, so the real parser is not tested here; "
                     "the extraction is tested on hand-built Docs above. Install one with "
