@@ -164,11 +164,16 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                 todo = [i for i in range(len(records)) if scores[i] is None and attempts[i] == attempt]
                 if not todo:
                     continue
-                results = complete_in_order(endpoint, lambda k, a=attempt, t=todo: [rating_prompt(records[t[k]], a)],
-                                            decoding_args, 0, len(todo) - 1)
+                # Batches are numbered by record index when the records to ask form a run (a first pass, or one
+                # resumed after a kill), so that the cache's request tags match the earlier run's and responses
+                # that arrived after the journal's last line are replayed, not bought again.
+                offset = todo[0] if todo[-1] - todo[0] + 1 == len(todo) else 0
+                results = complete_in_order(
+                    endpoint, lambda k, a=attempt, t=todo, o=offset: [rating_prompt(records[t[k - o]], a)],
+                    decoding_args, offset, offset + len(todo) - 1)
                 async with aclosing(results) as stream:
                     async for k, _, result in stream:
-                        i = todo[k]
+                        i = todo[k - offset]
                         reply = result["choices"][0]["text"]
                         score = parse_score(reply)
                         append_journal(paths["journal"], {"record_index": i, "key": keys[i], "attempt": attempt,

@@ -451,6 +451,14 @@ def test_rate_resumes_a_killed_run_from_its_journal(tmp_path, judge_server):
     assert [r["score"] for r in read_jsonl(output)] == [5.0, 1.0, 4.5, None, 4.5]
     assert len(journal.read_text().splitlines()) == 5
 
+    # Killed again at the same place, now with the response cache on: the replies that came after the journal's
+    # last line are replayed from it, not asked for again.
+    journal.write_text("".join(lines[:2]))
+    requests_before = len(judge_server.requests)
+    summary = run_rate(judge_server, data, output, score_retries=0)
+    assert summary["requests"] == 3 and summary["cached"] == 3 and len(judge_server.requests) == requests_before
+    assert [r["score"] for r in read_jsonl(output)] == [5.0, 1.0, 4.5, None, 4.5]
+
 
 def test_rate_re_rates_records_that_changed_since_the_journal(tmp_path, judge_server, capsys):
     data = write_json(tmp_path / "d.json", RATE_RECORDS[:2])
