@@ -1,7 +1,7 @@
 """The LLM client of the project: any OpenAI-compatible endpoint, or a local Hugging Face model.
 
 Requests go to OpenAI, vLLM, Ollama or llama.cpp's server through the `openai` package (>=1; the client's
-own retries are off, ours are below), or to a causal LM generating in-process (`api_type="local"`).
+own retries are off, ours are below), or to a causal LM generating in-process (`api_type="local"`, local_llm.py).
 `LLMEndpoint` keeps `max_concurrency` requests in flight with asyncio, stays under optional requests- and
 tokens-per-minute limits, retries 429s, 5xx, timeouts and dropped connections with exponential backoff and
 jitter honouring Retry-After, shrinks `max_tokens` by 20% when the context is exceeded (as the original
@@ -365,6 +365,8 @@ class LLMEndpoint:
         self.prompt_list_refusal_logged = False
         if api_type == "local":
             self.api_base = "local"
+            from local_llm import LocalCausalLM  # torch and transformers: only for a local model
+
             self.local_model = LocalCausalLM(self.model_name)
             self.local_lock = asyncio.Lock()
             return
@@ -566,76 +568,3 @@ async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int],
             task.cancel()
         await asyncio.gather(*(t for _, t in tasks.values()), return_exceptions=True)
 
-
-# -- a local Hugging Face model ---------------------------------------------------------------------
-
-
-def local_context_length(config, tokenizer) -> int:
-    """Tokens the local model can attend over: its position limit. A tokenizer's `model_max_length` is only
-    a fallback, since train.py saves its training truncation length there (e.g. 512), not the model's context."""
-    for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length):
-        if limit and limit < 1e7:  # saved tokenizers without a limit report ~1e30
-            return int(limit)
-    return 2048
-
-
-class LocalCausalLM:
-    """A local causal LM answering completions requests in-process: left-padded batches, sampling with the
-    request's temperature and top_p, text cut at the first stop string like the API does."""
-
-    def __init__(self, path: str):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:  # padding positions are masked out, so any id will do
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(self.device)
-        self.model.eval()
-        self.context = local_context_length(self.model.config, self.tokenizer)
-        self.tokenizer.model_max_length = self.context  # no false "longer than the maximum" warning for long prompts
-
-    def generate(self, request: dict, seed: int) -> dict:
-        """A completions-format response for request["prompt"] (a list of strings)."""
-        torch, tokenizer = self.torch, self.tokenizer
-        prompts = request["prompt"] if "prompt" in request else [request["messages"][-1]["content"]]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        prompt_length = batch["input_ids"].shape[1]
-        if prompt_length >= self.context:
-            raise LLMError(f"The prompt has {prompt_length} tokens, more than the local model's context of "
-                           f"{self.context}; lower --num_prompt_instructions.")
-        # Capped to the context, as a server would have to; a cut-short answer reports finish_reason "length".
-        max_new_tokens = max(1, min(int(request.get("max_tokens") or 16), self.context - prompt_length))
-        temperature = float(request.get("temperature", 1.0))
-        n = int(request.get("n", 1))
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": float(request.get("top_p", 1.0))} \
-            if temperature > 0 else {"do_sample": False}
-        stop = [s for s in request.get("stop") or [] if s]
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            output = self.model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=n,
-                                         pad_token_id=tokenizer.pad_token_id, **sampling,
-                                         **({"stop_strings": stop, "tokenizer": tokenizer} if stop else {}))
-        choices, completion_tokens = [], 0
-        for i, ids in enumerate(output):
-            prompt_ids = batch["input_ids"][i // n]
-            prompt_text = tokenizer.decode(prompt_ids, skip_special_tokens=True)
-            full_text = tokenizer.decode(ids, skip_special_tokens=True)
-            new_ids = ids[prompt_length:]
-            # Decoding prompt + continuation keeps the continuation's leading space, which SentencePiece drops.
-            text = full_text[len(prompt_text):] if full_text.startswith(prompt_text) else tokenizer.decode(
-                new_ids, skip_special_tokens=True)
-            cuts = [text.find(s) for s in stop if s in text]
-            ended = tokenizer.eos_token_id is not None and bool((new_ids == tokenizer.eos_token_id).any())
-            if cuts:
-                text = text[:min(cuts)]
-            completion_tokens += int((new_ids != tokenizer.pad_token_id).sum())
-            choices.append({"index": i, "text": text, "finish_reason": "stop" if cuts or ended else "length",
-                            "logprobs": None})
-        prompt_tokens = int(batch["attention_mask"].sum())
-        return {"object": "text_completion", "model": request.get("model"), "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}

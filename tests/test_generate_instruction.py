@@ -20,6 +20,7 @@ from rouge_score import rouge_scorer
 
 import cli
 import generate_instruction as gi
+import run_journal
 from openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
 
 KEY = "sk-test-key-123"  # set by the openai_server fixture
@@ -50,7 +51,7 @@ def generate(server, output_dir, seeds, **kwargs) -> list[dict]:
 
 
 def read_journal(output_dir) -> list[dict]:
-    return [json.loads(line) for line in (pathlib.Path(output_dir) / gi.JOURNAL_NAME).read_text().splitlines()]
+    return [json.loads(line) for line in (pathlib.Path(output_dir) / run_journal.JOURNAL_NAME).read_text().splitlines()]
 
 
 def run_cli(*flags: str) -> int:
@@ -261,7 +262,7 @@ def test_resume_and_cache_replay_reproduce_an_uninterrupted_run(openai_server, s
     assert [r["request_index"] for r in read_journal(tmp_path / "split")] == [0, 1, 2, 3]  # went on, not from 0
 
     # Replay: same settings, no journal or regen.json left, every response from the cache: no HTTP at all.
-    for name in ("regen.json", gi.JOURNAL_NAME):
+    for name in ("regen.json", run_journal.JOURNAL_NAME):
         os.remove(tmp_path / "whole" / name)
     requests_before = len(openai_server.requests)
     replayed = generate(openai_server, tmp_path / "whole", seeds, num_instructions_to_generate=60, request_batch_size=1)
@@ -308,7 +309,7 @@ def start_long_run(server, out, seeds) -> subprocess.Popen:
          server.url, "--max_concurrency", "2", "--num_cpus", "1", "--request_batch_size", "1"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "OPENAI_API_KEY": KEY})
-    journal = out / gi.JOURNAL_NAME
+    journal = out / run_journal.JOURNAL_NAME
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 3):
         time.sleep(0.05)
@@ -321,8 +322,8 @@ def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_pa
     process = start_long_run(openai_server, out, seeds)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
-    assert (out / gi.JOURNAL_NAME).exists(), "the run never completed a request"
-    entries, next_request = gi.load_generated(str(out))
+    assert (out / run_journal.JOURNAL_NAME).exists(), "the run never completed a request"
+    entries, next_request = run_journal.load_generated(str(out))
     assert next_request >= 3 and len(entries) == sum(len(r["kept"]) for r in read_journal(out)) > 0
 
     openai_server.delay = 0.0
@@ -370,10 +371,10 @@ def test_a_hand_edited_regen_json_is_moved_aside_not_overwritten(openai_server, 
 def test_half_written_journal_line_is_dropped(openai_server, seeds, tmp_path):
     out = tmp_path / "out"
     generate(openai_server, out, seeds, num_instructions_to_generate=1000, max_requests=2)
-    journal = out / gi.JOURNAL_NAME
+    journal = out / run_journal.JOURNAL_NAME
     complete = journal.read_bytes()
     journal.write_bytes(complete + b'{"request_index": 2, "kept": [{"instr')  # killed mid-write
-    entries, next_request = gi.load_generated(str(out))
+    entries, next_request = run_journal.load_generated(str(out))
     assert next_request == 2 and journal.read_bytes() == complete
     assert len(entries) == sum(len(r["kept"]) for r in read_journal(out))
 
@@ -552,7 +553,7 @@ def test_an_unreachable_endpoint_leaves_no_empty_regen_json(seeds, tmp_path, mon
         assert run_cli("--output_dir", str(out), "--seed_tasks_path", seeds, "--api_base", "http://127.0.0.1:9/v1",
                        "--retry_base_delay", "0.001", "--num_cpus", "1") == 1
         assert "Could not reach" in capsys.readouterr().err
-    assert not (existing / "regen.json").exists() and not (existing / gi.JOURNAL_NAME).exists()
+    assert not (existing / "regen.json").exists() and not (existing / run_journal.JOURNAL_NAME).exists()
     assert not (tmp_path / "new").exists()  # created by the run, and removed again since it stayed empty
 
 
@@ -611,7 +612,8 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_ones_lock_does_n
     finally:
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
-    assert f"pid {first.pid}" in (out / gi.LOCK_NAME).read_text()  # a killed run leaves its lock file behind ...
+    lock_file = out / run_journal.LOCK_NAME
+    assert f"pid {first.pid}" in lock_file.read_text()  # a killed run leaves its lock file behind ...
     openai_server.delay = 0.0
     journal_lines = len(read_journal(out))
     kept = generate(openai_server, out, seeds, num_instructions_to_generate=10**6, max_requests=1)  # ... which no
@@ -621,7 +623,7 @@ def test_a_second_run_on_the_same_output_dir_refuses_and_a_dead_ones_lock_does_n
 def test_a_journal_damaged_in_a_middle_line_is_refused_naming_the_line(openai_server, seeds, tmp_path, capsys):
     out = tmp_path / "out"
     generate(openai_server, out, seeds, num_instructions_to_generate=1000, max_requests=3)
-    journal = out / gi.JOURNAL_NAME
+    journal = out / run_journal.JOURNAL_NAME
     lines = journal.read_bytes().splitlines(keepends=True)
     for damaged, problem in ((b'{"request_index": 1, "kept": [{"instr\n', "line 2 of 3: not valid JSON"),
                              (b'{"note": "my own line"}\n', "line 2 of 3: not a record of this generator")):

@@ -1,4 +1,4 @@
-"""utils.py and llm_client.py: JSON helpers and the LLM client, through the real openai client over real HTTP."""
+"""utils.py, llm_client.py, local_llm.py: JSON helpers and the LLM client, through the real openai client over HTTP."""
 
 import asyncio
 import io
@@ -11,6 +11,7 @@ import time
 import pytest
 
 import llm_client
+import local_llm
 import utils
 from llm_client import LLMError, RateLimiter
 from openai_server import (
@@ -221,7 +222,7 @@ def test_backoff_grows_with_jitter_and_respects_retry_after():
 
 
 def test_local_backend_cuts_at_stop_strings(tiny_model_dir):
-    model = llm_client.LocalCausalLM(str(tiny_model_dir))
+    model = local_llm.LocalCausalLM(str(tiny_model_dir))
     greedy = {"prompt": ["1. Instruction: Describe a river.\n1. Input:", "Hello"], "max_tokens": 24,
               "temperature": 0.0}
     free = model.generate(greedy, seed=0)
@@ -246,7 +247,7 @@ def test_local_backend_context_is_the_models_not_the_training_truncation(tiny_mo
     tokenizer.save_pretrained(tmp_path)
     for name in ("config.json", "model.safetensors"):
         (tmp_path / name).write_bytes((tiny_model_dir / name).read_bytes())
-    model = llm_client.LocalCausalLM(str(tmp_path))
+    model = local_llm.LocalCausalLM(str(tmp_path))
     assert model.context == 4096
     reply = model.generate({"prompt": ["word " * 600], "max_tokens": 2, "temperature": 0.0}, seed=0)
     assert reply["usage"]["prompt_tokens"] > 256
@@ -277,6 +278,13 @@ def test_json_readers_do_not_import_the_llm_client():
     # train.py and inference.py read data through utils; the openai import (~1 s) is only for generation.
     code = "import sys, utils, train, inference; assert 'openai' not in sys.modules; utils.LLMError; " \
            "assert 'openai' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
+
+
+def test_the_llm_client_does_not_import_torch():
+    # The local backend (torch, transformers: seconds to import) is loaded only for api_type "local".
+    code = "import sys, llm_client, generate_instruction; assert not {'local_llm', 'torch', 'transformers'} & " \
+           "set(sys.modules), sorted({'local_llm', 'torch', 'transformers'} & set(sys.modules))"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
 
 
