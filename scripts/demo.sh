@@ -133,6 +133,7 @@ A model this small cannot write real instructions or answers, so expect few or n
 to survive the parser above: the point is that every step ran. With a real model the same commands
 are, for example (see README.md):
 
+  export OPENAI_API_KEY=sk-...   # the generator, the reference answers and the judge call OpenAI here
   python -m generate_instruction generate_instruction_following_data \
       --output_dir ./ --num_instructions_to_generate 52000 --model_name gpt-3.5-turbo-instruct
   torchrun --nproc_per_node=4 --master_port=29500 train.py \
