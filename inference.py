@@ -196,7 +196,7 @@ def _eos_token_ids(model, tokenizer) -> list[int]:
 def context_length(model, tokenizer) -> int:
     """Tokens the model attends over: its position limit (the tokenizer's model_max_length is only a fallback, since
     train.py saves its training truncation length there)."""
-    from llm_client import local_context_length
+    from local_llm import local_context_length
 
     return local_context_length(model.config, tokenizer)
 
