@@ -32,6 +32,7 @@ from transformers import DataCollatorWithFlattening, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.training_args import ParallelMode
 
+import throughput
 import utils
 from legacy_flags import translate_legacy_flags
 from prompts import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
@@ -85,6 +86,8 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "Module names that get LoRA adapters (space separated), or all-linear."})
     merge_lora: bool = field(default=False, metadata={
         "help": "With --lora_r: also write base + adapter merged into a full checkpoint in output_dir/merged."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Peak bf16 TFLOP/s of one device, for the logged MFU (default: a table of common GPUs; none on CPU)."})
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
@@ -451,6 +454,7 @@ def train(argv: list[str] | None = None) -> None:
     logger.info(f"{len(data_module['train_dataset'])} training examples"
                 + (f", {len(data_module['eval_dataset'])} evaluation examples" if data_module["eval_dataset"] else ""))
     trainer = SupervisedTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    throughput.add_throughput_callback(trainer, training_args.peak_tflops)  # tokens/s and MFU in every log line
     if training_args.fsdp and not trainer.is_fsdp_enabled and training_args.should_log:
         logger.warning("--fsdp was given, but FSDP is not in use here (it needs GPUs: on a CPU accelerate falls back "
                        "to DDP, and a single process does not shard): every process holds the whole model.")
