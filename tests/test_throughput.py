@@ -4,6 +4,7 @@ across two data-parallel processes (this file is also the worker script torchrun
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "bench")]
 
 import throughput  # noqa: E402
 import train  # noqa: E402
@@ -172,6 +173,64 @@ def test_train_py_logs_throughput_and_no_mfu_on_cpu(tiny_model_dir, tmp_path):
                for entry in log_history[:2])
     assert log_history[-1]["train_real_tokens"] > 0
     assert not any("mfu" in key for entry in log_history for key in entry)  # peak unknown on a CPU
+
+
+# ----------------------------------------------------------------------------- bench/bench_gpu.py
+
+def test_bench_gpu_parameter_arithmetic_matches_the_built_models():
+    import bench_gpu
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    configs = [bench_gpu.bench_config(smoke=True), bench_gpu.bench_config(), bench_gpu.llama7b_config(),
+               LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=100, num_hidden_layers=3,
+                           num_attention_heads=8, num_key_value_heads=2, attention_bias=True, mlp_bias=True,
+                           tie_word_embeddings=True)]
+    for config in configs:
+        with torch.device("meta"):
+            model = LlamaForCausalLM(config)
+        counts = bench_gpu.llama_parameter_count(config)
+        assert counts["total"] == sum(p.numel() for p in model.parameters())
+        assert counts["matmul"] == throughput.matmul_parameter_counts(model)[0]
+    assert 0.9e9 < bench_gpu.llama_parameter_count(bench_gpu.bench_config())["total"] < 1.1e9  # "about 1B"
+    # LLaMA-7B's published count, 6,738,415,616, plus the [PAD] row train.py adds to both embedding matrices
+    assert bench_gpu.llama_parameter_count(bench_gpu.llama7b_config())["total"] == 6_738_415_616 + 2 * 4096
+
+
+def test_bench_gpu_data_has_alpacas_token_count():
+    import bench_gpu
+
+    lengths = bench_gpu.alpaca_like_lengths(bench_gpu.ALPACA_EXAMPLES)
+    assert abs(sum(n for _, n in lengths) / bench_gpu.ALPACA_TOKENS_PER_EPOCH - 1) < 0.1
+    assert all(0 < prompt < total <= 512 for prompt, total in lengths)
+    dataset = bench_gpu.SyntheticAlpaca(lengths[:50], vocab_size=32000)
+    assert [len(ids) for ids in dataset.input_ids] == [n for _, n in lengths[:50]]
+    assert all(int((label == train.IGNORE_INDEX).sum()) == prompt
+               for label, (prompt, _) in zip(dataset.labels, lengths[:50], strict=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_bench_gpu_without_cuda_says_so_in_one_sentence():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bench_gpu.py needs a CUDA GPU") and "--smoke" in lines[0]
+
+
+@pytest.mark.slow
+def test_bench_gpu_smoke_runs_every_mode_and_projects():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py"), "--smoke", "--peak_tflops", "0.5",
+                             "--seconds_per_mode", "8"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    rows = {mode: re.search(rf"^    {re.escape(mode)} \((\w+)\)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)%", out,
+                            flags=re.M) for mode in ("random batches", "group_by_length", "padding_free")}
+    assert all(rows.values()), out
+    assert rows["padding_free"][4] == "1.000"  # no padding at all
+    assert float(rows["random batches"][4]) < 1.0
+    assert len(re.findall(r"4 GPUs:\s+[\d.]+ h\s+8 GPUs:\s+[\d.]+ h", out)) == 3, out
 
 
 if __name__ == "__main__":  # the worker of test_two_processes_sum_their_counts, started by torchrun
