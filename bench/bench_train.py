@@ -9,7 +9,8 @@ tiny SentencePiece model of scripts/make_tiny_model.py (no hub here), which spen
 It prints:
   (1) preprocessing time: `train.preprocess` (batched fast tokenizer) vs the original's path (each string tokenized
       on its own with return_tensors="pt", padding="longest", then labels copied and masked), timed on a sample and
-      scaled to the whole set; their outputs are checked to be identical on that sample;
+      scaled to the whole set; their outputs are checked to be identical on that sample; and, side by side, what
+      bounds ours: the Rust tokenizer alone encoding every text once (with and without token offsets);
   (2) the share of processed tokens that are real, not padding, over one epoch at batch size 4: the original's
       random batches vs --train_sampling_strategy group_by_length vs --padding_free;
   (3) training throughput (real tokens per second, forward + backward + AdamW step) per mode, on the tiny model and
@@ -20,6 +21,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import pathlib
 import random
 import sys
@@ -29,6 +31,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
+import tokenizers  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, DataCollatorWithFlattening  # noqa: E402
 from transformers.tokenization_utils_sentencepiece import SentencePieceBackend  # noqa: E402
@@ -104,6 +107,18 @@ def original_preprocess(sources, targets, tokenizer) -> dict:
     for label, source_len in zip(labels, source_lens, strict=True):
         label[:source_len] = train.IGNORE_INDEX
     return dict(input_ids=input_ids, labels=labels)
+
+
+def tokenizer_floor(texts: list[str], tokenizer) -> tuple[float, float]:
+    """Seconds for the Rust tokenizer alone to encode `texts` once: (encode_batch, encode_batch_fast). Nothing that
+    tokenizes every text can beat the first while reading token offsets, nor the second without them."""
+    backend = tokenizer.backend_tokenizer
+    start = time.perf_counter()
+    backend.encode_batch(texts)
+    with_offsets = time.perf_counter() - start
+    start = time.perf_counter()
+    backend.encode_batch_fast(texts)
+    return with_offsets, time.perf_counter() - start
 
 
 def real_token_share(order: list[int], lengths: list[int], batch_size: int) -> float:
@@ -203,6 +218,15 @@ def main() -> None:
         print(f"    ours, batched:       {ours_s:8.2f} s")
         print(f"    speed-up: {original_s / ours_s:.1f}x over the original ({original_fast_s / ours_s:.1f}x over its "
               f"loop with today's fast tokenizer); identical input_ids and labels on the sample: {identical}")
+        floor_s, floor_fast_s = tokenizer_floor([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
+        print(f"    what bounds it: the tokenizer alone, one Rust call over the {len(examples):,} full texts "
+              f"(tokenizers {tokenizers.__version__}, {os.environ.get('RAYON_NUM_THREADS', os.cpu_count())} threads):")
+        print(f"      encode_batch (with the offsets ours reads the prompt boundary from): {floor_s:8.2f} s  "
+              f"-> at most {original_s / floor_s:.1f}x")
+        print(f"      encode_batch_fast (no offsets, the absolute floor):                  {floor_fast_s:8.2f} s  "
+              f"-> at most {original_s / floor_fast_s:.1f}x")
+        print(f"      ours spends {ours_s - floor_s:.2f} s beyond encode_batch (reading ids into tensors, prompt "
+              f"boundaries, masks); 10x needs ours <= {original_s / 10:.2f} s")
 
         # (2) real-token share over one epoch
         dataset = train.SupervisedDataset(examples, tokenizer)
