@@ -126,8 +126,9 @@ def varlen_attention(device: str) -> tuple[str, str]:
 
 
 class Measure(TrainerCallback):
-    """Stops the run after `seconds`, and snapshots the throughput callback's totals after `warmup` steps and at
-    the end, so that the measurement leaves out start-up and compilation."""
+    """Stops the run after `seconds` (and at least 2 steps past the warm-up), and snapshots the throughput
+    callback's totals after `warmup` steps and at the end, so that the measurement leaves out start-up and
+    compilation."""
 
     def __init__(self, meter: throughput.ThroughputCallback, seconds: float, warmup: int):
         self.meter, self.seconds, self.warmup = meter, seconds, warmup
@@ -135,7 +136,8 @@ class Measure(TrainerCallback):
         self.snapshots = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.perf_counter() - self.start >= self.seconds:
+        # at least 2 measured steps, however slow the machine
+        if time.perf_counter() - self.start >= self.seconds and state.global_step >= self.warmup + 2:
             control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -145,18 +147,17 @@ class Measure(TrainerCallback):
 
 
 def run_mode(mode: str, config: LlamaConfig, dataset: SyntheticAlpaca, args, seconds: float, attention: str,
-             output_dir: str) -> dict | None:
-    """Train in one mode for `seconds`; its steady-state figures, or None if it never got past the warm-up."""
+             output_dir: str) -> dict:
+    """Train in one mode for `seconds`; its steady-state figures."""
     cuda = not args.smoke
     torch.manual_seed(0)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    config = LlamaConfig(**config.to_dict())
-    config._attn_implementation = attention if mode == "padding_free" else "sdpa"
-    config.use_cache = False
-    with torch.device("cuda" if cuda else "cpu"):
-        model = LlamaForCausalLM(config)
+    config = LlamaConfig(**{**config.to_dict(), "use_cache": False})
+    with torch.device("cuda" if cuda else "cpu"):  # built in place, in fp32 (the recipe's master weights)
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, attn_implementation=attention if mode == "padding_free" else "sdpa", dtype=torch.float32)
     training_args = train.TrainingArguments(
         output_dir=output_dir, use_cpu=not cuda, bf16=cuda, tf32=cuda or None,
         per_device_train_batch_size=args.per_device_train_batch_size,
@@ -176,8 +177,6 @@ def run_mode(mode: str, config: LlamaConfig, dataset: SyntheticAlpaca, args, sec
     peak_memory = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     del trainer, model
     gc.collect()
-    if len(measure.snapshots) < 2:
-        return None
     (t0, totals0, flops0, step0), (t1, totals1, flops1, step1) = measure.snapshots[0], measure.snapshots[-1]
     seconds = t1 - t0
     real, processed, _ = (totals1 - totals0).tolist()
@@ -295,9 +294,6 @@ def main() -> None:
     print(f"    {'mode':34s} {'real tok/s':>11s} {'processed':>11s} {'real share':>10s} {'MFU':>6s} {'peak mem':>9s}")
     for mode, result in results.items():
         label = f"{mode} ({attention[0]})" if mode == "padding_free" else f"{mode} (sdpa)"
-        if result is None:
-            print(f"    {label:34s} did not get past the warm-up in its time; raise --seconds_per_mode")
-            continue
         mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "n/a"
         memory = "n/a" if math.isnan(result["memory_gib"]) else f"{result['memory_gib']:.1f} GiB"
         print(f"    {label:34s} {result['real_tps']:11,.0f} {result['processed_tps']:11,.0f} {result['share']:10.3f} "
@@ -307,7 +303,7 @@ def main() -> None:
     print(f"\nprojected wall time of the 3-epoch Alpaca-7B recipe ({total_flops:.3g} model FLOPs), at each mode's MFU "
           f"(2023: about 3 h on 8 A100s):")
     for mode, result in results.items():
-        if result is None or result["mfu"] is None:
+        if result["mfu"] is None:
             print(f"    {mode:34s} n/a (no MFU measured)")
             continue
         hours = [total_flops / (gpus * peak * 1e12 * result["mfu"]) / 3600 for gpus in (4, 8)]
