@@ -38,6 +38,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
 import cli
+import throughput
 import utils
 from cli import DataError, MissingPathError, OutputExistsError, UsageError
 from legacy_flags import translate_legacy_flags
@@ -97,6 +98,8 @@ class TrainingArguments(transformers.TrainingArguments):
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "Train into an --output_dir that already holds a trained model or checkpoints, replacing them "
                 "(without it such a directory is refused; --resume_from_checkpoint continues the run there)."})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "Peak bf16 TFLOP/s of one device, for the logged MFU (default: a table of common GPUs; none on CPU)."})
 
 
 # ----------------------------------------------------------------------------- tokenizer and model
@@ -576,6 +579,7 @@ def train(argv: list[str] | None = None) -> None:
     logger.info(f"{len(data_module['train_dataset'])} training examples"
                 + (f", {len(data_module['eval_dataset'])} evaluation examples" if data_module["eval_dataset"] else ""))
     trainer = SupervisedTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
+    throughput.add_throughput_callback(trainer, training_args.peak_tflops)  # tokens/s and MFU in every log line
     if training_args.fsdp and not trainer.is_fsdp_enabled and training_args.should_log:
         logger.warning("--fsdp was given, but FSDP is not in use here (it needs GPUs: on a CPU accelerate falls back "
                        "to DDP, and a single process does not shard): every process holds the whole model.")
