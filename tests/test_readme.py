@@ -65,36 +65,38 @@ def _help(command: list[str]) -> str:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_readme_cpu_commands_run(tmp_path):
+def test_quickstart_demo_and_readme_cpu_commands_run(tmp_path):
+    """The one end-to-end run: README block 1 is the Quickstart demo (minus the install: the suite already runs
+    in that venv), which builds and fine-tunes the tiny model; the other CPU blocks run on its outputs."""
     blocks = bash_blocks(README)
     assert len(blocks) == 4, "README marks its CPU commands with <!-- readme-test: cpu N -->"
+    assert blocks[0].startswith("bash scripts/demo.sh"), "README's first CPU block runs the demo"
     workdir = tmp_path / "repo"
     shutil.copytree(REPO, workdir, ignore=shutil.ignore_patterns(".venv", ".git", "demo_out", "output",
                                                                  "tiny-llama", "__pycache__", ".*_cache"))
+    (workdir / ".venv").symlink_to(pathlib.Path(sys.executable).parent.parent)
     env = {**os.environ, "PATH": f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true"}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true", "DEMO_SKIP_SETUP": "1"}
+    outputs = []
     for block in blocks:
         result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=workdir, env=env,
-                                capture_output=True, text=True, timeout=600)
+                                capture_output=True, text=True, timeout=1200)
         assert result.returncode == 0, f"README block failed:\n{block}\n--- output ---\n{result.stdout[-3000:]}" \
                                        f"\n{result.stderr[-5000:]}"
-    assert (workdir / "output" / "tiny-alpaca" / "model.safetensors").exists()
-    assert (workdir / "output" / "tiny-generated" / "regen.json").exists()
+        outputs.append(result.stdout + result.stderr)
 
-
-@pytest.mark.slow
-def test_quickstart_demo_runs_every_step(tmp_path):
-    """The first Quickstart command, minus the install (the suite already runs inside that venv)."""
-    env = {**os.environ, "DEMO_SKIP_SETUP": "1", "DEMO_OUT": str(tmp_path / "demo")}
-    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    assert "bit-exact: every tensor" in result.stdout
-    assert re.search(r"Kept \d+ of \d+ parsed instructions from 2 requests", result.stdout + result.stderr)
-    answers = json.loads((tmp_path / "demo" / "answers.json").read_text())
+    demo = workdir / "demo_out"
+    assert "bit-exact: every tensor" in outputs[0]
+    assert re.search(r"Kept \d+ of \d+ parsed instructions from 2 requests", outputs[0])
+    answers = json.loads((demo / "answers.json").read_text())
     assert len(answers) == 4 and all(isinstance(a["output"], str) for a in answers)
     assert "Pacific Ocean" in answers[0]["output"]  # a question seen in training: fine-tuning took hold
-    assert (tmp_path / "demo" / "generated" / "regen.json").exists()
-    judged = json.loads((tmp_path / "demo" / "judged" / "results.json").read_text())
+    assert (demo / "served_answer.txt").read_text().strip() == answers[0]["output"]  # served = local answer
+    assert (demo / "generated" / "regen.json").exists()
+    judged = json.loads((demo / "judged" / "results.json").read_text())
     assert judged["tuned"]["n_total"] == 20 and judged["tuned"]["reference"] == "base"
-    assert (tmp_path / "demo" / "judged" / "win_rates.png").exists()
+    assert (demo / "judged" / "win_rates.png").exists()
+
+    assert (workdir / "output" / "tiny-alpaca" / "model.safetensors").exists()
+    assert "bit-exact: every tensor" in outputs[1]
+    assert (workdir / "output" / "tiny-generated" / "regen.json").exists()
