@@ -140,15 +140,21 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeyp
 
 def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
-    text = "Below is an instruction that describes a task."
+    text = "Below is an instruction that describes a task:  naïve 東京 🦙 [PAD]."
     encoding = tokenizer.backend_tokenizer.encode(text)
     ends = {end for start, end in encoding.offsets[1:]}  # after <s>
     inside = [c for start, end in encoding.offsets[1:] for c in range(start + 1, end)]
     assert inside and len(ends) > 3
-    for chars in sorted(ends)[:-1]:  # a token ends at `chars`: the prefix's own tokens are the ones before it
-        assert train._tokens_before(encoding, chars) == len(tokenizer(text[:chars])["input_ids"])
-    assert all(train._tokens_before(encoding, c) is None for c in inside)  # one token spans the cut
-    assert train._tokens_before(encoding, len(text)) is None  # nothing after the end: as when truncation cut it
+
+    def read_off(prompts, full_texts):
+        return train._prompt_tokens_in_full_text(train._tokenize_fn(full_texts, tokenizer), prompts, tokenizer).tolist()
+
+    cut = sorted(ends)
+    clean = read_off([text[:chars] for chars in cut], [text] * len(cut))
+    assert clean == [len(tokenizer(text[:chars])["input_ids"]) for chars in cut[:-2]] + [-1, -1]  # [PAD]: added
+    assert read_off([text[:c] for c in inside], [text] * len(inside)) == [-1] * len(inside)  # one token spans the cut
+    long = text * 40  # truncation (model_max_length 256) cuts the text before the prompt's end
+    assert read_off([long[:-5]], [long]) == [-1] and read_off([""], [text]) == [-1]
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
