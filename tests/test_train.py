@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import cli
 import train
+import train_setup
 import utils
 from cli import MissingPathError, UsageError
 from legacy_flags import translate_legacy_flags
@@ -675,16 +676,16 @@ def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     offload = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
     args = types.SimpleNamespace(deepspeed="ds.json", hf_deepspeed_config=types.SimpleNamespace(config=offload))
-    notices = train.deepspeed_build_notices(args)
+    notices = train_setup.deepspeed_build_notices(args)
     assert [n.split()[3] for n in notices] == ["cpu_adam", "deepspeed_shm_comm"]
     cpu_adam = pathlib.Path(_get_build_directory("cpu_adam", verbose=False))
     assert notices[0] == ("DeepSpeed compiles its cpu_adam op on this first use: minutes, once; later runs reuse "
                           f"{cpu_adam}.")
     (cpu_adam / "lock").touch()  # a build killed half-way: torch would wait for it forever
-    assert f"delete {cpu_adam / 'lock'}" in train.deepspeed_build_notices(args)[0]
+    assert f"delete {cpu_adam / 'lock'}" in train_setup.deepspeed_build_notices(args)[0]
     (cpu_adam / "cpu_adam.so").write_bytes(b"built")
-    assert [n.split()[3] for n in train.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
+    assert [n.split()[3] for n in train_setup.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
     args.hf_deepspeed_config.config = {"zero_optimization": {"stage": 2}}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert train.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
-    assert train.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
+    assert train_setup.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
+    assert train_setup.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
