@@ -1,5 +1,6 @@
 """train.py in one process on the tiny LLaMA: preprocessing, tokens, collators, padding-free, LoRA, eval, resume."""
 
+import copy
 import json
 import logging
 import os
@@ -156,6 +157,36 @@ def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_toke
     assert read_off([text[:c] for c in inside], [text] * len(inside)) == [-1] * len(inside)  # one token spans the cut
     long = text * 40  # truncation (model_max_length 256) cuts the text before the prompt's end
     assert read_off([long[:-5]], [long]) == [-1] and read_off([""], [text]) == [-1]
+
+
+@pytest.mark.parametrize("spelling", ["metaspace", "prepend_and_replace", "metaspace_never_prepends"])
+def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
+    """The prompt boundary is found from the bytes each piece spells; each way a SentencePiece-style tokenizer.json
+    spells spaces and the leading ▁ (LLaMA-2's normalizers, Metaspace) must count them right."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    _, tokenizer = model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    if spelling == "prepend_and_replace":
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = None
+    elif spelling == "metaspace_never_prepends":
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
+    assert train._prompt_is_a_token_prefix(tokenizer)
+    sources, targets = format_examples(make_examples(120, seed=3), tokenizer)
+    pairs = [(" leading space", " and one after</s>"), ("▁already spelled", "x</s>"), ("  two", "  more</s>"),
+             ("tab\there ", "\n</s>"), ("東京 🦙", " ok</s>"), ("end with space ", "next</s>")]
+    sources += [s for s, _ in pairs]
+    targets += [t for _, t in pairs]
+    ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
+    for key in ("input_ids", "labels"):
+        assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
+    full = train._tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
+    read_off = train._prompt_tokens_in_full_text(full, sources, tokenizer)
+    own = train._tokenize_fn(sources, tokenizer)["input_ids_lens"]
+    assert (read_off[:120] == own[:120]).all()  # every template prompt read off, none redone
+    assert ((read_off == own) | (read_off == -1)).all()
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
