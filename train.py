@@ -15,14 +15,12 @@ LoRA: `--lora_r 16`. Less padding: `--train_sampling_strategy group_by_length`, 
 `--attn_implementation flash_attention_2`. On a CPU: `--use_cpu True` (torchrun then runs DDP over gloo).
 """
 
-import argparse
-import difflib
+import contextlib
+import gc
 import itertools
 import json
 import logging
 import os
-import pathlib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,16 +30,13 @@ import transformers
 from torch.utils.data import Dataset
 from tqdm import tqdm
 from transformers import DataCollatorWithFlattening, Trainer
-from transformers.hf_argparser import string_to_bool
 from transformers.trainer_pt_utils import LengthGroupedSampler
-from transformers.trainer_utils import get_last_checkpoint
-from transformers.training_args import ParallelMode
 
 import cli
 import throughput
+import train_setup
 import utils
-from cli import DataError, MissingPathError, OutputExistsError, UsageError
-from legacy_flags import translate_legacy_flags
+from cli import DataError, MissingPathError, UsageError
 from prompts import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
 
 logger = logging.getLogger(__name__)
@@ -52,8 +47,6 @@ DEFAULT_EOS_TOKEN = "</s>"
 DEFAULT_BOS_TOKEN = "<s>"
 DEFAULT_UNK_TOKEN = "<unk>"
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")  # kernels that attend within each packed sequence
-# What a finished or interrupted run leaves in output_dir (besides *.safetensors and checkpoint-N directories).
-TRAINED_MODEL_FILES = ("config.json", "adapter_config.json", "trainer_state.json", "pytorch_model.bin")
 
 
 @dataclass
@@ -163,63 +156,131 @@ def format_examples(examples: Sequence[dict], tokenizer) -> tuple[list[str], lis
     return sources, targets
 
 
-def _tokenize_fn(strings: Sequence[str], tokenizer, prompt_chars: Sequence[int] | None = None,
-                 chunk_size: int = 4096) -> dict:
-    """Token ids of each string on its own (truncated to model_max_length, no padding) and each one's count of
-    non-pad tokens. A fast tokenizer encodes whole chunks in Rust on all cores. With `prompt_chars`, also the number
-    of tokens before that character of each string, where a token boundary falls exactly there (else None)."""
-    input_ids, tokens_before = [], []
+def _tokenize_fn(strings: Sequence[str], tokenizer, chunk_size: int = 4096) -> dict:
+    """Token ids of each string on its own (truncated to model_max_length, no padding), end to end in one array.
+
+    Returns dict(ids: int64 [total_tokens], lengths: int64 [n_strings], input_ids_lens: int64 [n_strings], the
+    non-pad tokens of each string, pad_positions). A fast tokenizer encodes whole chunks in Rust on all cores,
+    without character offsets (encode_batch_fast), and the ids are read off its encodings directly.
+    """
+    ids = []
     chunks = range(0, len(strings), chunk_size)
     for start in tqdm(chunks, desc="Tokenizing", unit="chunk", disable=len(chunks) < 4, leave=False):
         chunk = list(strings[start:start + chunk_size])
         # This call configures truncation and special tokens exactly as for one string at a time ...
         batch = tokenizer(chunk[:1] if tokenizer.is_fast else chunk, max_length=tokenizer.model_max_length,
                           truncation=True, return_attention_mask=False)
-        if not tokenizer.is_fast:
-            input_ids.extend(batch["input_ids"])
-            continue
-        encodings = tokenizer.backend_tokenizer.encode_batch(chunk)  # ... and Rust's encodings are read directly
-        input_ids.extend(encoding.ids for encoding in encodings)
-        if prompt_chars is not None:
-            tokens_before.extend(_tokens_before(encoding, chars) for encoding, chars
-                                 in zip(encodings, prompt_chars[start:start + chunk_size], strict=True))
+        if tokenizer.is_fast:  # ... and Rust encodes the chunk with that configuration
+            ids.extend(encoding.ids for encoding in tokenizer.backend_tokenizer.encode_batch_fast(chunk))
+        else:
+            ids.extend(batch["input_ids"])
     if tokenizer.is_fast:  # the call above left truncation on in the backend, and save_pretrained would write it
         tokenizer.backend_tokenizer.no_truncation()
-    pad_id = tokenizer.pad_token_id
-    return dict(input_ids=input_ids, input_ids_lens=[len(ids) - ids.count(pad_id) for ids in input_ids],
-                tokens_before=tokens_before)
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    tokenized = dict(ids=flat, lengths=lengths, pad_positions=np.flatnonzero(flat == tokenizer.pad_token_id))
+    ends = np.cumsum(lengths)
+    tokenized["input_ids_lens"] = lengths - _pads_in(tokenized, ends - lengths, ends)
+    return tokenized
 
 
-def _tokens_before(encoding, chars: int) -> int | None:
-    """How many tokens of `encoding` come before character `chars`, if a token boundary falls exactly there (None
-    when one token spans it, or truncation cut the text before it)."""
-    first_after = encoding.char_to_token(chars)
-    if first_after is None or first_after == encoding.char_to_token(chars - 1):
-        return None
-    return first_after
+def _pads_in(tokenized: dict, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Pad tokens among tokenized["ids"][starts[i]:ends[i]], for each i (pads are rare: a search, not a scan)."""
+    pad_positions = tokenized["pad_positions"]
+    return np.searchsorted(pad_positions, ends) - np.searchsorted(pad_positions, starts)
+
+
+def _backend_parts(tokenizer) -> tuple[dict, list[dict], dict]:
+    """The fast tokenizer's (model, normalizers flattened, pre-tokenizer or {}), as tokenizer.json spells them."""
+    backend = json.loads(tokenizer.backend_tokenizer.to_str())
+    normalizers = [backend["normalizer"]] if backend["normalizer"] else []
+    normalizers = [n for outer in normalizers for n in (outer.get("normalizers") or [outer])]
+    return backend["model"], normalizers, backend["pre_tokenizer"] or {}
 
 
 def _prompt_is_a_token_prefix(tokenizer) -> bool:
     """Whether a prompt's tokens can be read off its full text's tokens instead of tokenizing it again.
 
-    True for SentencePiece-style BPE tokenizers (LLaMA, Mistral): no normalizer beyond prepending/replacing
-    characters, no pre-tokenizer beyond Metaspace, special tokens added at the start only, truncation on the right.
+    True for SentencePiece-style BPE tokenizers (LLaMA, Mistral): no normalizer beyond prepending ▁ and spelling
+    spaces as ▁, no pre-tokenizer beyond Metaspace, special tokens added at the start only, truncation on the right.
     Greedy BPE then never merges across a point where the full text's tokens have a boundary, so the tokens before
     that point are exactly the prompt's own tokens. Other tokenizers tokenize prompts separately.
     """
     if not getattr(tokenizer, "is_fast", False):
         return False
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    normalizers = [backend["normalizer"]] if backend["normalizer"] else []
-    normalizers = [n for outer in normalizers for n in (outer.get("normalizers") or [outer])]
+    model, normalizers, pre_tokenizer = _backend_parts(tokenizer)
+    spaces_as_metaspace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
     plain = tokenizer("x", add_special_tokens=False)["input_ids"]
     with_special = tokenizer("x")["input_ids"]
-    return (backend["model"]["type"] == "BPE" and not backend["model"].get("dropout")
-            and all(n["type"] in ("Prepend", "Replace") for n in normalizers)
-            and (backend["pre_tokenizer"] is None or backend["pre_tokenizer"]["type"] == "Metaspace")
+    return (model["type"] == "BPE" and not model.get("dropout")
+            and all(n == spaces_as_metaspace or n == {"type": "Prepend", "prepend": "▁"} for n in normalizers)
+            and pre_tokenizer.get("type") in (None, "Metaspace") and pre_tokenizer.get("replacement", "▁") == "▁"
             and tokenizer.truncation_side == "right" and with_special[len(with_special) - len(plain):] == plain)
 
 
+_NOT_TEXT = 2**32  # the bytes counted for a token that spells no text: more than any prompt has
+
+
+def _spelled_bytes(texts: Sequence[str], tokenizer) -> np.ndarray:
+    """UTF-8 bytes of each text as the pieces of a tokenizer that passes _prompt_is_a_token_prefix spell it: every
+    space a 3-byte ▁, and a ▁ prepended (by a Prepend normalizer always, by Metaspace unless one is there)."""
+    _, normalizers, pre_tokenizer = _backend_parts(tokenizer)
+    prepend_always = any(n["type"] == "Prepend" for n in normalizers)
+    scheme = pre_tokenizer.get("prepend_scheme", "always" if pre_tokenizer.get("add_prefix_space", True) else "never")
+    prepend_unless_there = pre_tokenizer.get("type") == "Metaspace" and scheme != "never"
+    return np.fromiter((len(text.encode()) + 2 * text.count(" ") + 3 * bool(text and (
+        prepend_always or (prepend_unless_there and not text.startswith((" ", "▁"))))) for text in texts),
+        dtype=np.int64, count=len(texts))
+
+
+def _piece_bytes(tokenizer) -> np.ndarray:
+    """Bytes of that spelling each token id stands for, int64 [ids]: its piece's UTF-8 length, 1 for a byte-fallback
+    piece <0xNN>; _NOT_TEXT for added tokens (bos, eos, pad, ...: they split the text before normalization) and unk."""
+    model, _, _ = _backend_parts(tokenizer)
+    vocab = model["vocab"]
+    lengths = np.full(max(len(tokenizer), max(vocab.values()) + 1), _NOT_TEXT, dtype=np.int64)
+    for piece, i in vocab.items():
+        is_byte = model.get("byte_fallback") and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")
+        lengths[i] = 1 if is_byte else len(piece.encode())
+    lengths[list(tokenizer.added_tokens_decoder)] = _NOT_TEXT
+    if model.get("unk_token") in vocab:
+        lengths[vocab[model["unk_token"]]] = _NOT_TEXT
+    return lengths
+
+
+def _prompt_tokens_in_full_text(full: dict, sources: Sequence[str], tokenizer) -> np.ndarray:
+    """For each example, how many tokens of its full text spell exactly its prompt: int64 [n], -1 where no token
+    boundary falls at the prompt's end (one token spans it, truncation cut before it, or an added token precedes it).
+
+    The token ids' spelled bytes, summed along the whole set, reach each prompt's end exactly where a boundary is.
+    """
+    starts = np.cumsum(full["lengths"]) - full["lengths"]
+    step = _piece_bytes(tokenizer)[full["ids"]]
+    for i in range(len(tokenizer("x")["input_ids"]) - len(tokenizer("x", add_special_tokens=False)["input_ids"])):
+        step[starts[full["lengths"] > i] + i] = 0  # the special tokens put at the start spell nothing
+    spelled = np.cumsum(step)
+    prompt_bytes = _spelled_bytes(sources, tokenizer)
+    target = spelled[starts] - step[starts] + prompt_bytes
+    last = np.searchsorted(spelled, target)  # the first token at which the spelling reaches the prompt's end
+    hit = (prompt_bytes > 0) & (last < starts + full["lengths"])
+    hit[hit] = spelled[last[hit]] == target[hit]
+    return np.where(hit, last - starts + 1, -1)
+
+
+@contextlib.contextmanager
+def _garbage_collection_paused():
+    """Tokenizing creates millions of objects and no reference cycle; each few hundred of them would start a
+    collection that walks every live object and finds nothing to free (about 1 s of 10 on 52K examples)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@_garbage_collection_paused()
 def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dict:
     """Tokenize prompt + target and mask the prompt: dict(input_ids, labels), lists of 1-D LongTensors [seq_len].
 
@@ -229,30 +290,29 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     checked against separate tokenization on the first 64 examples.
     """
     read_off = _prompt_is_a_token_prefix(tokenizer)
-    examples_tokenized = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer,
-                                      prompt_chars=[len(s) for s in sources] if read_off else None)
-    all_ids = examples_tokenized["input_ids"]
-    source_lens = [None] * len(sources)
+    full = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
+    ids, lengths = full["ids"], full["lengths"]
+    starts = np.cumsum(lengths) - lengths
+    source_lens = np.full(len(sources), -1, dtype=np.int64)  # -1: not known yet
     if read_off:
-        pad_id = tokenizer.pad_token_id
-        source_lens = [None if k is None else k - ids[:k].count(pad_id)
-                       for ids, k in zip(all_ids, examples_tokenized["tokens_before"], strict=True)]
+        before = _prompt_tokens_in_full_text(full, sources, tokenizer)
+        known = before >= 0
+        source_lens[known] = (before - _pads_in(full, starts, starts + np.maximum(before, 0)))[known]
         check = _tokenize_fn(sources[:64], tokenizer)["input_ids_lens"]
-        if any(n is not None and n != m for n, m in zip(source_lens, check, strict=False)):  # not foreseen
+        if np.any(known[:64] & (source_lens[:64] != check)):  # not foreseen
             logger.warning("Prompt lengths read off the full texts disagree with tokenizing the prompts; "
                            "tokenizing every prompt separately.")
-            source_lens = [None] * len(sources)
-    redo = [i for i, n in enumerate(source_lens) if n is None]
-    for i, n in zip(redo, _tokenize_fn([sources[i] for i in redo], tokenizer)["input_ids_lens"], strict=True):
-        source_lens[i] = n
+            source_lens[:] = -1
+    redo = np.flatnonzero(source_lens < 0)
+    source_lens[redo] = _tokenize_fn([sources[i] for i in redo], tokenizer)["input_ids_lens"]
     logger.info(f"Tokenized {len(sources)} examples; {len(sources) - len(redo)} prompt lengths read off the full "
                 f"texts, {len(redo)} prompts tokenized on their own")
-    # One tensor for the whole set, split into per-example views: far cheaper than a tensor per example.
-    lengths = [len(ids) for ids in all_ids]
-    flat_ids = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(all_ids), dtype=np.int64, count=sum(lengths)))
-    input_ids, labels = list(flat_ids.split(lengths)), list(flat_ids.clone().split(lengths))
-    for label, source_len in zip(labels, source_lens, strict=True):
-        label[:source_len] = IGNORE_INDEX
+    # Labels for the whole set at once (position within its example < prompt length: masked), then one tensor per
+    # example as a view of one big tensor: far cheaper than a tensor, or a masking step, per example.
+    position = np.arange(len(ids)) - np.repeat(starts, lengths)
+    labels = np.where(position < np.repeat(source_lens, lengths), IGNORE_INDEX, ids)
+    sizes = lengths.tolist()
+    input_ids, labels = list(torch.from_numpy(ids).split(sizes)), list(torch.from_numpy(labels).split(sizes))
     return dict(input_ids=input_ids, labels=labels)
 
 
@@ -264,7 +324,9 @@ class SupervisedDataset(Dataset):
         examples = utils.load_alpaca_records(data_path) if isinstance(data_path, str) else data_path
         sources, targets = format_examples(examples, tokenizer)
         data_dict = preprocess(sources, targets, tokenizer)
-        keep = [i for i, labels in enumerate(data_dict["labels"]) if bool((labels != IGNORE_INDEX).any())]
+        # The prompt is masked from the start, so an example has a response token to learn from iff its last label
+        # is one (one look per example, not a comparison of every label).
+        keep = [i for i, labels in enumerate(data_dict["labels"]) if labels[-1].item() != IGNORE_INDEX]
         if len(keep) < len(examples):
             logger.warning(f"Dropped {len(examples) - len(keep)} of {len(examples)} examples whose prompt fills "
                            f"model_max_length={tokenizer.model_max_length}: no response token is left to learn from.")
@@ -367,44 +429,6 @@ def safe_save_model_for_hf_trainer(trainer: Trainer, output_dir: str) -> None:
         trainer.args.distributed_state.wait_for_everyone()
 
 
-# ----------------------------------------------------------------------------- DeepSpeed on a CPU
-
-def deepspeed_build_notices(training_args: TrainingArguments) -> list[str]:
-    """One line per DeepSpeed C++ op this run will compile before it trains, which it does silently for minutes:
-    CPU Adam for an optimizer offloaded to the CPU, and the shared-memory collectives of DeepSpeed's CPU backend
-    when there is no GPU. Each is built once per machine and kept in TORCH_EXTENSIONS_DIR (default
-    ~/.cache/torch_extensions); an interrupted build leaves a lock file there that makes later runs wait forever."""
-    if not training_args.deepspeed:
-        return []
-    from deepspeed.git_version_info import installed_ops
-    from torch.utils.cpp_extension import _get_build_directory
-
-    zero = training_args.hf_deepspeed_config.config.get("zero_optimization", {})
-    needed = ["cpu_adam"] if zero.get("offload_optimizer", {}).get("device") == "cpu" else []
-    needed += ["deepspeed_shm_comm"] if not torch.cuda.is_available() else []
-    notices = []
-    for op in needed:
-        build_dir = _get_build_directory(op, verbose=False)
-        if installed_ops.get(op) or any(name.endswith(".so") for name in os.listdir(build_dir)):
-            continue
-        notice = f"DeepSpeed compiles its {op} op on this first use: minutes, once; later runs reuse {build_dir}."
-        if os.path.exists(os.path.join(build_dir, "lock")):
-            notice += (f" A lock file is there: if nothing happens for minutes, an earlier build was interrupted; "
-                       f"stop, delete {os.path.join(build_dir, 'lock')} and start again.")
-        notices.append(notice)
-    return notices
-
-
-def join_deepspeed_to_the_process_group(training_args: TrainingArguments) -> None:
-    """Under torchrun without a GPU, accelerate starts the gloo process group but leaves DeepSpeed's own
-    communication layer unset: DeepSpeed then counts a world of 1 and fails its batch-size check (`train_batch_size
-    64 != 4 * 8 * 1`). Hand it the group, as accelerate does on GPUs. A no-op with a GPU or in one process."""
-    if training_args.deepspeed and training_args.world_size > 1 and not torch.cuda.is_available():
-        import deepspeed
-
-        deepspeed.init_distributed(dist_backend="gloo")
-
-
 # ----------------------------------------------------------------------------- LoRA
 
 def add_lora(model, training_args: TrainingArguments):
@@ -442,108 +466,13 @@ def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArg
     logger.info(f"Merged LoRA checkpoint written to {merged_dir}")
 
 
-# ----------------------------------------------------------------------------- command line and checks
-
-def _argparse_bool(value: str) -> bool:
-    """argparse `type=` for the dataclasses' booleans: cli.parse_bool's spellings (`false`, `False`, `0`, ...)."""
-    try:
-        return cli.parse_bool(value)
-    except UsageError:
-        raise argparse.ArgumentTypeError(f"takes True or False, not {value!r}") from None
-
-
-class ArgumentParser(transformers.HfArgumentParser, cli.ArgumentParser):
-    """HfArgumentParser whose mistakes raise cli.UsageError (one `error:` line, not argparse's page of usage) and
-    whose booleans are read by cli.parse_bool, as in every other script."""
-
-    def __init__(self, dataclass_types):
-        super().__init__(dataclass_types, prog="python train.py")
-        for action in self._actions:
-            if action.type is string_to_bool:
-                action.type = _argparse_bool
-
-    def unknown_flags(self, remaining: list[str]) -> UsageError:
-        """The error for arguments no dataclass took, with the closest known flag for each typo."""
-        known = [option for action in self._actions for option in action.option_strings]
-        flags = [arg.split("=", 1)[0] for arg in remaining if arg.startswith("-")] or remaining
-        hints = [f"{flag} (did you mean {match[0]}?)" if (match := difflib.get_close_matches(flag, known, n=1))
-                 else flag for flag in flags]
-        return UsageError(f"unknown flag {', '.join(hints)}; `{self.prog} --help` lists the flags.")
-
+# ----------------------------------------------------------------------------- training
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments, list[str]]:
-    """The three argument groups from argv (old flags translated), and the translation notices.
+    """The three argument groups from argv (old flags translated), and the translation notices; every mistake is a
+    cli.UsageError (train_setup.parse_args)."""
+    return train_setup.parse_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
-    Every mistake is a UsageError, printed after the notices (a translation may explain it)."""
-    argv, notices = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
-
-    def refuse(message: str) -> UsageError:
-        if cli.is_main_process():
-            print("".join(f"legacy flag: {notice}\n" for notice in notices), end="", file=sys.stderr)
-        return UsageError(message)
-
-    parser = ArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    try:
-        model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
-            args=argv, return_remaining_strings=True)
-    except ValueError as error:  # TrainingArguments.__post_init__ refusing a combination of flags
-        raise refuse(str(error)) from None
-    if remaining:
-        raise refuse(str(parser.unknown_flags(remaining)))
-    problems = [
-        (data_args.data_path is None, "--data_path is required: a JSON list or JSONL of {instruction, input, output} "
-                                      "records."),
-        (training_args.lora_r < 0, f"--lora_r must be >= 0 (0 turns LoRA off), got {training_args.lora_r}."),
-        (bool(training_args.fsdp) and training_args.parallel_mode != ParallelMode.DISTRIBUTED,
-         "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N GPUs)."),
-        (training_args.merge_lora and training_args.lora_r == 0,
-         "--merge_lora True needs LoRA: pass --lora_r (e.g. 16)."),
-        (data_args.val_set_size > 0 and bool(data_args.eval_data_path),
-         "give --val_set_size or --eval_data_path, not both: the held-out examples would leave training unused."),
-    ]
-    for failed, message in problems:
-        if failed:
-            raise refuse(message)
-    return model_args, data_args, training_args, notices
-
-
-def resume_checkpoint(training_args: TrainingArguments) -> str | bool | None:
-    """--resume_from_checkpoint as Trainer.train takes it: True (the last checkpoint-N in output_dir), a checkpoint
-    directory, or None (`False` included: the flag is a string, and 'False' is not a directory)."""
-    value = training_args.resume_from_checkpoint
-    try:
-        return cli.parse_bool(value) or None
-    except UsageError:
-        return value or None
-
-
-def check_output_dir(output_dir: str, resume: str | bool | None, overwrite: bool) -> None:
-    """Refuse, before any work, to train into a directory that holds a trained model or checkpoints.
-
-    Resuming continues the run that wrote it (--resume_from_checkpoint True, or a checkpoint inside it);
-    --overwrite_output_dir True replaces what is there. An empty or absent directory is always fine.
-    """
-    out = pathlib.Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--output_dir {output_dir} is a file; give a directory (it is created if missing).")
-    if resume is True and (not out.is_dir() or get_last_checkpoint(output_dir) is None):
-        raise MissingPathError(f"--resume_from_checkpoint True continues from the last checkpoint-N directory in "
-                               f"--output_dir {output_dir}, and there is none; pass a checkpoint directory instead, "
-                               "or leave the flag out to start afresh.")
-    if overwrite or not out.is_dir():
-        return
-    if resume is True or (resume and out.resolve() in pathlib.Path(resume).resolve().parents):
-        return  # continuing the run that wrote this directory
-    trained = sorted(p.name for p in out.iterdir() if p.name in TRAINED_MODEL_FILES or p.suffix == ".safetensors"
-                     or (p.is_dir() and p.name.startswith("checkpoint-")))
-    if trained:
-        raise OutputExistsError(
-            f"--output_dir {output_dir} already holds a trained model or checkpoints ({', '.join(trained[:4])}"
-            f"{', ...' if len(trained) > 4 else ''}). Pass --resume_from_checkpoint True to continue that run, "
-            "--overwrite_output_dir True to replace it, or another --output_dir.")
-
-
-# ----------------------------------------------------------------------------- training
 
 def train(argv: list[str] | None = None) -> None:
     """The recipe: parse flags, load model and tokenizer, tokenize the data once, train, save to output_dir."""
@@ -556,11 +485,11 @@ def train(argv: list[str] | None = None) -> None:
     # Check the data files and output_dir first: a typo should fail in a second, not after a 7B model has loaded.
     for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
         utils.load_alpaca_records(path)
-    resume = resume_checkpoint(training_args)
-    check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
-    for notice in deepspeed_build_notices(training_args) if training_args.should_log else []:
+    resume = train_setup.resume_checkpoint(training_args)
+    train_setup.check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
+    for notice in train_setup.deepspeed_build_notices(training_args) if training_args.should_log else []:
         logger.warning(notice)  # minutes of silence otherwise
-    join_deepspeed_to_the_process_group(training_args)
+    train_setup.join_deepspeed_to_the_process_group(training_args)
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     attention = model.config._attn_implementation
     if training_args.padding_free and attention not in VARLEN_ATTENTION and training_args.should_log:

@@ -1,5 +1,6 @@
 """train.py in one process on the tiny LLaMA: preprocessing, tokens, collators, padding-free, LoRA, eval, resume."""
 
+import copy
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import cli
 import train
+import train_setup
 import utils
 from cli import MissingPathError, UsageError
 from legacy_flags import translate_legacy_flags
@@ -140,15 +142,51 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeyp
 
 def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_tokenizer):
     _, tokenizer = model_and_tokenizer
-    text = "Below is an instruction that describes a task."
+    text = "Below is an instruction that describes a task:  naïve 東京 🦙 [PAD]."
     encoding = tokenizer.backend_tokenizer.encode(text)
     ends = {end for start, end in encoding.offsets[1:]}  # after <s>
     inside = [c for start, end in encoding.offsets[1:] for c in range(start + 1, end)]
     assert inside and len(ends) > 3
-    for chars in sorted(ends)[:-1]:  # a token ends at `chars`: the prefix's own tokens are the ones before it
-        assert train._tokens_before(encoding, chars) == len(tokenizer(text[:chars])["input_ids"])
-    assert all(train._tokens_before(encoding, c) is None for c in inside)  # one token spans the cut
-    assert train._tokens_before(encoding, len(text)) is None  # nothing after the end: as when truncation cut it
+
+    def read_off(prompts, full_texts):
+        return train._prompt_tokens_in_full_text(train._tokenize_fn(full_texts, tokenizer), prompts, tokenizer).tolist()
+
+    cut = sorted(ends)
+    clean = read_off([text[:chars] for chars in cut], [text] * len(cut))
+    assert clean == [len(tokenizer(text[:chars])["input_ids"]) for chars in cut[:-2]] + [-1, -1]  # [PAD]: added
+    assert read_off([text[:c] for c in inside], [text] * len(inside)) == [-1] * len(inside)  # one token spans the cut
+    long = text * 40  # truncation (model_max_length 256) cuts the text before the prompt's end
+    assert read_off([long[:-5]], [long]) == [-1] and read_off([""], [text]) == [-1]
+
+
+@pytest.mark.parametrize("spelling", ["metaspace", "prepend_and_replace", "metaspace_never_prepends"])
+def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
+    """The prompt boundary is found from the bytes each piece spells; each way a SentencePiece-style tokenizer.json
+    spells spaces and the leading ▁ (LLaMA-2's normalizers, Metaspace) must count them right."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    _, tokenizer = model_and_tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = tokenizer.backend_tokenizer
+    if spelling == "prepend_and_replace":
+        backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        backend.pre_tokenizer = None
+    elif spelling == "metaspace_never_prepends":
+        backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
+    assert train._prompt_is_a_token_prefix(tokenizer)
+    sources, targets = format_examples(make_examples(120, seed=3), tokenizer)
+    pairs = [(" leading space", " and one after</s>"), ("▁already spelled", "x</s>"), ("  two", "  more</s>"),
+             ("tab\there ", "\n</s>"), ("東京 🦙", " ok</s>"), ("end with space ", "next</s>")]
+    sources += [s for s, _ in pairs]
+    targets += [t for _, t in pairs]
+    ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
+    for key in ("input_ids", "labels"):
+        assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
+    full = train._tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
+    read_off = train._prompt_tokens_in_full_text(full, sources, tokenizer)
+    own = train._tokenize_fn(sources, tokenizer)["input_ids_lens"]
+    assert (read_off[:120] == own[:120]).all()  # every template prompt read off, none redone
+    assert ((read_off == own) | (read_off == -1)).all()
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
@@ -669,16 +707,16 @@ def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     offload = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}}}
     args = types.SimpleNamespace(deepspeed="ds.json", hf_deepspeed_config=types.SimpleNamespace(config=offload))
-    notices = train.deepspeed_build_notices(args)
+    notices = train_setup.deepspeed_build_notices(args)
     assert [n.split()[3] for n in notices] == ["cpu_adam", "deepspeed_shm_comm"]
     cpu_adam = pathlib.Path(_get_build_directory("cpu_adam", verbose=False))
     assert notices[0] == ("DeepSpeed compiles its cpu_adam op on this first use: minutes, once; later runs reuse "
                           f"{cpu_adam}.")
     (cpu_adam / "lock").touch()  # a build killed half-way: torch would wait for it forever
-    assert f"delete {cpu_adam / 'lock'}" in train.deepspeed_build_notices(args)[0]
+    assert f"delete {cpu_adam / 'lock'}" in train_setup.deepspeed_build_notices(args)[0]
     (cpu_adam / "cpu_adam.so").write_bytes(b"built")
-    assert [n.split()[3] for n in train.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
+    assert [n.split()[3] for n in train_setup.deepspeed_build_notices(args)] == ["deepspeed_shm_comm"]
     args.hf_deepspeed_config.config = {"zero_optimization": {"stage": 2}}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert train.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
-    assert train.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
+    assert train_setup.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
+    assert train_setup.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
