@@ -247,6 +247,7 @@ def docs():
     }
 
 
+@pytest.mark.slow
 def test_verb_object_on_hand_built_docs(docs):
     found = {text: verb_objects.verb_object(doc) for text, doc in docs.items()}
     assert found == {
@@ -283,6 +284,7 @@ def stats_records(docs) -> list[dict]:
     return records
 
 
+@pytest.mark.slow
 def test_stats_side_by_side_with_verbs_and_pictures(tmp_path, docs, monkeypatch):
     records = stats_records(docs)
     docs = {**docs, "Give three tips for staying fit.": docs["Give three tips for staying healthy."]}
@@ -340,6 +342,7 @@ def test_stats_with_an_installed_english_model():
     assert verb_objects.extract_all(nlp, ["Give three tips for staying healthy."]) == [("give", "tip")]
 
 
+@pytest.mark.slow
 def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
     from transformers import AutoTokenizer
 
@@ -351,6 +354,7 @@ def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
     assert (tmp_path / "out" / "token_lengths.png").exists()
 
 
+@pytest.mark.slow
 def test_sunburst_png_is_small():
     import data_plots
 
@@ -409,6 +413,7 @@ def run_rate(server, data, output, **kwargs):
     return data_tools.rate(data, output=output, **settings)
 
 
+@pytest.mark.slow
 def test_rate_scores_retries_garbage_and_resumes_without_calls(tmp_path, judge_server, capsys):
     data = write_json(tmp_path / "d.json", RATE_RECORDS)
     output = str(tmp_path / "rated.json")
@@ -437,6 +442,7 @@ def test_rate_scores_retries_garbage_and_resumes_without_calls(tmp_path, judge_s
     assert json.loads((tmp_path / "rated.random_3.json").read_text()) == subset  # seeded
 
 
+@pytest.mark.slow
 def test_rate_resumes_a_killed_run_from_its_journal(tmp_path, judge_server):
     data = write_json(tmp_path / "d.json", RATE_RECORDS)
     output = str(tmp_path / "rated.jsonl")
@@ -460,6 +466,7 @@ def test_rate_resumes_a_killed_run_from_its_journal(tmp_path, judge_server):
     assert [r["score"] for r in read_jsonl(output)] == [5.0, 1.0, 4.5, None, 4.5]
 
 
+@pytest.mark.slow
 def test_rate_re_rates_records_that_changed_since_the_journal(tmp_path, judge_server, capsys):
     data = write_json(tmp_path / "d.json", RATE_RECORDS[:2])
     output = str(tmp_path / "rated.json")

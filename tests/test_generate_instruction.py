@@ -244,6 +244,7 @@ def slow_shuffled_responder(path, prompt, body):
     return text + task(10, f"Compare the {WORDS[shared]} with the {WORDS[shared + 5]} for a beginner."), "stop"
 
 
+@pytest.mark.slow
 def test_same_output_at_concurrency_1_and_8(openai_server, seeds, tmp_path):
     openai_server.responder = slow_shuffled_responder
     one = generate(openai_server, tmp_path / "c1", seeds, num_instructions_to_generate=150, max_concurrency=1)
@@ -316,6 +317,7 @@ def start_long_run(server, out, seeds) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_path):
     openai_server.delay = 0.3
     out = tmp_path / "killed"
@@ -335,6 +337,7 @@ def test_kill_mid_run_keeps_every_completed_request(openai_server, seeds, tmp_pa
     assert resumed == whole
 
 
+@pytest.mark.slow
 def test_sigterm_writes_regen_json_like_ctrl_c(openai_server, seeds, tmp_path):
     """`kill`, `timeout` and batch schedulers send SIGTERM: regen.json must then hold every kept instruction."""
     openai_server.delay = 0.2
@@ -379,6 +382,7 @@ def test_half_written_journal_line_is_dropped(openai_server, seeds, tmp_path):
     assert len(entries) == sum(len(r["kept"]) for r in read_journal(out))
 
 
+@pytest.mark.slow
 def test_auth_error_exits_clearly_and_keeps_the_data(openai_server, seeds, tmp_path):
     openai_server.push(answer(), auth_error())
     out = tmp_path / "out"
@@ -394,6 +398,7 @@ def test_auth_error_exits_clearly_and_keeps_the_data(openai_server, seeds, tmp_p
     assert len(kept) == len(read_journal(out)[0]["kept"]) > 0
 
 
+@pytest.mark.slow
 def test_a_key_echoed_by_the_server_is_masked_in_every_message(openai_server, seeds, tmp_path):
     openai_server.push(error_reply(500, f"upstream failed for key {KEY}", "server_error"),
                        error_reply(401, f"Invalid key {KEY}", "invalid_request_error", "invalid_api_key"))

@@ -179,6 +179,7 @@ def test_agreement_and_results_on_hand_made_files_with_known_kappa(tmp_path, cap
         assert (out / picture).read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
     model, reference = write_answer_files(tmp_path / "files")
     out = tmp_path / "out"
@@ -236,6 +237,7 @@ def test_api_verdicts_undo_stale_pages_and_resume(tmp_path):
     assert (resumed["done"], resumed["pair"]["id"], resumed["can_undo"]) == (1, 1, True)
 
 
+@pytest.mark.slow
 def test_several_annotators_at_once_lose_nothing(tmp_path, monkeypatch):
     """Two servers on one directory (alice, bob), each hit by concurrent requests as from several tabs; a slow disk
     (50 ms per append) widens the window in which an unlocked read-check-append would accept a pair twice."""

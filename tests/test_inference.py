@@ -169,6 +169,7 @@ def test_lora_adapter_loads_on_the_base_and_matches_the_merged_model(tmp_path, t
     assert from_adapter != one_by_one  # the base model's answers
 
 
+@pytest.mark.slow
 def test_adapter_dir_alone_loads_its_base_with_the_added_pad_token(tmp_path, tiny_model_dir):
     # As train.py does for LLaMA: add [PAD], grow the embeddings, then train LoRA; the adapter dir keeps the tokenizer.
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -259,6 +260,7 @@ def test_boolean_flags_mean_what_they_say(spelling, value):
     assert inference.parse_args(["--model_name_or_path", "x", "--do_sample"]).do_sample is True
 
 
+@pytest.mark.slow
 def test_cli_contract_one_error_line_nothing_written_nothing_loaded(repo_dir, tmp_path):
     """Mistakes end in one `error:` line (exit 2 for usage, 1 for other user errors), write nothing, and come
     before any model is loaded: the model path given does not exist, so reaching it would be another error."""

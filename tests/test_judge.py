@@ -88,6 +88,7 @@ def test_always_first_judge_gives_exactly_half_every_pair_a_tie(openai_server, t
     assert len(openai_server.requests) == 60  # both orders of every pair
 
 
+@pytest.mark.slow
 def test_always_longer_judge_is_brought_back_near_half_by_length_control(openai_server, tmp_path):
     openai_server.responder = length_judge
     rng = np.random.default_rng(0)
@@ -103,6 +104,7 @@ def test_always_longer_judge_is_brought_back_near_half_by_length_control(openai_
     assert results["lc_win_rate_ci95"][1] < results["win_rate_ci95"][0]  # the length effect is clearly removed
 
 
+@pytest.mark.slow
 def test_hidden_quality_judge_win_rates_cover_the_true_rate(openai_server, tmp_path):
     (model, reference), quality = quality_files(tmp_path, 300, 0.7, seed=3)
     openai_server.responder = quality_judge(quality)
@@ -115,6 +117,7 @@ def test_hidden_quality_judge_win_rates_cover_the_true_rate(openai_server, tmp_p
     assert sum(c["n"] for c in results["per_category"].values()) == 300
 
 
+@pytest.mark.slow
 def test_logprobs_mode_one_call_per_pair_soft_preferences_random_order(openai_server, tmp_path):
     (model, reference), quality = quality_files(tmp_path, 40, 0.5, seed=1)
 
@@ -231,6 +234,7 @@ def test_unparsable_replies_are_retried_then_unjudged_not_cached_and_judged_on_r
     assert len(openai_server.requests) - before == 2 and results["n_unjudged"] == 0 and results["n_wins"] == 6
 
 
+@pytest.mark.slow
 def test_rerun_makes_no_calls_and_gives_identical_results_a_changed_answer_rejudges_one_pair(openai_server,
                                                                                                 tmp_path):
     (model, reference), quality = quality_files(tmp_path, 25, 0.6, seed=2)
@@ -274,6 +278,7 @@ def test_cost_counts_the_judgments_behind_the_result(openai_server, tmp_path):
     assert "cost" not in run(openai_server, model, reference, tmp_path / "out")["model"]
 
 
+@pytest.mark.slow
 def test_api_key_never_reaches_the_output_dir(openai_server, tmp_path):
     (model, reference), quality = quality_files(tmp_path, 5, 0.5, seed=4)
     openai_server.responder = quality_judge(quality)
@@ -311,6 +316,7 @@ def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
     assert resumed == whole
 
 
+@pytest.mark.slow
 def test_several_models_get_paired_differences_and_a_sorted_table(openai_server, tmp_path, capsys):
     (good, reference), good_quality = quality_files(tmp_path, 120, 0.8, seed=6, name="good")
     (bad, _), bad_quality = quality_files(tmp_path, 120, 0.3, seed=7, name="bad")
@@ -423,6 +429,7 @@ def test_command_line_contract(openai_server, tmp_path):
         assert (out / "results.json").exists() and not (out / "win_rates.png").exists()
 
 
+@pytest.mark.slow
 def test_help_lists_the_flags():
     result = subprocess.run([sys.executable, "judge.py", "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
@@ -447,6 +454,7 @@ def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp
                     "--judge_model", str(tiny_model_dir), "--api_type", "local", "--judge_mode", "logprobs"])
 
 
+@pytest.mark.slow
 def test_compute_results_counts_and_categories():
     results = judge.compute_results([1.0, 0.0, 0.5, None, 1.0], [10, 20, 30, 40, 50], [20, 20, 20, 20, 20],
                                     ["a", "a", "b", "b", "b"], seed=0)

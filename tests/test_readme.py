@@ -32,6 +32,7 @@ def test_quickstart_is_two_commands_and_ci_runs_the_test_one():
         assert (REPO / script).exists(), script
 
 
+@pytest.mark.slow
 def test_readme_names_only_flags_that_exist():
     """Every --flag in a README command line is accepted by the script it is passed to."""
     helps = {

@@ -67,6 +67,7 @@ def test_tokenize_is_rouge_score_default_tokenizer():
         assert tokenize(text) == reference_tokenizer.tokenize(text), text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_scores_equal_rouge_score_on_random_strings(backend, random_pool_and_candidates):
     pool, candidates = random_pool_and_candidates
@@ -213,6 +214,7 @@ def test_bad_arguments_are_reported():
         RougeLIndex(backend="cuda")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["numba missing", "jit disabled"])
 def test_falls_back_to_rapidfuzz_without_numba(how, repo_dir):
     program = (
@@ -235,6 +237,7 @@ def test_falls_back_to_rapidfuzz_without_numba(how, repo_dir):
     assert result.returncode == 0 and "fallback ok" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_compiles_without_a_writable_cache_directory(repo_dir):
     if "numba" not in BACKENDS:
         pytest.skip("numba is not usable here")

@@ -94,6 +94,7 @@ def test_the_generators_blacklist_matches_whole_words_only():
     assert gi.filter_drop_reason("Explain the mapping between profiles and drawers.") is None
 
 
+@pytest.mark.slow
 def test_seed_instructions_are_not_near_duplicates(seeds):
     """The generator drops anything above ROUGE-L 0.7 against the pool; seeds themselves must stay well apart."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -116,6 +117,7 @@ def test_demo_dataset_schema_and_size(demo):
     assert len(set(instructions)) == len(instructions), "duplicate demo instructions"
 
 
+@pytest.mark.slow
 def test_demo_dataset_is_distinct_from_seeds(demo, seeds):
     """Training on the seeds themselves would make the demo's generation and training stages indistinguishable."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

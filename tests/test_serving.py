@@ -106,6 +106,7 @@ def test_each_family_gets_the_prompt_start_its_training_ids_need(family):
     assert (tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id) == (KINDS[kind] != "none")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to_messages", [messages_with_input_role, messages_with_text_parts])
 def test_rendered_chat_is_the_training_prompt_in_text_and_token_ids(family, to_messages):
     """For every demo example and the adversarial ones: the text is PROMPT_DICT's prompt (after the BOS text the
@@ -253,6 +254,7 @@ def test_endpoint_chat_mode_refuses_a_served_directory_without_template(tmp_path
 
 # ----------------------------------------------------------------------------- what train.py and weight_diff write
 
+@pytest.mark.slow
 def test_train_lora_merge_and_weight_diff_keep_the_template(tmp_path, tiny_model_dir):
     """One short LoRA run writes the template into the adapter directory and the merged checkpoint (a full
     fine-tune saves through the same tokenizer); weight_diff's diff and recovered model carry it on."""

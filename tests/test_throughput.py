@@ -137,6 +137,7 @@ def check_log(log_history: list[dict], steps: list[tuple[int, int, int]], model_
     assert final["train_processed_tokens"] == (TOTALS[0] if padding_free else TOTALS[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_trainer_log_counts_every_micro_batch(tiny_model_dir, tmp_path, padding_free):
     log_history, shape = train_on_literal_batches(str(tiny_model_dir), str(tmp_path), padding_free=padding_free)
@@ -208,6 +209,7 @@ def test_bench_gpu_data_has_alpacas_token_count():
                for label, (prompt, _) in zip(dataset.labels, lengths[:50], strict=True))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_bench_gpu_without_cuda_says_so_in_one_sentence():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "bench_gpu.py")], capture_output=True, text=True,

@@ -260,6 +260,7 @@ def test_a_json_file_with_a_byte_order_mark_loads(tmp_path):
     assert utils.load_alpaca_records(str(path)) == make_examples(2)
 
 
+@pytest.mark.slow
 def test_lora_target_modules_the_model_lacks_are_named(tiny_model_dir, tmp_path, caplog):
     data = write_json(tmp_path / "d.json", make_examples(8))
     with caplog.at_level(logging.WARNING, logger="train"):
@@ -384,6 +385,7 @@ def test_padding_free_training_logs_the_same_losses(tiny_model_dir, tmp_path, ca
 
 # ----------------------------------------------------------------------------- training runs
 
+@pytest.mark.slow
 def test_train_writes_a_checkpoint_that_auto_classes_load(tiny_model_dir, tmp_path):
     data = write_json(tmp_path / "d.json", make_examples(24))
     state = run_train(tiny_model_dir, data, tmp_path / "out", "--num_train_epochs", "1", "--learning_rate", "1e-3")

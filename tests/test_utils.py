@@ -77,6 +77,7 @@ def test_chat_endpoint_sends_one_user_message_per_prompt(openai_server, monkeypa
     assert openai_server.requests[0]["headers"]["openai-organization"] == "org-test"
 
 
+@pytest.mark.slow
 def test_rate_limit_then_success_honours_retry_after(openai_server):
     openai_server.push(rate_limited(retry_after=0.4), ok("done"))
     start = time.monotonic()
@@ -175,6 +176,7 @@ def test_cache_stores_request_and_raw_response_and_replays(openai_server, tmp_pa
                                    api_base=openai_server.url, cache_dir=cache) == "new"
 
 
+@pytest.mark.slow
 def test_concurrency_keeps_order_and_limit(openai_server):
     openai_server.delay = 0.2
     start = time.monotonic()
@@ -197,6 +199,7 @@ def test_rate_limiter_waits_for_the_budget():
     assert 0.25 < asyncio.run(run()) < 0.6
 
 
+@pytest.mark.slow
 def test_requests_per_minute_spaces_requests(openai_server):
     texts = utils.openai_completion(["a", "b", "c"], args(), model_name="m", return_text=True,
                                     api_base=openai_server.url, max_concurrency=3)
@@ -274,6 +277,7 @@ def test_load_records_reads_json_lists_and_jsonl_and_names_bad_lines(tmp_path):
         utils.load_records(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.slow
 def test_json_readers_do_not_import_the_llm_client():
     # train.py and inference.py read data through utils; the openai import (~1 s) is only for generation.
     code = "import sys, utils, train, inference; assert 'openai' not in sys.modules; utils.LLMError; " \
@@ -281,6 +285,7 @@ def test_json_readers_do_not_import_the_llm_client():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
 
 
+@pytest.mark.slow
 def test_the_llm_client_does_not_import_torch():
     # The local backend (torch, transformers: seconds to import) is loaded only for api_type "local".
     code = "import sys, llm_client, generate_instruction; assert not {'local_llm', 'torch', 'transformers'} & " \
@@ -349,6 +354,7 @@ def test_a_malformed_response_in_an_old_cache_is_asked_again(openai_server, tmp_
     assert len(openai_server.requests) == 1
 
 
+@pytest.mark.slow
 def test_request_timeout_bounds_a_trickling_body(openai_server):
     body = json.dumps(good_body("too late"))  # ~200 bytes at 20 ms each: 4 s, but every read gets a byte in time
     openai_server.push(Reply(raw=body, trickle=0.02), ok("in time"))

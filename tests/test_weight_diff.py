@@ -133,6 +133,7 @@ def test_streamed_pad_resize_equals_smart_tokenizer_and_embedding_resize(tiny_mo
         assert np.array_equal(streamed.view(np.uint32), param.numpy().reshape(-1).view(np.uint32)), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rows,width", [(1, 64), (17, 64), (513, 128), (4097, 64), (32001, 4096), (70000, 192)])
 def test_streamed_column_sums_add_in_pytorchs_order(rows, width):
     """The [PAD] row is the mean of the embedding rows: summed block by block in numpy, it must come out bit for
@@ -485,6 +486,7 @@ def test_naive_check_stays_available_behind_its_flag(tiny_model_dir, diff_bf16, 
                             check_integrity_naively=True)
 
 
+@pytest.mark.slow
 def test_recovered_model_generates_like_the_tuned_model(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, capsys):
     scratch = lambda: set(pathlib.Path(tempfile.gettempdir()).glob("recover-*"))  # noqa: E731
     before = scratch()
@@ -516,6 +518,7 @@ def test_command_line_as_in_the_readme(tiny_model_dir, tuned_bf16, tmp_path, rep
     assert "### Response:" in done.stdout and first_difference(str(tuned_bf16), str(tmp_path / "out")) is None
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_print_one_line_and_help_lists_the_flags(tuned_bf16, tmp_path, repo_dir):
     def run(*args):
         return subprocess.run([sys.executable, str(repo_dir / "weight_diff.py"), *args], cwd=tmp_path,
@@ -547,6 +550,7 @@ def assert_one_error(done: subprocess.CompletedProcess, exit_code: int, *fragmen
         assert fragment in lines[0], (fragment, lines[0])
 
 
+@pytest.mark.slow
 def test_command_line_contract(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, repo_dir):
     """Unknown flags, true/false spellings, a missing input and malformed inputs: exit code, one error line,
     nothing written and no work done before the check (not even the output's parent directories)."""
@@ -601,6 +605,7 @@ runpy.run_path("weight_diff.py", run_name="__main__")
 
 @pytest.mark.parametrize("command,signum", [("make_diff", signal.SIGTERM), ("recover", signal.SIGINT),
                                             ("recover", signal.SIGTERM)])
+@pytest.mark.slow
 def test_an_interrupted_run_leaves_nothing_behind(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, repo_dir,
                                                   command, signum):
     """SIGTERM (kill, a scheduler) and Ctrl-C in the middle of writing: one line, exit 130, no hidden .partial
@@ -665,6 +670,7 @@ def test_cuda_without_a_gpu_is_refused_before_any_work(tiny_model_dir, diff_bf16
 
 # ----------------------------------------------------------------------------- hostile and damaged files
 
+@pytest.mark.slow
 def test_links_and_special_files_in_a_diff_are_refused_before_any_work(tiny_model_dir, diff_bf16, tmp_path,
                                                                        repo_dir):
     """A diff is downloaded from strangers: a link in it must not put a file from elsewhere (a key) into the
