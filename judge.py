@@ -217,24 +217,7 @@ def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, 
 
 def load_judgments(path: str) -> dict[str, dict]:
     """{key: judgment} from the journal; a half-written last line (a killed run) is cut off."""
-    judgments: dict[str, dict] = {}
-    if not os.path.exists(path):
-        return judgments
-    good_bytes = 0
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            judgments[record["key"]] = record
-            good_bytes += len(line)
-    if good_bytes < os.path.getsize(path):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return judgments
+    return {record["key"]: record for record in utils.read_complete_lines(path)}
 
 
 def append_judgment(path: str, record: dict) -> None:

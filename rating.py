@@ -18,6 +18,7 @@ from contextlib import aclosing
 from tqdm import tqdm
 
 import data_tools
+import utils
 from cli import UsageError, UserError
 from generate_instruction import append_journal
 from llm_client import (
@@ -77,23 +78,7 @@ def record_key(record: dict) -> str:
 
 def read_journal(path: str) -> list[dict]:
     """The journal's entries; a half-written last line (a kill while writing) is cut off the file."""
-    if not os.path.exists(path):
-        return []
-    entries, good_bytes = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if not line.endswith(b"\n"):
-                break
-            entries.append(entry)
-            good_bytes += len(line)
-    if good_bytes < os.path.getsize(path):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return entries
+    return utils.read_complete_lines(path)
 
 
 def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[str, str]:

@@ -142,6 +142,28 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
                                 "JSONL file needs one JSON object per line; a JSON list must start with '['.") from None
 
 
+def read_complete_lines(path: str | os.PathLike) -> list:
+    """The JSON values of an append-only JSONL journal, up to the first line that is not whole (a kill while it
+    was written): that line and anything after it are cut off the file, so the next append starts clean.
+    A missing file has no values."""
+    if not os.path.exists(path):
+        return []
+    values, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(line)
+    if good_bytes < os.path.getsize(path):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return values
+
+
 def load_records(path: str | os.PathLike) -> list:
     """The records of a JSON list or a JSONL file (one JSON value per line; blank lines skipped).
 
