@@ -26,10 +26,10 @@ import time
 import numpy as np
 from rouge_score import rouge_scorer
 
+from alpaca.data import tools as data_tools
+from alpaca.generate.rouge_l import RougeLIndex
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # run from anywhere
-import data_tools  # noqa: E402
-from rouge_l import RougeLIndex  # noqa: E402
 
 DEFECT_OUTPUTS = ["N/A", "", "1. Instruction: Say hi.\n1. Output: hi"]
 

@@ -5,7 +5,7 @@ a fleet of servers behind one endpoint.
     python bench/bench_generate.py --mode fleet [--servers 4] [--server_batch 4]
 
 Every run sends the same prompts (one per request, --seed fixed) through the real openai client to loopback
-OpenAI-compatible servers (tests/openai_server.py) that answer each request after `latency` seconds with a
+OpenAI-compatible servers (alpaca/testing/openai_server.py) that answer each request after `latency` seconds with a
 deterministic 16-task continuation. The response cache is off, so every request goes over HTTP. Prints the wall
 times, their ratios, and whether the regen.json files are identical (they must be).
 
@@ -30,11 +30,10 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from alpaca.generate import self_instruct as generate_instruction
+from alpaca.testing.openai_server import OpenAIServer, default_responder
 
-import generate_instruction  # noqa: E402
-from openai_server import OpenAIServer, default_responder  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def write_seed_tasks(path: pathlib.Path, count: int = 20) -> None:

@@ -32,15 +32,14 @@ import time
 import traceback
 from datetime import UTC, datetime
 
+import torch
+import transformers
+from transformers import DataCollatorWithFlattening, LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from alpaca.train import sft as train
+from alpaca.train import throughput
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import DataCollatorWithFlattening, LlamaConfig, LlamaForCausalLM, TrainerCallback  # noqa: E402
-
-import throughput  # noqa: E402
-import train  # noqa: E402
 
 ALPACA_EXAMPLES = 52002
 ALPACA_TOKENS_PER_EPOCH = 6.6e6  # with LLaMA's tokenizer and the Alpaca template

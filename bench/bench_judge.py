@@ -3,7 +3,8 @@
     python bench/bench_judge.py [--num_pairs 300] [--latency 0.2] [--max_concurrency 16] [--judge_mode swap]
 
 Both runs judge the same 300 pairs (swap mode: 600 judgments) through the real openai client and a loopback
-OpenAI-compatible server (tests/openai_server.py) that plays a judge with a fixed, hidden preference per pair and
+OpenAI-compatible server (alpaca/testing/openai_server.py) that plays a judge with a fixed, hidden preference per
+pair and
 answers each request after `latency` seconds. Each run starts from an empty output directory, so every judgment
 goes over HTTP. Prints both wall times (the whole command, and the part spent asking the judge), their ratios, and
 whether the two results.json files are identical (they must be: the results depend on the verdicts, not on the
@@ -23,11 +24,10 @@ import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+from alpaca.evaluate import judge
+from alpaca.testing.openai_server import OpenAIServer
 
-import judge  # noqa: E402
-from openai_server import OpenAIServer  # noqa: E402
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 CATEGORIES = ("writing rewriting brainstorming open_qa closed_qa classification extraction summarization math "
               "coding").split()

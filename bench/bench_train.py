@@ -6,7 +6,7 @@
 
 The dataset is synthetic with Alpaca-like lengths: instructions ~15 words, 40% with an input of ~25 words,
 outputs log-normal from a few words to ~300 (median ~30), words drawn from seed_tasks.jsonl. The tokenizer is the
-tiny SentencePiece model of scripts/make_tiny_model.py (no hub here), which spends more tokens per word than LLaMA's.
+tiny SentencePiece model of alpaca/testing/tiny_model.py (no hub here), which spends more tokens per word than LLaMA's.
 It prints:
   (1) preprocessing time: `train.preprocess` (batched fast tokenizer) vs the original's path (each string tokenized
       on its own with return_tensors="pt", padding="longest", then labels copied and masked), timed on a sample and
@@ -25,21 +25,19 @@ import math
 import os
 import pathlib
 import random
-import sys
 import tempfile
 import time
 
+import tokenizers
+import torch
+from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
+from transformers.tokenization_utils_sentencepiece import SentencePieceBackend
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from alpaca.testing.tiny_model import make_tiny_model
+from alpaca.train import sft as train
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]
-
-import tokenizers  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, DataCollatorWithFlattening  # noqa: E402
-from transformers.tokenization_utils_sentencepiece import SentencePieceBackend  # noqa: E402
-from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
-
-import train  # noqa: E402
-from make_tiny_model import make_tiny_model  # noqa: E402
 
 
 def synthetic_alpaca(n: int, seed: int = 0) -> list[dict]:

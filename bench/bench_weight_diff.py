@@ -28,7 +28,6 @@ import textwrap
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 # Run at the end of each child: its peak resident memory, as the kernel counted it.
 REPORT_PEAK = """
@@ -44,12 +43,12 @@ AutoTokenizer.from_pretrained("{raw}")
 """
 
 OURS_MAKE_DIFF = """
-import weight_diff
+from alpaca.weights import diff as weight_diff
 weight_diff.make_diff("{raw}", "{tuned}", "{out}")
 """
 
 OURS_RECOVER = """
-import weight_diff
+from alpaca.weights import diff as weight_diff
 weight_diff.recover("{raw}", "{diff}", "{out}", test_inference=False)
 """
 
@@ -57,7 +56,7 @@ weight_diff.recover("{raw}", "{diff}", "{out}", test_inference=False)
 ORIGINAL_LOAD_BOTH = """
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from train import smart_tokenizer_and_embedding_resize
+from alpaca.train.sft import smart_tokenizer_and_embedding_resize
 raw = AutoModelForCausalLM.from_pretrained("{raw}", dtype=torch.float32)
 other = AutoModelForCausalLM.from_pretrained("{other}", dtype=torch.float32)
 raw_tokenizer = AutoTokenizer.from_pretrained("{raw}")
@@ -91,7 +90,7 @@ def build_pair(work: pathlib.Path, dtype_name: str, hidden: int, layers: int, in
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from train import smart_tokenizer_and_embedding_resize
+    from alpaca.train.sft import smart_tokenizer_and_embedding_resize
 
     words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
     backend = Tokenizer(models.WordLevel(words, unk_token="<unk>"))

@@ -14,13 +14,9 @@ No other file is changed, except that with --overwrite a template kept in tokeni
 import json
 import os
 import pathlib
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import cli  # noqa: E402  (the repository's modules, importable once REPO is on the path)
-from prompts import (  # noqa: E402
+from alpaca import cli
+from alpaca.prompts.alpaca import (
     INPUT_ROLE,
     alpaca_chat_template,
     choose_bos_prefix,
@@ -28,6 +24,8 @@ from prompts import (  # noqa: E402
     is_alpaca_chat_template,
     is_current_chat_template,
 )
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 CHECK_DATA = REPO / "data" / "demo_alpaca.json"
 
@@ -99,7 +97,7 @@ def add_chat_template(model_dir: str, overwrite: bool = False) -> None:
                                     "prompts).")
     from transformers import AutoTokenizer
 
-    import utils
+    from alpaca import files
 
     bos_prefix = choose_bos_prefix(AutoTokenizer.from_pretrained(model_dir))
     if bos_prefix is None:
@@ -110,7 +108,7 @@ def add_chat_template(model_dir: str, overwrite: bool = False) -> None:
         del config["chat_template"]
         _write_atomically(directory / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     _write_atomically(directory / "chat_template.jinja", alpaca_chat_template(bos_prefix))
-    check_template(model_dir, utils.load_alpaca_records(CHECK_DATA))
+    check_template(model_dir, files.load_alpaca_records(CHECK_DATA))
     print(f"Wrote {directory / 'chat_template.jinja'} (prompt start: {bos_prefix}); checked on "
           f"{CHECK_DATA.name}: rendered chats give training's token ids.")
 

@@ -12,9 +12,11 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 # Re-install only when the requirement files changed since the last install.
-stamp=".venv/.installed-$(cat requirements.txt "$reqs" | sha256sum | cut -c1-16)-$(basename "$reqs" .txt)"
+stamp=".venv/.installed-$(cat requirements.txt "$reqs" pyproject.toml | sha256sum | cut -c1-16)-$(basename "$reqs" .txt)"
 if [ ! -e "$stamp" ]; then
   echo "Installing $reqs into .venv (a few minutes the first time) ..."
   .venv/bin/python -m pip install -q -r "$reqs"
+  # The package itself, editable: `import alpaca` works from any directory, and edits take effect at once.
+  .venv/bin/python -m pip install -q --no-deps -e .
   touch "$stamp"
 fi

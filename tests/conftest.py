@@ -21,7 +21,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
     """A LLaMA-style base model (hidden 64, 2 layers) and tokenizer without a pad token, built once."""
-    from make_tiny_model import make_tiny_model
+    from alpaca.testing.tiny_model import make_tiny_model
 
     return make_tiny_model(str(tmp_path_factory.mktemp("tiny-llama")))
 
@@ -33,8 +33,8 @@ def repo_dir() -> pathlib.Path:
 
 @pytest.fixture
 def openai_server(monkeypatch):
-    """A loopback OpenAI-compatible server (tests/openai_server.py) with a test key in the environment."""
-    from openai_server import OpenAIServer
+    """A loopback OpenAI-compatible server (alpaca/testing/openai_server.py) with a test key in the environment."""
+    from alpaca.testing.openai_server import OpenAIServer
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

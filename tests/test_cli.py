@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-import cli
+from alpaca import cli
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -83,7 +83,7 @@ def test_help_lists_flags_and_defaults(capsys):
 SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {repo!r})
-    import cli
+    from alpaca import cli
 
     def main():
         kind = sys.argv[1]

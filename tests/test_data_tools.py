@@ -11,11 +11,10 @@ import sys
 import pytest
 from rouge_score import rouge_scorer
 
-import data_tools
-import rating
-import verb_objects
-from cli import DataError, MissingPathError, UsageError
-from openai_server import OpenAIServer, ok
+from alpaca.cli import DataError, MissingPathError, UsageError
+from alpaca.data import rating, verb_objects
+from alpaca.data import tools as data_tools
+from alpaca.testing.openai_server import OpenAIServer, ok
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -356,7 +355,7 @@ def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_sunburst_png_is_small():
-    import data_plots
+    from alpaca.data import plots as data_plots
 
     top = [{"verb": f"verb{i}", "count": 100 - i, "objects": [[f"noun{i}_{j}", 25 - j - i // 2] for j in range(4)]}
            for i in range(20)]

@@ -11,9 +11,9 @@ import pathlib
 import numpy as np
 import pytest
 
-from generate_instruction import filter_drop_reason
-from rouge_l import RougeLIndex
-from utils import load_alpaca_records
+from alpaca.files import load_alpaca_records
+from alpaca.generate.rouge_l import RougeLIndex
+from alpaca.generate.self_instruct import filter_drop_reason
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 EVAL_PATH = REPO / "eval_instructions.jsonl"

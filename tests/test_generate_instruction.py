@@ -15,13 +15,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import REPO, task
 from rouge_score import rouge_scorer
 
-import cli
-import generate_instruction as gi
-import run_journal
-from openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
+from alpaca import cli
+from alpaca.generate import journal as run_journal
+from alpaca.generate import self_instruct as gi
+from alpaca.testing.openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
+from conftest import REPO, task
 
 KEY = "sk-test-key-123"  # set by the openai_server fixture
 TOPICS = ["volcano", "sonnet", "budget", "recipe", "chess", "tax", "poem", "python", "history", "climate",
@@ -183,7 +183,7 @@ def test_seed_file_errors_name_file_and_line(tmp_path):
 
 
 def test_rouge_index_is_reexported():
-    from generate_instruction import RougeLIndex
+    from alpaca.generate.self_instruct import RougeLIndex
 
     index = RougeLIndex(["the cat sat on the mat"])
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)

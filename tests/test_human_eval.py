@@ -16,9 +16,8 @@ import urllib.request
 
 import pytest
 
-import human_eval
-import judge
-import win_rates
+from alpaca.evaluate import human as human_eval
+from alpaca.evaluate import judge, win_rates
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

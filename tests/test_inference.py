@@ -10,10 +10,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import cli
-import inference
-from inference import format_prompt, generate_responses, load_model
-from train import PROMPT_DICT
+from alpaca import cli
+from alpaca.infer import answer as inference
+from alpaca.infer.answer import format_prompt, generate_responses, load_model
+from alpaca.train.sft import PROMPT_DICT
 
 EXAMPLES = [
     {"instruction": "Give three tips for staying healthy."},
@@ -365,7 +365,7 @@ def test_endpoint_mode_writes_the_local_format_one_prompt_per_request(openai_ser
 
 
 def test_endpoint_mode_fatal_errors_are_one_sentence(openai_server, tmp_path):
-    from openai_server import auth_error
+    from alpaca.testing.openai_server import auth_error
 
     openai_server.push(auth_error())
     data = tmp_path / "eval.json"

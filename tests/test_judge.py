@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-import judge
+from alpaca.evaluate import judge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATEGORIES = ["writing", "coding", "math", "advice"]
@@ -159,7 +159,7 @@ def test_an_endpoint_without_logprobs_is_told_to_use_swap_mode(openai_server, tm
 
 
 def test_an_endpoint_that_refuses_logprobs_is_told_to_use_swap_mode(openai_server, tmp_path):
-    from openai_server import error_reply
+    from alpaca.testing.openai_server import error_reply
 
     model, reference = write_pair_files(tmp_path, ["one", "two"], ["uno", "dos"])
     openai_server.push(error_reply(400, "logprobs is not supported by this server", "invalid_request_error"))

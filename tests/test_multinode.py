@@ -17,8 +17,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SLURM = REPO / "scripts" / "slurm_train.sh"
 sys.path.insert(0, str(REPO))
 
-import train  # noqa: E402
-from legacy_flags import translate_legacy_flags  # noqa: E402
+from alpaca.train import sft as train  # noqa: E402
+from alpaca.train.legacy_flags import translate_legacy_flags  # noqa: E402
 
 
 def free_port() -> int:

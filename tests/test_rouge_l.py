@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer, tokenizers
 
-import rouge_l
-from rouge_l import RougeLIndex, most_similar, tokenize
+from alpaca.generate import rouge_l
+from alpaca.generate.rouge_l import RougeLIndex, most_similar, tokenize
 
 BACKENDS = ["numba", "rapidfuzz"] if rouge_l.NUMBA_USABLE else ["rapidfuzz"]
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -220,7 +220,7 @@ def test_falls_back_to_rapidfuzz_without_numba(how, repo_dir):
     program = (
         "import sys\n"
         + ("sys.modules['numba'] = None\n" if how == "numba missing" else "")
-        + "import rouge_l\n"
+        + "from alpaca.generate import rouge_l\n"
         "from rouge_score import rouge_scorer\n"
         "pool = ['Write a story about a cat.', '', 'a b c d e f g h i j k l m', 'List three cats!']\n"
         "index = rouge_l.RougeLIndex(pool)\n"
@@ -245,7 +245,7 @@ def test_compiles_without_a_writable_cache_directory(repo_dir):
     program = (
         "import numba.core.caching as caching\n"
         "caching.CacheImpl._locator_classes = []  # as if no directory were writable\n"
-        "import rouge_l\n"
+        "from alpaca.generate import rouge_l\n"
         "assert type(rouge_l._f1_one_word._cache).__name__ == 'NullCache'\n"
         "index = rouge_l.RougeLIndex(['a b c d e f g h i j k l m', 'x y'])\n"
         "assert index.backend == 'numba'\n"

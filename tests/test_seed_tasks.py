@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
-from conftest import REPO
-from conftest import task as task_text
 from rouge_score import rouge_scorer
 
-import generate_instruction as gi
+from alpaca.generate import self_instruct as gi
+from conftest import REPO
+from conftest import task as task_text
 
 SEED_PATH = REPO / "seed_tasks.jsonl"
 DEMO_PATH = REPO / "data" / "demo_alpaca.json"

@@ -17,9 +17,8 @@ import pytest
 from jinja2.exceptions import TemplateError
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-import inference
-import train
-from prompts import (
+from alpaca.infer import answer as inference
+from alpaca.prompts.alpaca import (
     INPUT_ROLE,
     PROMPT_DICT,
     alpaca_chat_template,
@@ -27,6 +26,7 @@ from prompts import (
     format_prompt,
     is_alpaca_chat_template,
 )
+from alpaca.train import sft as train
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 DEMO = json.loads((REPO / "data" / "demo_alpaca.json").read_text(encoding="utf-8"))
@@ -269,7 +269,7 @@ def test_train_lora_merge_and_weight_diff_keep_the_template(tmp_path, tiny_model
     for directory in (out, out / "merged"):
         assert (directory / "chat_template.jinja").read_text() == expected, directory
 
-    import weight_diff
+    from alpaca.weights import diff as weight_diff
 
     weight_diff.make_diff(path_raw=str(tiny_model_dir), path_tuned=str(out / "merged"), path_diff=str(tmp_path / "d"))
     weight_diff.recover(path_raw=str(tiny_model_dir), path_diff=str(tmp_path / "d"), path_tuned=str(tmp_path / "r"),

@@ -14,8 +14,8 @@ import torch
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "bench")]
 
-import throughput  # noqa: E402
-import train  # noqa: E402
+from alpaca.train import sft as train  # noqa: E402
+from alpaca.train import throughput  # noqa: E402
 
 # 16 examples of these lengths, read in order (sequential sampler), 2 per micro-batch, 2 micro-batches per step:
 # micro-batches [3,5] [2,2] [4,4] [1,6] [3,5] [2,2] [4,4] [1,6].

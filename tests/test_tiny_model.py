@@ -3,7 +3,7 @@ import hashlib
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from make_tiny_model import make_tiny_model
+from alpaca.testing.tiny_model import make_tiny_model
 
 
 def test_tiny_model_loads_with_auto_classes_like_llama(tiny_model_dir):

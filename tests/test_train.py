@@ -17,13 +17,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import cli
-import train
-import train_setup
 import utils
-from cli import MissingPathError, UsageError
-from legacy_flags import translate_legacy_flags
-from train import (
+from alpaca import cli
+from alpaca.cli import MissingPathError, UsageError
+from alpaca.train import setup as train_setup
+from alpaca.train import sft as train
+from alpaca.train.legacy_flags import translate_legacy_flags
+from alpaca.train.sft import (
     IGNORE_INDEX,
     PROMPT_DICT,
     DataArguments,

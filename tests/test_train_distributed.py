@@ -102,7 +102,7 @@ def _fsdp2_save_worker(rank: int, world_size: int, port: int, model_dir: str, ou
         from torch.distributed.tensor import DTensor, Shard
         from transformers import Trainer
 
-        from train import (
+        from alpaca.train.sft import (
             ModelArguments,
             TrainingArguments,
             gather_full_state_dict,

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-import llm_client
-import local_llm
 import utils
-from llm_client import LLMError, RateLimiter
-from openai_server import (
+from alpaca.llm import client as llm_client
+from alpaca.llm import local as local_llm
+from alpaca.llm.client import LLMError, RateLimiter
+from alpaca.testing.openai_server import (
     Reply,
     auth_error,
     context_length_error,
@@ -288,8 +288,8 @@ def test_json_readers_do_not_import_the_llm_client():
 @pytest.mark.slow
 def test_the_llm_client_does_not_import_torch():
     # The local backend (torch, transformers: seconds to import) is loaded only for api_type "local".
-    code = "import sys, llm_client, generate_instruction; assert not {'local_llm', 'torch', 'transformers'} & " \
-           "set(sys.modules), sorted({'local_llm', 'torch', 'transformers'} & set(sys.modules))"
+    code = "import sys, generate_instruction; assert not {'alpaca.llm.local', 'torch', 'transformers'} & " \
+           "set(sys.modules), sorted({'alpaca.llm.local', 'torch', 'transformers'} & set(sys.modules))"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parent.parent)
 
 

@@ -20,12 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-import cli
-import raw_weights
-import safetensors_stream
-import weight_diff
-from make_tiny_model import make_tiny_model
-from train import DEFAULT_PAD_TOKEN, missing_special_tokens, smart_tokenizer_and_embedding_resize
+from alpaca import cli
+from alpaca.testing.tiny_model import make_tiny_model
+from alpaca.train.sft import DEFAULT_PAD_TOKEN, missing_special_tokens, smart_tokenizer_and_embedding_resize
+from alpaca.weights import diff as weight_diff
+from alpaca.weights import raw as raw_weights
+from alpaca.weights import safetensors_stream
 
 INTEGERS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # diff tensors, by width
 
@@ -595,7 +595,8 @@ def test_command_line_contract(tiny_model_dir, tuned_bf16, diff_bf16, tmp_path, 
         assert first_difference(tuned, str(tmp_path / f"out-{spelling}")) is None
 
 
-SLOW_READS = """import runpy, sys, time, safetensors_stream
+SLOW_READS = """import runpy, sys, time
+from alpaca.weights import safetensors_stream
 read_rows = safetensors_stream.read_rows
 safetensors_stream.read_rows = lambda *args: (time.sleep(0.1), read_rows(*args))[1]  # time to be interrupted
 sys.argv[0] = "weight_diff.py"

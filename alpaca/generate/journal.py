@@ -19,8 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-import cli
-import utils
+from alpaca import cli, files
 
 JOURNAL_NAME = "regen_journal.jsonl"
 LOCK_NAME = ".generate_instruction.lock"
@@ -118,7 +117,7 @@ def read_journal(journal_path: str) -> tuple[list[dict], int]:
 def read_regen_json(regen_path: str) -> list[dict]:
     """The entries of an earlier run's regen.json (no journal beside it: e.g. the original's output)."""
     try:
-        entries = utils.jload(regen_path)
+        entries = files.jload(regen_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise OutputDirError(f"{regen_path} is not valid JSON ({error}); this run would resume from it: fix it, "
                              "or move it aside to start afresh.") from None
@@ -136,7 +135,7 @@ def keep_edited_regen_json(regen_path: str, journal_entries: list[dict]) -> None
     if not os.path.exists(regen_path):
         return
     try:
-        written = utils.jload(regen_path)
+        written = files.jload(regen_path)
     except (ValueError, UnicodeDecodeError):
         written = None
     if isinstance(written, list) and written == journal_entries[:len(written)]:
@@ -177,5 +176,5 @@ def interrupts_deferred() -> Iterator[None]:
 def write_regen_json(regen_path: str, entries: list[dict]) -> None:
     """regen.json in the original's format, replaced atomically; written once per run (the journal holds every
     request's entries as they come)."""
-    utils.jdump(entries, regen_path + ".tmp")
+    files.jdump(entries, regen_path + ".tmp")
     os.replace(regen_path + ".tmp", regen_path)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-import cli
+from alpaca import cli
 
 ELEMENTS_PER_BLOCK = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit on a header's size (100 MB)

@@ -32,7 +32,6 @@ import hashlib
 import itertools
 import json
 import os
-import pathlib
 import random
 import re
 import secrets
@@ -42,15 +41,13 @@ import urllib.parse
 
 import numpy as np
 
-import cli
-import judge
-import utils
-import win_rates
+from alpaca import REPO_ROOT, cli, files
+from alpaca.evaluate import judge, win_rates
 
 ANNOTATIONS_NAME = "human_annotations.jsonl"
 PAIRS_NAME = "human_pairs.json"  # the pair set being annotated, written by the first `human` run on a directory
 RESULTS_NAME = "human_results.json"
-PAGE = pathlib.Path(__file__).resolve().parent / "static" / "annotate.html"
+PAGE = REPO_ROOT / "static" / "annotate.html"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 CHOICES = ("A", "B", "tie", "skip")  # what the page sends
 PREFERENCE_OF_VERDICT = {"model": 1.0, "reference": 0.0, "tie": 0.5, "skip": None}
@@ -393,7 +390,7 @@ def judge_preferences(output_dir: str, pairs: list[dict]) -> list[float | None] 
         return None
     model, reference = pairs[0]["model_generator"], pairs[0]["reference_generator"]
     orders: dict[tuple[str, str], list] = {}
-    for _, line in utils.read_jsonl(path):
+    for _, line in files.read_jsonl(path):
         if line.get("model") != model or line.get("reference") != reference:
             continue
         mode = "logprobs" if "p_a" in line else "swap"

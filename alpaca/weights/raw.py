@@ -17,8 +17,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-import cli
-from safetensors_stream import FLOATS, TensorSpec, from_float32, present, read_json, read_rows, row_chunks, to_float32
+from alpaca import cli
+from alpaca.weights.safetensors_stream import (
+    FLOATS,
+    TensorSpec,
+    from_float32,
+    present,
+    read_json,
+    read_rows,
+    row_chunks,
+    to_float32,
+)
 
 SPECIAL_TOKEN_ROLES = ("pad_token", "eos_token", "bos_token", "unk_token")  # those train.py adds when missing
 # Input and output embeddings (LLaMA, GPT-NeoX, GPT-2, BLOOM, ...): the tensors a vocabulary resize changes.

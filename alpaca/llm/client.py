@@ -27,7 +27,7 @@ from email.utils import parsedate_to_datetime
 
 import openai
 
-import cli
+from alpaca import cli
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ class LLMEndpoint:
         self.prompt_list_refusal_logged = False
         if api_type == "local":
             self.api_base = "local"
-            from local_llm import LocalCausalLM  # torch and transformers: only for a local model
+            from alpaca.llm.local import LocalCausalLM  # torch and transformers: only for a local model
 
             self.local_model = LocalCausalLM(self.model_name)
             self.local_lock = asyncio.Lock()

@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from cli import MissingPathError
-from data_tools import FIELDS, has_input, task_of
-from generate_instruction import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
-from rouge_l import RougeLIndex
+from alpaca.cli import MissingPathError
+from alpaca.data.tools import FIELDS, has_input, task_of
+from alpaca.generate.rouge_l import RougeLIndex
+from alpaca.generate.self_instruct import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
 
 PERCENTILES = (10, 50, 90, 99)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -88,7 +88,7 @@ def near_duplicates(instructions: list[str], threshold: float, num_examples: int
 def file_stats(records: list[dict], path: str, tokenizer, nlp, num_examples: int,
                num_cpus: int | None, num_verbs: int, num_objects: int) -> tuple[dict, dict]:
     """(statistics of one data set, its per-record lengths for the histograms)."""
-    import verb_objects
+    from alpaca.data import verb_objects
 
     instructions = [r["instruction"] for r in records]
     words = field_lengths(records, lambda text: len(text.split()))

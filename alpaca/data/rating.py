@@ -17,11 +17,11 @@ from contextlib import aclosing
 
 from tqdm import tqdm
 
-import data_tools
-import utils
-from cli import UsageError, UserError
-from generate_instruction import append_journal
-from llm_client import (
+from alpaca import files
+from alpaca.cli import UsageError, UserError
+from alpaca.data import tools as data_tools
+from alpaca.generate.self_instruct import append_journal
+from alpaca.llm.client import (
     DEFAULT_MODEL_NAMES,
     LLMEndpoint,
     LLMError,
@@ -78,7 +78,7 @@ def record_key(record: dict) -> str:
 
 def read_journal(path: str) -> list[dict]:
     """The journal's entries; a half-written last line (a kill while writing) is cut off the file."""
-    return utils.read_complete_lines(path)
+    return files.read_complete_lines(path)
 
 
 def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[str, str]:
@@ -97,7 +97,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                  request_timeout: float, max_tokens: int, temperature: float, score_retries: int, cache: bool,
                  price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None) -> dict:
     """`data_tools.rate` (see its docstring for the arguments). Returns the run's counts."""
-    import data_plots
+    from alpaca.data import plots as data_plots
 
     (records,) = data_tools.load_inputs([data_path])
     data_tools.check_output_path(output, [data_path])

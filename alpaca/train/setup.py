@@ -17,9 +17,9 @@ from transformers.hf_argparser import string_to_bool
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
-import cli
-from cli import MissingPathError, OutputExistsError, UsageError
-from legacy_flags import translate_legacy_flags
+from alpaca import cli
+from alpaca.cli import MissingPathError, OutputExistsError, UsageError
+from alpaca.train.legacy_flags import translate_legacy_flags
 
 # What a finished or interrupted run leaves in output_dir (besides *.safetensors and checkpoint-N directories).
 TRAINED_MODEL_FILES = ("config.json", "adapter_config.json", "trainer_state.json", "pytorch_model.bin")

@@ -1,0 +1,422 @@
+"""Look at, clean, rate and convert instruction data in the Alpaca format.
+
+    python data_tools.py stats regen.json alpaca_data.json --output_dir stats/
+    python data_tools.py clean regen.json --output regen_clean.json [--exclude eval_instructions.jsonl]
+    python data_tools.py contamination regen.json --eval eval_instructions.jsonl
+    python data_tools.py rate regen.json --judge_model gpt-4o-mini --output rated.json --min_score 4.5
+    python data_tools.py convert regen.json --to release|messages|jsonl --output out.json
+
+Every input (a JSON list or JSONL of {"instruction", "input", "output"}, extra fields kept) is checked before any
+work starts; an input "<noinput>" counts as no input, as in the generator. Outputs are written to a temporary file
+and renamed into place, so a failure never leaves half a file. `python data_tools.py COMMAND --help` lists a
+command's flags. The generator's filters, `--clean` filters and the ROUGE-L index are the generator's own
+(`generate_instruction.filter_drop_reason`, `clean_drop_reason`, `rouge_l.RougeLIndex`). The commands live here;
+their helpers in data_stats.py (the statistics), verb_objects.py (spaCy's verbs and objects), data_plots.py (the
+pictures) and rating.py (the LLM rater).
+"""
+
+import json
+import os
+import re
+from collections import Counter
+
+import numpy as np
+from tqdm import tqdm
+
+from alpaca import cli, files
+from alpaca.cli import DataError, MissingPathError, UsageError
+from alpaca.generate.rouge_l import RougeLIndex
+from alpaca.generate.self_instruct import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
+
+NOINPUT_MARKER = "<noinput>"
+# Control characters (Unicode category Cc: C0, DEL, C1) except tab and newline; a stray \r goes too.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+FIELDS = ("instruction", "input", "output")
+
+# ----------------------------------------------------------------------------- reading and writing
+
+
+def load_inputs(paths: list[str], require_output: bool = True) -> list[list[dict]]:
+    """The Alpaca records of every path (`files.load_alpaca_records`), all read and checked before any work."""
+    if not paths:
+        raise UsageError("give at least one data file (a JSON list or JSONL of Alpaca records).")
+    return [files.load_alpaca_records(path, require_output=require_output) for path in paths]
+
+
+def has_input(record: dict) -> bool:
+    """Whether the record has an input: not empty, not only spaces, not the generator's "<noinput>" marker."""
+    text = record["input"].strip()
+    return bool(text) and text.lower() != NOINPUT_MARKER
+
+
+def task_of(record: dict) -> dict:
+    """{"instruction", "input", "output"} of a record as the generator's filters see it ("<noinput>" -> "")."""
+    return {"instruction": record["instruction"], "input": record["input"] if has_input(record) else "",
+            "output": record.get("output") or ""}
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """Write `text` to path via a temporary file renamed into place; the parent directory is created."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def records_text(records: list[dict], path: str) -> str:
+    """Records as a JSONL file when `path` ends in .jsonl, else as a JSON list (indent 4, as regen.json)."""
+    if path.endswith(".jsonl"):
+        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    return json.dumps(records, indent=4, ensure_ascii=False) + "\n"
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    write_text_atomically(path, records_text(records, path))
+
+
+def check_output_path(output: str, inputs: list[str]) -> None:
+    """Refuse an output that would replace one of the inputs."""
+    if not output:
+        raise UsageError("--output needs a file name.")
+    for path in inputs:
+        if os.path.exists(output) and os.path.samefile(output, path):
+            raise UsageError(f"--output {output} is the input file; write to another file.")
+
+
+def format_counts(counts: Counter) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.most_common() if n) or "none"
+
+
+# ----------------------------------------------------------------------------- stats
+
+
+def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | None = None,
+          spacy_model: str = "en_core_web_sm", num_verbs: int = 20, num_objects: int = 4, num_examples: int = 5,
+          num_cpus: int | None = None) -> dict:
+    """Statistics of one or more data sets, side by side: stats.json, stats.md and PNG pictures in --output_dir.
+
+    Per data set: records, unique instructions, share with an input; mean, percentiles and max of the words
+    (and tokens) of instructions, inputs and outputs; near-duplicate instruction pairs (ROUGE-L F1 > 0.7 against
+    any earlier one, exact rouge_score values) with examples; what the generator's filters and its --clean
+    filters would drop; the top root verbs and their direct objects (spaCy), drawn as the Alpaca figure's
+    two-level pie. Also a histogram of lengths for all data sets together.
+
+    Arguments:
+        DATA_PATHS: the data files (JSON list or JSONL of Alpaca records), e.g. regen.json alpaca_data.json.
+        output_dir: where stats.json, stats.md, lengths.png and LABEL_verbs.png are written (created).
+        tokenizer: a local Hugging Face tokenizer (or model) directory, to count tokens as well as words.
+        spacy_model: the spaCy English pipeline for the verbs (`python -m spacy download en_core_web_sm`); without
+            it every other statistic is still computed.
+        num_verbs, num_objects: verbs in the inner ring and objects per verb in the outer ring (20 and 4, as the
+            Alpaca figure).
+        num_examples: near-duplicate pairs shown per data set.
+        num_cpus: threads for ROUGE-L scoring (default: all cores).
+    """
+    from alpaca.data import plots as data_plots
+    from alpaca.data import stats as data_stats
+    from alpaca.data import verb_objects
+
+    paths = list(data_paths)
+    datasets = load_inputs(paths)
+    loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
+    nlp, verbs_note = verb_objects.load_pipeline(spacy_model)
+    if verbs_note:
+        print(f"note: {verbs_note}")
+    labels = data_stats.unique_labels(paths)
+    all_stats, lengths = {}, {}
+    for label, path, records in zip(labels, paths, datasets, strict=True):
+        all_stats[label], lengths[label] = data_stats.file_stats(records, path, loaded_tokenizer, nlp, num_examples,
+                                                                 num_cpus, num_verbs, num_objects)
+    os.makedirs(output_dir, exist_ok=True)
+    pictures = ["lengths.png"]
+    data_plots.length_histograms({label: lengths[label]["words"] for label in labels},
+                                 os.path.join(output_dir, "lengths.png"))
+    if tokenizer:
+        pictures.append("token_lengths.png")
+        data_plots.length_histograms({label: lengths[label]["tokens"] for label in labels},
+                                     os.path.join(output_dir, "token_lengths.png"), unit="tokens")
+    for label, s in all_stats.items():
+        if s["verbs"]:
+            pictures.append(f"{label}_verbs.png")
+            data_plots.verb_sunburst(s["verbs"]["top"], os.path.join(output_dir, pictures[-1]),
+                                     f"{label}: top {num_verbs} root verbs and their top {num_objects} objects")
+    report = data_stats.markdown_report(all_stats, pictures, verbs_note)
+    write_text_atomically(os.path.join(output_dir, "stats.json"),
+                          json.dumps({"data_sets": all_stats, "verbs_note": verbs_note}, indent=2,
+                                     ensure_ascii=False) + "\n")
+    write_text_atomically(os.path.join(output_dir, "stats.md"), report)
+    print(report.split("\n## Top root verbs")[0].strip())
+    for label, s in all_stats.items():
+        if s["verbs"]:
+            print(f"{label}, top root verbs (objects): " + "; ".join(
+                f"{v['verb']} {v['count']} ({', '.join(o for o, _ in v['objects'])})" for v in s["verbs"]["top"]))
+    print(f"Wrote stats.json, stats.md and {', '.join(pictures)} to {output_dir}")
+    return all_stats
+
+
+# ----------------------------------------------------------------------------- clean and contamination
+
+
+def normalised(record: dict) -> dict:
+    """The record with control characters (except tab and newline) removed from its three fields and a
+    "<noinput>" input written as "" (the generator's reading of it). Other fields are kept as they are."""
+    fixed = {**record}
+    for field in FIELDS:
+        if isinstance(record.get(field), str):
+            fixed[field] = CONTROL_CHARACTERS.sub("", record[field])
+    if fixed["input"].strip().lower() == NOINPUT_MARKER:
+        fixed["input"] = ""
+    return fixed
+
+
+def eval_index(eval_path: str, num_cpus: int | None) -> tuple[list[str], RougeLIndex]:
+    """The instructions of an evaluation file (outputs optional) and a ROUGE-L index over them."""
+    eval_records = files.load_alpaca_records(eval_path, require_output=False)
+    instructions = [r["instruction"] for r in eval_records]
+    return instructions, RougeLIndex(instructions, num_threads=num_cpus)
+
+
+def clean(data_path: str, output: str, exclude: str | None = None, generator_filters: bool = True,
+          clean_filters: bool = True, similarity_threshold: float = SIMILARITY_THRESHOLD,
+          num_cpus: int | None = None) -> dict:
+    """Clean a data set: drop what the generator would have dropped, and duplicates, and write the rest.
+
+    In file order, each record (its control characters other than tab and newline removed, a "<noinput>" input
+    written as "") is dropped, with the first reason that applies:
+      - the generator's filters (length, blacklist, write_a_program, punctuation, non_ascii);
+      - the generator's --clean filters (merged_tasks, empty_output, noinput_variant, url_input);
+      - contamination: ROUGE-L F1 above the threshold against an instruction of --exclude;
+      - duplicate: the same instruction as an earlier kept record;
+      - similarity: ROUGE-L F1 above the threshold against an earlier kept instruction (as the generator does).
+    Cleaning a cleaned file drops nothing. Writes --output (a JSON list, or JSONL when it ends in .jsonl),
+    OUTPUT.dropped.jsonl (each dropped record with "drop_reason", "record_index" and, for similarity and
+    contamination, "similar_to" and "rouge_l"), and prints the counts by reason.
+
+    Arguments:
+        DATA_PATH: the data file (JSON list or JSONL of Alpaca records).
+        output: where the kept records go (not the input file).
+        exclude: an evaluation file (JSON list or JSONL with "instruction"); its near-duplicates are dropped.
+        generator_filters: apply the generator's per-instruction filters (True/False).
+        clean_filters: apply the generator's --clean filters (True/False).
+        similarity_threshold: ROUGE-L F1 above which an instruction is a near-duplicate (0.7, as the generator);
+            1.0 keeps everything but exact duplicates.
+        num_cpus: threads for ROUGE-L scoring (default: all cores).
+    """
+    if not 0 <= similarity_threshold <= 1:
+        raise UsageError(f"--similarity_threshold must be between 0 and 1, not {similarity_threshold}.")
+    (records,) = load_inputs([data_path])
+    check_output_path(output, [data_path] + ([exclude] if exclude else []))
+    eval_instructions, excluded = eval_index(exclude, num_cpus) if exclude else ([], None)
+    kept_index = RougeLIndex(num_threads=num_cpus)
+    kept, kept_instructions, dropped, counts = [], [], [], Counter()
+    seen = set()
+    fixed = Counter()  # repairs made to kept and dropped records alike
+    for record_index, original in enumerate(tqdm(records, desc="cleaning", unit="record")):
+        record = normalised(original)
+        fixed["control_characters"] += any(CONTROL_CHARACTERS.search(original[field] or "") for field in FIELDS
+                                           if isinstance(original.get(field), str))
+        fixed["noinput_marker"] += original["input"].strip().lower() == NOINPUT_MARKER
+        instruction = record["instruction"]
+        reason, detail = None, {}
+        if generator_filters:
+            reason = filter_drop_reason(instruction)
+        if reason is None and clean_filters:
+            reason = clean_drop_reason(task_of(record))
+        if reason is None and excluded is not None and len(excluded):
+            scores = excluded.scores(instruction)
+            best = int(np.argmax(scores))
+            if scores[best] > similarity_threshold:
+                reason, detail = "contamination", {"similar_to": eval_instructions[best],
+                                                   "rouge_l": float(scores[best])}
+        if reason is None and instruction in seen:
+            reason = "duplicate"
+        if reason is None and len(kept_index):
+            scores = kept_index.scores(instruction)
+            best = int(np.argmax(scores))
+            if scores[best] > similarity_threshold:
+                reason, detail = "similarity", {"similar_to": kept_instructions[best], "rouge_l": float(scores[best])}
+        if reason:
+            counts[reason] += 1
+            dropped.append({**record, "drop_reason": reason, "record_index": record_index, **detail})
+            continue
+        kept.append(record)
+        kept_instructions.append(instruction)
+        seen.add(instruction)
+        kept_index.add(instruction)
+    write_records(output, kept)
+    write_text_atomically(f"{output}.dropped.jsonl", records_text(dropped, ".jsonl"))
+    print(f"Kept {len(kept):,} of {len(records):,} records in {output}; dropped {len(dropped):,}: "
+          f"{format_counts(counts)} (listed in {output}.dropped.jsonl). Fixed in kept and dropped records: "
+          f"{format_counts(fixed)}.")
+    return {"kept": len(kept), "dropped": dict(counts), "fixed": {k: v for k, v in fixed.items() if v}}
+
+
+def contamination(train_path: str, eval: str, output: str | None = None, threshold: float = SIMILARITY_THRESHOLD,
+                  num_cpus: int | None = None) -> list[dict]:
+    """Training instructions that are near-duplicates of evaluation instructions (ROUGE-L F1 > --threshold).
+
+    Prints each one with its closest evaluation instruction and the score, and writes them to --output (JSONL)
+    when given. `clean DATA --exclude EVAL` drops them.
+
+    Arguments:
+        TRAIN_PATH: the training data (JSON list or JSONL of Alpaca records).
+        eval: the evaluation instructions (JSON list or JSONL with "instruction"; "output" optional).
+        output: a JSONL file for the list ({"record_index", "instruction", "eval_instruction", "rouge_l"}).
+        threshold: ROUGE-L F1 above which a training instruction counts as contaminated.
+        num_cpus: threads for ROUGE-L scoring (default: all cores).
+    """
+    (records,) = load_inputs([train_path])
+    eval_instructions, index = eval_index(eval, num_cpus)
+    if output:
+        check_output_path(output, [train_path, eval])
+    found = []
+    for record_index, record in enumerate(tqdm(records, desc="contamination", unit="record", leave=False)):
+        scores = index.scores(record["instruction"])
+        best = int(np.argmax(scores))
+        if scores[best] > threshold:
+            found.append({"record_index": record_index, "instruction": record["instruction"],
+                          "eval_instruction": eval_instructions[best], "rouge_l": float(scores[best])})
+    for item in found:
+        print(f"record {item['record_index']} (ROUGE-L {item['rouge_l']:.3f}): {item['instruction']!r} ~ "
+              f"{item['eval_instruction']!r}")
+    print(f"{len(found):,} of {len(records):,} training instructions have ROUGE-L F1 > {threshold} against one of "
+          f"the {len(eval_instructions):,} evaluation instructions in {eval}.")
+    if output:
+        write_text_atomically(output, records_text(found, ".jsonl"))
+        print(f"Listed in {output}")
+    return found
+
+
+# ----------------------------------------------------------------------------- convert
+
+CONVERSIONS = ("release", "messages", "jsonl")
+
+
+def to_messages(record: dict) -> dict:
+    """An Alpaca record as a chat example, with the mapping of the checkpoint's chat template: one user message
+    holding the instruction (a plain string), or, when there is an input, two text parts (instruction, input);
+    then the assistant message with the output."""
+    if has_input(record):
+        content = [{"type": "text", "text": record["instruction"]}, {"type": "text", "text": record["input"]}]
+    else:
+        content = record["instruction"]
+    return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": record["output"]}]}
+
+
+def from_messages(example: object, where: str) -> dict:
+    """The Alpaca record of a chat example written by `to_messages` (the inverse mapping); DataError otherwise."""
+    messages = example.get("messages") if isinstance(example, dict) else None
+    shape = "a user message (a string, or 1-2 text parts) and an assistant message (a string)"
+    if (not isinstance(messages, list) or len(messages) != 2 or not all(isinstance(m, dict) for m in messages)
+            or [m.get("role") for m in messages] != ["user", "assistant"]):
+        raise DataError(f"{where}: expected \"messages\" with {shape}; other conversations have no Alpaca form.")
+    content, output = messages[0].get("content"), messages[1].get("content")
+    if isinstance(content, str):
+        parts = [content]
+    elif (isinstance(content, list) and 1 <= len(content) <= 2
+          and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content)):
+        parts = [p["text"] for p in content]
+    else:
+        raise DataError(f"{where}: the user message's content must be a string or 1-2 text parts.")
+    if not isinstance(output, str):
+        raise DataError(f"{where}: the assistant message's content must be a string.")
+    if not parts[0].strip():
+        raise DataError(f"{where}: the user message holds no instruction.")
+    return {"instruction": parts[0], "input": parts[1] if len(parts) == 2 else "", "output": output}
+
+
+def load_any_format(path: str) -> list[dict]:
+    """Alpaca records from an Alpaca file, or from a chat `messages` JSONL (converted back)."""
+    records = files.load_records(path) if os.path.isfile(path) else None
+    if records and isinstance(records[0], dict) and "messages" in records[0]:
+        return [from_messages(example, f"{path}, record {i}") for i, example in enumerate(records)]
+    return files.load_alpaca_records(path)
+
+
+def convert(data_path: str, to: str, output: str) -> int:
+    """Convert a data set between the generator's, the release and the chat formats.
+
+    --to release: {"instruction", "input", "output"} only (regen.json's most_similar_instructions and
+        avg_similarity_score dropped; a "<noinput>" input written as ""), a JSON list like alpaca_data.json
+        (JSONL when --output ends in .jsonl).
+    --to messages: chat JSONL for TRL and hosted fine-tuning APIs, one {"messages": [user, assistant]} per line;
+        the user message is the instruction as a string, or [{"type": "text", "text": instruction},
+        {"type": "text", "text": input}] when there is an input; the assistant message is the output. This is the
+        mapping of the checkpoint's chat template.
+    --to jsonl: the same records, every field kept, one per line.
+    A messages file as DATA_PATH is read back into Alpaca records (then --to release or jsonl).
+
+    Arguments:
+        DATA_PATH: a JSON list or JSONL of Alpaca records, or a messages JSONL.
+        to: release, messages or jsonl.
+        output: the file to write (not the input file).
+    """
+    if to not in CONVERSIONS:
+        raise UsageError(f"--to must be one of {', '.join(CONVERSIONS)}, not {to!r}.")
+    if not os.path.isfile(data_path):
+        raise MissingPathError(f"Data file '{data_path}' does not exist or is not a file.")
+    records = load_any_format(data_path)
+    check_output_path(output, [data_path])
+    if to == "release":
+        converted = [{field: task_of(r)[field] for field in FIELDS} for r in records]
+        write_records(output, converted)
+    elif to == "messages":
+        write_text_atomically(output, records_text([to_messages(r) for r in records], ".jsonl"))
+    else:
+        write_text_atomically(output, records_text(records, ".jsonl"))
+    print(f"Wrote {len(records):,} records to {output} ({to}).")
+    return len(records)
+
+
+# ----------------------------------------------------------------------------- rate
+
+
+def rate(data_path: str, output: str, judge_model: str | None = None, api_type: str = "chat",
+         api_base: str | None = None, min_score: float | None = None, seed: int = 42, max_concurrency: int = 4,
+         requests_per_minute: float | None = None, tokens_per_minute: float | None = None, max_retries: int = 8,
+         retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, request_timeout: float = 600.0,
+         max_tokens: int = 512, temperature: float = 0.0, score_retries: int = 2, cache: bool = True,
+         price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None) -> dict:
+    """Rate each example's answer 0-5 for accuracy and helpfulness with an LLM judge; optionally keep the best.
+
+    The judge sees our prompt (rating.RATING_PROMPT: the instruction, input and output, then "end your reply
+    with a last line `Score: N`") and must end its reply with a score from 0 to 5 (halves allowed). A reply
+    without one is asked again (--score_retries times, with a reminder); after that the record stays unrated
+    (score null), never given a default score. Every reply is appended to OUTPUT.journal.jsonl as it arrives,
+    so a killed run loses nothing and re-running the same command resumes (rated records cost no call).
+    Writes --output (the records with a "score" field) and OUTPUT.scores.png (a histogram).
+
+    Arguments:
+        DATA_PATH: the data file (JSON list or JSONL of Alpaca records).
+        output: the rated records (JSON list, or JSONL when it ends in .jsonl).
+        judge_model: the judge (e.g. gpt-4o-mini); a directory with --api_type local.
+        api_type: "chat" (default), "completions", or "local" (a Hugging Face model directory, in-process).
+        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); the key comes
+            from OPENAI_API_KEY.
+        min_score: also write NAME.min_score_X.json (the records scoring at least X; NAME.json is --output) and,
+            beside it, NAME.random_N.json: N records drawn at random (with --seed) from the whole file, N the
+            number kept, so that the two can be trained and judged against each other.
+        seed: seed of that random subset.
+        max_concurrency: requests in flight at once.
+        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
+        max_retries, retry_base_delay, retry_max_delay, request_timeout: retries of failed requests (429, 5xx,
+            timeouts), backoff seconds, and seconds to wait for one response.
+        max_tokens, temperature: the judge's decoding settings.
+        score_retries: times a reply without a parseable score is asked again.
+        cache: keep raw responses in OUTPUT.responses/ (a re-run replays them).
+        price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, for the cost line.
+    """
+    arguments = dict(locals())
+    from alpaca.data import rating
+
+    return rating.rate_records(**arguments)
+
+
+def entry_point() -> None:
+    """The command line of `python data_tools.py`."""
+    cli.report_errors(lambda: cli.run_commands({"stats": stats, "clean": clean, "rate": rate,
+                                                "contamination": contamination, "convert": convert}),
+                      "interrupted: re-run the same command (rate resumes from its journal).")

@@ -1,0 +1,553 @@
+r"""Pairwise evaluation with an LLM judge: how often a judge prefers a model's answers to a reference model's.
+
+    # answers from your model and from a reference model on the same instructions (see inference.py), then:
+    python judge.py --model_outputs outputs/alpaca.json --reference_outputs outputs/reference.json \
+        --output_dir judged --judge_model gpt-4o-mini
+
+    # several models at once (space- or comma-separated), judged by a vLLM server, one call per pair
+    python judge.py --model_outputs outputs/a.json outputs/b.json --reference_outputs outputs/reference.json \
+        --output_dir judged --judge_model meta-llama/Llama-3.1-70B-Instruct --api_base http://localhost:8000/v1 \
+        --judge_mode logprobs
+
+Each model file is matched to the reference file on (instruction, input); a file that misses instructions or has
+extra ones is an error. The judge sees the instruction, then the two answers between `<answer_a>`...`</answer_a>`
+and `<answer_b>`...`</answer_b>`, and either ends its reply with `[[A]]`, `[[B]]` or `[[TIE]]` (`--judge_mode
+swap`: both orders; agreement is a win or a loss, disagreement or a tie is a tie) or answers the single letter A or
+B (`--judge_mode logprobs`: one order per instruction, drawn from `--seed`; the probabilities of A and B give a
+soft preference). Identical answers are a tie without a call. A reply without a verdict is asked again
+(`--max_retries`); a pair still without one is unjudged: reported, never counted, and asked again next run.
+
+Every verdict is appended to `output_dir/judgments.jsonl` as soon as it arrives, keyed by judge model, mode and
+prompt (which holds both answers): a re-run makes no calls and gives the same results, a changed answer is judged
+anew, a killed run loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
+length-controlled win rate, counts, lengths, per category; paired differences between models), `annotations.jsonl`
+(every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
+win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs.
+"""
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pathlib
+import random
+import re
+import time
+from contextlib import aclosing
+
+from tqdm.auto import tqdm
+
+from alpaca import cli, files
+from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py's public interface too (human_eval.py uses them)
+    DIFFERENCES_KEY,
+    compute_results,
+    format_table,
+    length_controlled_win_rate,
+    model_names,
+    paired_difference_ci,
+    plot_win_rates,
+    rounded,
+)
+from alpaca.llm.client import (
+    API_TYPES,
+    LLMEndpoint,
+    LLMError,
+    OpenAIDecodingArguments,
+    check_settings,
+    complete_in_order,
+)
+
+JUDGE_MODES = ("swap", "logprobs")
+JOURNAL_NAME = "judgments.jsonl"
+RETRY_TEMPERATURE = 0.7  # a reply without a verdict is asked again at least this hot: a greedy judge repeats itself
+
+# -- the judge prompt (one place; the README shows it) ---------------------------------------------
+
+JUDGE_PROMPT = """\
+You are comparing two answers to the same instruction. Decide which answer a careful, knowledgeable user would \
+prefer: the one that follows the instruction, is correct, and is helpful, clear and complete. Judge the content, \
+not the length of the answers and not the order in which they are shown.
+
+{task}
+<answer_a>
+{answer_a}
+</answer_a>
+
+<answer_b>
+{answer_b}
+</answer_b>
+
+{ending}"""
+ENDINGS = {
+    "swap": "Compare the two answers briefly, then end your reply with exactly one of [[A]] (answer A is better), "
+            "[[B]] (answer B is better) or [[TIE]] (they are equally good).",
+    "logprobs": "Which answer is better? Reply with the single letter A or B and nothing else.\nBetter answer:",
+}
+VERDICT_PATTERN = re.compile(r"\[\[\s*(A|B|TIE)\s*\]\]", re.IGNORECASE)
+PREFERENCE_FOR_A = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # by verdict
+
+
+class JudgeError(cli.UserError):
+    """A judge or an endpoint that cannot give verdicts as asked; the message says what to do."""
+
+
+def judge_prompt(instruction: str, input: str, answer_a: str, answer_b: str, judge_mode: str) -> str:
+    """The prompt that shows one instruction (and input) and two answers, A then B."""
+    task = f"Instruction:\n{instruction}\n" + (f"\nInput:\n{input}\n" if input else "")
+    return JUDGE_PROMPT.format(task=task, answer_a=answer_a, answer_b=answer_b, ending=ENDINGS[judge_mode])
+
+
+def parse_verdict(reply: str) -> str | None:
+    """"A", "B" or "TIE" from the last `[[...]]` verdict in a reasoning judge's reply; None when it has none."""
+    found = VERDICT_PATTERN.findall(reply or "")
+    return found[-1].upper() if found else None
+
+
+def top_logprobs_of(logprobs: dict | None) -> list[dict[str, float]] | None:
+    """The top log-probabilities of each generated token, as {token: logprob} per position, from a chat response
+    (`content[i].top_logprobs`) or a completions one (`top_logprobs[i]`); None when the endpoint sent none."""
+    if not logprobs:
+        return None
+    if "content" in logprobs:
+        positions = [{t["token"]: t["logprob"] for t in item.get("top_logprobs") or []}
+                     for item in logprobs["content"] or []]
+    else:
+        positions = [dict(top or {}) for top in logprobs.get("top_logprobs") or []]
+    return positions if any(positions) else None
+
+
+def preference_for_a(positions: list[dict[str, float]]) -> float | None:
+    """P(A) / (P(A) + P(B)) at the first generated token whose top log-probabilities include A or B (tokens
+    compared without surrounding spaces); None when neither letter is among them."""
+    for top in positions:
+        p_a = sum(math.exp(lp) for token, lp in top.items() if token.strip() == "A")
+        p_b = sum(math.exp(lp) for token, lp in top.items() if token.strip() == "B")
+        if p_a + p_b > 0:
+            return p_a / (p_a + p_b)
+    return None
+
+
+def read_reply(choice: dict, judge_mode: str) -> dict | None:
+    """The judgment in one reply: {"verdict", "raw_reply"} (+ "p_a", "top_logprobs" in logprobs mode), or None
+    when it holds no verdict. Raises JudgeError for an endpoint that returns no log-probabilities."""
+    text = choice["text"]
+    if judge_mode == "swap":
+        verdict = parse_verdict(text)
+        return None if verdict is None else {"verdict": verdict, "raw_reply": text}
+    positions = top_logprobs_of(choice.get("logprobs"))
+    if positions is None:
+        raise JudgeError("The judge endpoint returned no log-probabilities (as Ollama and `transformers serve` do), "
+                         "so --judge_mode logprobs cannot work there; use --judge_mode swap.")
+    p_a = preference_for_a(positions)
+    if p_a is None:
+        return None
+    verdict = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "TIE"
+    return {"verdict": verdict, "p_a": p_a, "raw_reply": text, "top_logprobs": positions[:3]}
+
+
+# -- inputs ------------------------------------------------------------------------------------------
+
+
+def record_key(record: dict) -> tuple[str, str]:
+    return record["instruction"], record["input"]
+
+
+def short(key: tuple[str, str], width: int = 60) -> str:
+    text = key[0] + (f" [input: {key[1]}]" if key[1] else "")
+    return repr(text if len(text) <= width else text[:width - 3] + "...")
+
+
+def load_outputs(path: str) -> tuple[str, dict[tuple[str, str], dict]]:
+    """(generator name, {(instruction, input): record}) of one answers file. The name is the records' common
+    `generator` field (inference.py writes it), else the file name without its extension."""
+    records = files.load_alpaca_records(path, require_output=True)
+    by_key: dict[tuple[str, str], dict] = {}
+    first_index: dict[tuple[str, str], int] = {}
+    for index, record in enumerate(records):
+        key = record_key(record)
+        if key in by_key:
+            raise cli.DataError(f"{path}, record {index}: the same instruction and input as record {first_index[key]} "
+                                f"({short(key)}); records are matched on (instruction, input), so each must be unique.")
+        by_key[key], first_index[key] = record, index
+    names = {record.get("generator") for record in records}
+    name = names.pop() if len(names) == 1 else None
+    return (name if isinstance(name, str) and name.strip() else pathlib.Path(path).stem), by_key
+
+
+def load_pairs(model_path: str, reference_path: str) -> list[dict]:
+    """The model's and the reference's answers to the same instructions, in the reference file's order: dicts with
+    instruction, input, category, model_output, reference_output, model_generator, reference_generator.
+
+    Raises cli.DataError naming the instructions one file has and the other lacks (a silent subset would change
+    what the win rate means)."""
+    model_name, model = load_outputs(model_path)
+    reference_name, reference = load_outputs(reference_path)
+    missing = [key for key in reference if key not in model]
+    extra = [key for key in model if key not in reference]
+    if missing or extra:
+        parts = [f"{len(missing)} of the reference's instructions are missing (e.g. {short(missing[0])})"] if missing \
+            else []
+        parts += [f"{len(extra)} are not in the reference (e.g. {short(extra[0])})"] if extra else []
+        raise cli.DataError(f"{model_path} does not answer the instructions of {reference_path}: {'; '.join(parts)}. "
+                            "Records are matched on (instruction, input); answer the same file with both models.")
+    pairs = []
+    for key, ref in reference.items():
+        answer = model[key]
+        pairs.append({"instruction": key[0], "input": key[1],
+                      "category": ref.get("category") or answer.get("category") or "uncategorized",
+                      "model_output": answer["output"], "reference_output": ref["output"],
+                      "model_generator": model_name, "reference_generator": reference_name})
+    return pairs
+
+
+def split_model_outputs(model_outputs: str | list | tuple, more: tuple = ()) -> list[str]:
+    """Model files from `--model_outputs a.json b.json`, `--model_outputs a.json,b.json` or `[a.json,b.json]`."""
+    values = [model_outputs] if isinstance(model_outputs, str) else list(model_outputs)
+    paths = []
+    for value in [*values, *more]:
+        text = str(value).strip().removeprefix("[").removesuffix("]")
+        paths += [part.strip().strip("'\"") for part in text.split(",") if part.strip()]
+    return paths
+
+
+# -- the judgment journal (the cache) ----------------------------------------------------------------
+
+
+def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, answer_b: str) -> str:
+    """sha256 of what defines a judgment: judge model, mode, the prompt and the two answers (never the API key)."""
+    canonical = json.dumps([judge_model, judge_mode, prompt, answer_a, answer_b], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_judgments(path: str) -> dict[str, dict]:
+    """{key: judgment} from the journal; a half-written last line (a killed run) is cut off."""
+    return {record["key"]: record for record in files.read_complete_lines(path)}
+
+
+def append_judgment(path: str, record: dict) -> None:
+    """Append one judgment and force it to disk, so that a kill right after still finds it."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- calling the judge -------------------------------------------------------------------------------
+
+
+async def judge_jobs(endpoint: LLMEndpoint, jobs: list[dict], judge_mode: str, decoding_args: OpenAIDecodingArguments,
+                     max_retries: int, on_reply) -> dict[str, str]:
+    """Ask the judge each job's prompt ({"key", "prompt"}) until its reply holds a verdict, at most 1 + max_retries
+    times, `max_concurrency` requests in flight. Every reply goes to `on_reply(job, judgment or None, usage)` as it
+    arrives (in job order). Returns {key: last reply} of the jobs that never got a verdict."""
+    pending, failed = list(jobs), {}
+    for attempt in range(max_retries + 1):
+        if not pending:
+            break
+        args = decoding_args if attempt == 0 else dataclasses.replace(
+            decoding_args, temperature=max(decoding_args.temperature, RETRY_TEMPERATURE))
+        offset = attempt * len(jobs)  # each attempt has its own request tags, so a local judge samples anew
+
+        def make_prompts(index: int, batch: list = pending, offset: int = offset) -> list[str]:
+            return [batch[index - offset]["prompt"]]
+
+        still_pending = []
+        results = complete_in_order(endpoint, make_prompts, args, offset, offset + len(pending) - 1)
+        async with aclosing(results) as stream:
+            async for index, _, result in stream:
+                job = pending[index - offset]
+                judgment = read_reply(result["choices"][0], judge_mode)
+                on_reply(job, judgment, result["usage"])
+                if judgment is None:
+                    still_pending.append(job)
+                    failed[job["key"]] = result["choices"][0]["text"]
+                    continue
+                failed.pop(job["key"], None)
+        pending = still_pending
+    return failed
+
+
+def model_shown_first(seed: int, instruction: str, input: str) -> bool:
+    """logprobs mode: whether the model's answer is shown as A, drawn per instruction from the seed alone (so every
+    model meets the same order on the same instruction)."""
+    return random.Random(f"{seed}\0{instruction}\0{input}").random() < 0.5
+
+
+def orders_of(pair: dict, judge_mode: str, seed: int) -> list[bool]:
+    """The orders a pair is judged in, as "model shown first" flags: both in swap mode, one in logprobs mode."""
+    if judge_mode == "swap":
+        return [True, False]
+    return [model_shown_first(seed, pair["instruction"], pair["input"])]
+
+
+def order_job(pair: dict, model_first: bool, judge_model: str, judge_mode: str) -> dict:
+    """The prompt and cache key of judging `pair` in one order."""
+    a, b = (pair["model_output"], pair["reference_output"]) if model_first else \
+        (pair["reference_output"], pair["model_output"])
+    prompt = judge_prompt(pair["instruction"], pair["input"], a, b, judge_mode)
+    return {"key": judgment_key(judge_model, judge_mode, prompt, a, b), "prompt": prompt}
+
+
+def model_preference(judgment: dict, model_first: bool, judge_mode: str) -> float:
+    """The preference for the model's answer (1 win, 0 loss, 0.5 tie, in between in logprobs mode) of one order."""
+    p_a = judgment["p_a"] if judge_mode == "logprobs" else PREFERENCE_FOR_A[judgment["verdict"]]
+    return p_a if model_first else 1.0 - p_a
+
+
+def pair_preference(order_preferences: list[float | None]) -> float | None:
+    """A pair's preference for the model from its orders: None if any order is unjudged; in swap mode agreement
+    gives a win or a loss and anything else a tie."""
+    if not order_preferences or any(p is None for p in order_preferences):
+        return None
+    if len(order_preferences) == 1:
+        return order_preferences[0]
+    first, second = order_preferences
+    return first if first == second else 0.5
+
+
+def identical(pair: dict) -> bool:
+    return pair["model_output"].strip() == pair["reference_output"].strip()
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, judgments: dict,
+                     failed: dict[str, str]) -> list[str]:
+    """annotations.jsonl: one line per pair and order with the generators, which was shown first, the verdict
+    (None: unjudged) and the judge's raw reply, for audit."""
+    lines = []
+    for pair in pairs:
+        for model_first in orders_of(pair, judge_mode, seed):
+            first, second = ("model_generator", "reference_generator") if model_first else \
+                ("reference_generator", "model_generator")
+            line = {"instruction": pair["instruction"], "input": pair["input"], "category": pair["category"],
+                    "model": pair["model_generator"], "reference": pair["reference_generator"],
+                    "shown_first": pair[first], "shown_second": pair[second]}
+            if identical(pair):
+                line.update(verdict="TIE", raw_reply=None, note="identical answers: a tie without a call")
+            else:
+                key = jobs[(id(pair), model_first)]["key"]
+                judgment = judgments.get(key)
+                if judgment is None:
+                    line.update(verdict=None, raw_reply=failed.get(key), note="unjudged: no verdict in the reply")
+                else:
+                    line.update(verdict=judgment["verdict"], raw_reply=judgment["raw_reply"])
+                    if "p_a" in judgment:
+                        line["p_a"] = judgment["p_a"]
+            lines.append(json.dumps(line, ensure_ascii=False))
+            if identical(pair) and judge_mode == "swap":
+                break  # one line for a pair that was never shown
+    return lines
+
+
+def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: str, output_dir: str,
+             judge_model: str, api_base: str | None = None, api_type: str = "chat", judge_mode: str = "swap",
+             max_concurrency: int = 4, seed: int = 42, max_retries: int = 2, max_tokens: int | None = None,
+             temperature: float = 0.0, requests_per_minute: float | None = None,
+             tokens_per_minute: float | None = None, request_timeout: float = 600.0,
+             price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
+             plot: bool = True) -> dict:
+    """Judge each model's answers against the reference's; write results.json, annotations.jsonl, win_rates.png.
+
+    Arguments:
+        model_outputs: answers files (JSON list or JSONL of instruction/input/output records, e.g. from
+            inference.py); several as `--model_outputs a.json b.json` or `--model_outputs a.json,b.json`.
+            A model's name is its records' `generator` field, else the file name.
+        reference_outputs: the reference model's answers to the same instructions.
+        output_dir: results, annotations, picture and the judgment cache (judgments.jsonl); re-runs reuse it.
+        judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
+        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
+            OPENAI_API_KEY.
+        api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
+        judge_mode: "swap" (both orders, [[A]]/[[B]]/[[TIE]]) or "logprobs" (one call per pair, P(A) vs P(B);
+            needs an endpoint that returns log-probabilities: OpenAI, vLLM, llama.cpp).
+        max_concurrency: requests in flight; the results do not depend on it.
+        seed: the bootstrap resamples and, in logprobs mode, which answer each instruction shows first.
+        max_retries: times a reply without a verdict is asked again (at temperature >= 0.7); then unjudged.
+        max_tokens: tokens the judge may write (default 512 in swap mode, 3 in logprobs mode).
+        temperature: the judge's sampling temperature on the first attempt.
+        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
+        request_timeout: seconds to wait for one response.
+        price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
+        plot: write win_rates.png.
+    Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
+    `python judge.py human_results --help` (blind human evaluation of the same pairs).
+    """
+    if judge_mode not in JUDGE_MODES:
+        raise cli.UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
+    if api_type not in API_TYPES:
+        raise cli.UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
+    if api_type == "local" and judge_mode == "logprobs":
+        raise cli.UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
+    for flag, value, least in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0),
+                               ("max_tokens", max_tokens if max_tokens is not None else 1, 1)):
+        if value < least:
+            raise cli.UsageError(f"--{flag} must be at least {least}, not {value}.")
+    if not judge_model or not str(judge_model).strip():
+        raise cli.UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
+    judge_model = str(judge_model)
+    paths = split_model_outputs(model_outputs, more_model_outputs)
+    if not paths:
+        raise cli.UsageError("--model_outputs names no file.")
+    # Every input is read and checked, and the endpoint settings too, before any file is written or call made.
+    runs = [load_pairs(path, reference_outputs) for path in paths]
+    names = [pairs[0]["model_generator"] for pairs in runs]
+    reference_name = runs[0][0]["reference_generator"]
+    for name, path in zip(names, paths, strict=True):
+        clash = "another model file" if names.count(name) > 1 else "the reference" if name == reference_name else \
+            "a key of results.json" if name == DIFFERENCES_KEY else None
+        if clash:
+            raise cli.DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
+                                "'generator' field (inference.py --generator) or file name.")
+    try:
+        check_settings(api_type, judge_model, api_base)
+    except LLMError as error:
+        raise JudgeError(str(error)) from None
+
+    os.makedirs(output_dir, exist_ok=True)
+    journal_path = os.path.join(output_dir, JOURNAL_NAME)
+    judgments = load_judgments(journal_path)
+    jobs: dict[tuple[int, bool], dict] = {}
+    to_send: dict[str, dict] = {}
+    for pairs in runs:
+        for pair in pairs:
+            if identical(pair):
+                continue
+            for model_first in orders_of(pair, judge_mode, seed):
+                job = order_job(pair, model_first, judge_model, judge_mode)
+                jobs[(id(pair), model_first)] = job
+                if job["key"] not in judgments:
+                    to_send[job["key"]] = job
+    spent = {"prompt_tokens": 0, "completion_tokens": 0}
+    failed: dict[str, str] = {}
+    print(f"Judging {len(paths)} model(s) against {runs[0][0]['reference_generator']} on {len(runs[0])} instructions "
+          f"with {judge_model} ({judge_mode} mode): {len(jobs)} judgments needed, "
+          f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} to ask.")
+    if to_send:
+        failed = asyncio.run(ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
+                                       api_type=api_type, api_base=api_base, judge_mode=judge_mode,
+                                       max_concurrency=max_concurrency, max_retries=max_retries,
+                                       max_tokens=max_tokens, temperature=temperature,
+                                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                                       request_timeout=request_timeout))
+
+    priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
+
+    def dollars(usage: dict) -> float:
+        return (usage.get("prompt_tokens", 0) * (price_per_1k_prompt_tokens or 0)
+                + usage.get("completion_tokens", 0) * (price_per_1k_completion_tokens or 0)) / 1000
+
+    results: dict = {}
+    preferences_of: dict[str, list] = {}
+    annotations: list[str] = []
+    for name, pairs in zip(names, runs, strict=True):
+        preferences, cost = [], 0.0
+        for pair in pairs:
+            if identical(pair):
+                preferences.append(0.5)
+                continue
+            orders = []
+            for model_first in orders_of(pair, judge_mode, seed):
+                judgment = judgments.get(jobs[(id(pair), model_first)]["key"])
+                orders.append(None if judgment is None else model_preference(judgment, model_first, judge_mode))
+                cost += dollars(judgment.get("usage", {})) if judgment else 0.0
+            preferences.append(pair_preference(orders))
+        result = compute_results(preferences, [len(p["model_output"]) for p in pairs],
+                                 [len(p["reference_output"]) for p in pairs], [p["category"] for p in pairs], seed)
+        result.update(reference=pairs[0]["reference_generator"], judge_model=judge_model, judge_mode=judge_mode)
+        if priced:
+            result["cost"] = round(cost, 6)
+        results[name], preferences_of[name] = result, preferences
+        annotations += annotation_lines(pairs, judge_mode, seed, jobs, judgments, failed)
+    if len(names) > 1:
+        ordered = model_names(results)
+        results[DIFFERENCES_KEY] = [{"model_a": a, "model_b": b,
+                                     **paired_difference_ci(preferences_of[a], preferences_of[b], seed)}
+                                    for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+
+    write_atomically(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(os.path.join(output_dir, "annotations.jsonl"), "".join(line + "\n" for line in annotations))
+    if plot:
+        plot_win_rates(results, os.path.join(output_dir, "win_rates.png"))
+    print(format_table(results))
+    report_unjudged(results, names, max_retries)
+    if to_send:
+        print(f"This run asked the judge {len(to_send)} judgments, {len(failed)} without a verdict; tokens "
+              f"{spent['prompt_tokens']:,} prompt, {spent['completion_tokens']:,} completion"
+              + (f"; cost ${dollars(spent):.4f}" if priced else "") + ".")
+    print(f"Wrote results.json, annotations.jsonl{', win_rates.png' if plot else ''} to {output_dir}")
+    return results
+
+
+def report_unjudged(results: dict, names: list[str], max_retries: int) -> None:
+    """Say plainly how many pairs carry no verdict, and that the numbers rest on the rest."""
+    for name in names:
+        r = results[name]
+        if not r["n_unjudged"]:
+            continue
+        judged = r["n_total"] - r["n_unjudged"]
+        print(f"{name}: {r['n_unjudged']} of {r['n_total']} pairs are unjudged (no verdict after {max_retries} "
+              f"retries); they are not counted, and a re-run asks again. "
+              + ("Most pairs are unjudged: this judge rarely answers in the asked format, so these numbers rest on "
+                 f"{judged} pairs and mean little." if r["n_unjudged"] * 2 > r["n_total"] else ""))
+
+
+async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
+                    api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, max_retries: int,
+                    max_tokens: int | None, temperature: float, requests_per_minute: float | None,
+                    tokens_per_minute: float | None, request_timeout: float) -> dict[str, str]:
+    """Judge `jobs`, journaling each verdict as it arrives (and adding it to `judgments`); returns the jobs' last
+    replies that had no verdict. The endpoint's response cache is off: the journal is the cache, and a reply
+    without a verdict must be asked again next run, not replayed."""
+    logprobs = judge_mode == "logprobs"
+    decoding_args = OpenAIDecodingArguments(max_tokens=max_tokens or (3 if logprobs else 512), temperature=temperature,
+                                            top_p=1.0, logprobs=5 if logprobs else None)
+    progress = tqdm(total=len(jobs), unit="judgment", desc="judged")
+
+    def on_reply(job: dict, judgment: dict | None, usage: dict) -> None:
+        for k in spent:  # a reply without a verdict is paid for too
+            spent[k] += usage[k]
+        if judgment is None:
+            return
+        record = {"key": job["key"], "judge_model": judge_model, "judge_mode": judge_mode, **judgment,
+                  "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens")}, "time": time.time()}
+        append_judgment(journal_path, record)
+        judgments[job["key"]] = record
+        progress.update(1)
+
+    try:
+        async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
+                               max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
+                               tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
+                               cache_dir=None) as endpoint:
+            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
+    except LLMError as error:
+        advice = " If it does not support log-probabilities, use --judge_mode swap." \
+            if logprobs and "rejected the request" in str(error) else ""
+        raise JudgeError(f"{error}{advice} Every verdict so far is saved in {journal_path}.") from None
+    finally:
+        progress.close()
+
+
+def main(argv: list[str] | None = None) -> object:
+    from alpaca.evaluate import (
+        human as human_eval,  # the blind human evaluation (its web server is imported only when used)
+    )
+
+    commands = {"evaluate": evaluate, "human": human_eval.human, "human_results": human_eval.human_results}
+    return cli.run_commands(commands, argv=argv, prog="python judge.py", default="evaluate")
+
+
+def entry_point() -> None:
+    """The command line of `python judge.py`."""
+    cli.report_errors(main, "interrupted: every verdict so far is saved in output_dir/judgments.jsonl; re-run the "
+                            "same command to finish.")

@@ -1,0 +1,512 @@
+r"""Batch Self-Instruct: generate Alpaca's instruction-following data with an LLM.
+
+    python -m generate_instruction generate_instruction_following_data \
+        --output_dir ./ --num_instructions_to_generate 100 --model_name gpt-3.5-turbo-instruct
+
+Every request samples `num_prompt_instructions` seed tasks into the frame of prompt.txt and asks the model
+to continue the numbered list up to task 20 (`request_batch_size` prompts per request). The continuation
+is split into tasks and filtered (length, unsuitable words, ...); an instruction is dropped when its ROUGE-L
+F1 against any seed or kept instruction is above 0.7, else kept with its 10 most similar instructions and
+its mean similarity. The result is `output_dir/regen.json`, a JSON list as the original wrote it.
+
+Beyond the original: any OpenAI-compatible endpoint (`--api_type completions|chat`, `--api_base`; vLLM,
+Ollama, llama.cpp's server) or a local Hugging Face model (`--api_type local --model_name DIR`);
+`--max_concurrency` requests in flight, processed in request order, so the output does not depend on it;
+`--seed` fixes the prompt sampling; raw responses are cached in `output_dir/responses/` (a re-run replays
+them); kept instructions are journaled in `output_dir/regen_journal.jsonl` after every request, so a kill
+loses nothing and a re-run resumes; one run at a time per output_dir (a lock file, released by the OS when
+the process dies); `--clean True` adds filters for defects found in the released 52K data.
+Run with `--help` after the task name for every flag.
+"""
+
+import asyncio
+import dataclasses
+import functools
+import json
+import os
+import random
+import re
+import string
+import time
+from collections import Counter
+from contextlib import aclosing
+
+import numpy as np
+import tqdm
+
+from alpaca import REPO_ROOT, cli, files
+from alpaca.generate.journal import (
+    JOURNAL_NAME,
+    append_journal,
+    claimed_output_dir,
+    interrupts_deferred,
+    load_generated,
+    write_regen_json,
+)
+from alpaca.generate.rouge_l import RougeLIndex, most_similar
+from alpaca.llm.client import (
+    DEFAULT_MODEL_NAMES,
+    LLMEndpoint,
+    OpenAIDecodingArguments,
+    check_settings,
+    complete_in_order,
+)
+
+__all__ = ["RougeLIndex", "encode_prompt", "post_process_gpt3_response", "generate_instruction_following_data"]
+
+PROMPT_PATH = str(REPO_ROOT / "prompt.txt")
+SIMILARITY_THRESHOLD = 0.7  # ROUGE-L F1 above which a new instruction counts as a near-duplicate
+STOP_SEQUENCES = ["\n20", "20."]  # the prompt asks for 20 tasks: stop where the 20th would begin
+BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
+             "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]  # a text-only model cannot do these
+# Requests in a row that hold not one task in the prompt's format before the run stops: the server is not
+# continuing the list (a chat model on the completions endpoint, a wrong model, an error page as text).
+MAX_FRUITLESS_REQUESTS = 10
+INTERRUPTED = "interrupted: every instruction kept so far is saved; re-run the same command to resume."
+
+
+class SeedTaskError(cli.DataError):
+    """The seed tasks file cannot be used; the message names the file and the line."""
+
+
+class FlagError(cli.UsageError):
+    """A command-line flag with a value that cannot work; the message names it."""
+
+
+class FruitlessRunError(cli.UserError):
+    """Request after request yielded no task in the prompt's format; the message says what the server returned."""
+
+
+def encode_prompt(prompt_instructions: list[dict]) -> str:
+    """prompt.txt followed by the given tasks numbered from 1, ending with an open `###\\n{k+1}. Instruction:`."""
+    with open(PROMPT_PATH, encoding="utf-8") as f:
+        prompt = f.read() + "\n"
+    for idx, task_dict in enumerate(prompt_instructions):
+        instruction = re.sub(r"\s+", " ", task_dict["instruction"]).strip().rstrip(":")
+        task_input = "<noinput>" if task_dict["input"] == "" else task_dict["input"]
+        prompt += "###\n"
+        prompt += f"{idx + 1}. Instruction: {instruction}\n"
+        prompt += f"{idx + 1}. Input:\n{task_input}\n"
+        prompt += f"{idx + 1}. Output:\n{task_dict['output']}\n"
+    prompt += "###\n"
+    prompt += f"{len(prompt_instructions) + 1}. Instruction:"
+    return prompt
+
+
+def find_word_in_string(w: str, s: str) -> re.Match | None:
+    return re.compile(rf"\b({w})\b", flags=re.IGNORECASE).search(s)
+
+
+def post_process_gpt3_response(num_prompt_instructions: int, response, drop_counts: Counter | None = None) -> list:
+    """Parse one completion (a mapping with `text` and `finish_reason`, or None) into the tasks it holds:
+    a list of {"instruction", "input", "output"} that pass the original's filters, in order.
+    `drop_counts`, when given, is incremented once per skipped task under the reason it was skipped."""
+    drops = drop_counts if drop_counts is not None else Counter()
+    if response is None:
+        return []
+    raw_instructions = f"{num_prompt_instructions + 1}. Instruction:" + response["text"]
+    raw_instructions = re.split("###", raw_instructions)
+    instructions = []
+    for idx, inst in enumerate(raw_instructions):
+        # When decoding stopped at max_tokens the last task is likely cut off.
+        if idx == len(raw_instructions) - 1 and response["finish_reason"] == "length":
+            drops["truncated"] += 1
+            continue
+        idx += num_prompt_instructions + 1
+        splitted_data = re.split(rf"{idx}\.\s+(Instruction|Input|Output):", inst)
+        if len(splitted_data) != 7:
+            if inst.strip():  # the empty tail after the last ### is no task
+                drops["format"] += 1
+            continue
+        inst = splitted_data[2].strip()
+        task_input = splitted_data[4].strip()
+        task_input = "" if task_input.lower() == "<noinput>" else task_input
+        output = splitted_data[6].strip()
+        reason = filter_drop_reason(inst)
+        if reason:
+            drops[reason] += 1
+            continue
+        instructions.append({"instruction": inst, "input": task_input, "output": output})
+    return instructions
+
+
+def filter_drop_reason(instruction: str) -> str | None:
+    """Why the original's filters drop a parsed instruction (`length`, `blacklist`, `write_a_program`,
+    `punctuation`, `non_ascii`), or None to keep it. `data_tools.py` applies the same rules to existing data."""
+    if len(instruction.split()) <= 3 or len(instruction.split()) > 150:
+        return "length"
+    if any(find_word_in_string(word, instruction) for word in BLACKLIST):
+        return "blacklist"
+    # Models tend to prefix "Write a program" to ordinary tasks, leaving it unclear what the output is.
+    if instruction.startswith("Write a program"):
+        return "write_a_program"
+    if instruction[0] in string.punctuation:
+        return "punctuation"
+    if not instruction[0].isascii():
+        return "non_ascii"
+    return None
+
+
+# --clean: defects found in the released 52K data, each its own drop reason.
+MERGED_TASK = re.compile(r"(^|\n)\s*\d+\s*\.\s*Instruction\s*:", flags=re.IGNORECASE)
+# "None" or "Nil" can be a real answer ("Which of these numbers is prime?"), so only N/A-style markers count.
+NA_OUTPUT = re.compile(r"\s*(n/?a|no output|<no ?output>|-+|\.*)\s*\.?\s*", flags=re.IGNORECASE)
+NOINPUT_VARIANT = re.compile(r"\s*[<(\[]?\s*(no[ _-]?input( (required|needed|provided))?|n/?a|none|null|nil|empty|"
+                             r"not applicable|no input is required)\s*[>)\]]?\s*\.?\s*", flags=re.IGNORECASE)
+# A URL or a file name alone, a bracketed placeholder ("<attached image>", "[link to the article]") or a pointer
+# to an attachment ("See the attached file."): the task needs content the model never saw. An input that merely
+# starts with such a word ("Document: the meeting moved to 5 pm", "Video games are popular") is real content.
+URL_OR_ATTACHMENT = re.compile(
+    r"\s*(<?(https?://\S+|www\.\S+)>?"
+    r"|\S+\.(jpe?g|png|gif|bmp|pdf|docx?|xlsx?|pptx?|csv|mp3|mp4|wav|mov|zip)"
+    r"|[<\[(]\s*(see )?(the )?(attached|attachment|link|url|image|photo|picture|file|document|video|audio|"
+    r"screenshot)\b[^>\])]*[>\])]"
+    r"|(please )?(see )?(the )?(attached|attachment|linked)\b[\w .:-]{0,40})\s*\.?\s*", flags=re.IGNORECASE)
+
+
+def clean_drop_reason(task: dict) -> str | None:
+    """Why --clean drops a parsed task, or None to keep it: two tasks merged into one output, an empty or
+    N/A output, a no-input marker spelled otherwise than <noinput>, an input that is only a URL or an
+    attachment placeholder."""
+    if MERGED_TASK.search(task["output"]):
+        return "merged_tasks"
+    if NA_OUTPUT.fullmatch(task["output"]):
+        return "empty_output"
+    if task["input"] and NOINPUT_VARIANT.fullmatch(task["input"]):
+        return "noinput_variant"
+    if task["input"] and URL_OR_ATTACHMENT.fullmatch(task["input"]):
+        return "url_input"
+    return None
+
+
+def chat_reply_as_continuation(text: str, next_number: int) -> str:
+    """A chat model answers the prompt instead of continuing it and usually restates the open `4. Instruction:`
+    (sometimes after a preamble); cut up to it so the reply parses like a completions model's continuation."""
+    match = re.search(rf"(?<!\d){next_number}\.\s+Instruction:", text)  # "4." but not "14."
+    return text[match.end():] if match else text
+
+
+def load_seed_tasks(seed_tasks_path: str) -> list[dict]:
+    """The first instance of every seed task as {"instruction", "input", "output"}; errors name file and line."""
+    if not os.path.isfile(seed_tasks_path):
+        raise SeedTaskError(f"Seed tasks file {seed_tasks_path} does not exist; pass --seed_tasks_path.")
+    try:
+        lines = list(files.read_jsonl(seed_tasks_path))
+    except cli.DataError as error:  # not UTF-8, not JSON: the message already names the file and the line
+        raise SeedTaskError(str(error)) from None
+    seed_instruction_data = []
+    for line_number, task in lines:
+        where = f"{seed_tasks_path}, line {line_number}"
+        try:
+            instance = task["instances"][0]
+            entry = {"instruction": task["instruction"], "input": instance["input"], "output": instance["output"]}
+        except (KeyError, IndexError, TypeError):
+            raise SeedTaskError(f"{where}: a seed task needs \"instruction\" and \"instances\" with at least one "
+                                f"{{\"input\", \"output\"}}.") from None
+        if not all(isinstance(v, str) for v in entry.values()):
+            raise SeedTaskError(f"{where}: instruction, input and output must be strings.")
+        seed_instruction_data.append(entry)
+    if not seed_instruction_data:
+        raise SeedTaskError(f"Seed tasks file {seed_tasks_path} holds no tasks.")
+    return seed_instruction_data
+
+
+def check_flags(num_tasks: int, seed_tasks_path: str, num_prompt_instructions: int, **positive: int) -> None:
+    """FlagError for values that cannot work: more prompt tasks than seeds, a count that is not a positive integer."""
+    if not isinstance(num_prompt_instructions, int) or not 1 <= num_prompt_instructions <= num_tasks:
+        raise FlagError(f"--num_prompt_instructions must be between 1 and the {num_tasks} seed tasks in "
+                        f"{seed_tasks_path}, not {num_prompt_instructions!r}.")
+    for flag, value in positive.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise FlagError(f"--{flag} must be a positive whole number, not {value!r}.")
+
+
+def parse_logit_bias(logit_bias: dict | str | None) -> dict | None:
+    """--logit_bias as the request's {token id (str): bias}, from a dict or its JSON text; FlagError otherwise."""
+    value = logit_bias
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if logit_bias is not None and not (isinstance(value, dict) and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) for b in value.values())):
+        raise FlagError(f"--logit_bias must be a JSON object of token id to bias, e.g. '{{\"50256\": -100}}', "
+                        f"not {logit_bias!r}.")
+    return {str(token): bias for token, bias in value.items()} if value is not None else None
+
+
+# -- one request: prompts, parsing, the similarity filter, the counts -------------------------------
+
+
+def request_prompts(seed_tasks: list[dict], num_prompt_instructions: int, request_batch_size: int, seed: int,
+                    request_index: int) -> list[str]:
+    """The `request_batch_size` prompts of request `request_index`, each showing `num_prompt_instructions` seed
+    tasks. Only seed tasks are sampled, from an RNG of (seed, request index) alone, so a prompt never depends on
+    other requests' results and a resumed run sends what an uninterrupted one would."""
+    rng = random.Random(f"{seed}:{request_index}")
+    return [encode_prompt(rng.sample(seed_tasks, num_prompt_instructions)) for _ in range(request_batch_size)]
+
+
+def parse_result(result: dict, num_prompt_instructions: int, api_type: str) -> tuple[list[dict], int, Counter]:
+    """(tasks passing the original's filters, tasks in the prompt's format, drops by reason) of one request."""
+    drops: Counter = Counter()
+    tasks = []
+    for choice in result["choices"]:
+        if api_type == "chat":
+            choice = {**choice, "text": chat_reply_as_continuation(choice["text"], num_prompt_instructions + 1)}
+        tasks += post_process_gpt3_response(num_prompt_instructions, choice, drops)
+    parsed = len(tasks) + sum(n for reason, n in drops.items() if reason not in ("format", "truncated"))
+    return tasks, parsed, drops
+
+
+class InstructionPool:
+    """The instructions a new one is compared with, the seeds and every one kept so far: their texts (for the
+    top-10 lists) and their ROUGE-L index, one home that grows in one step."""
+
+    def __init__(self, instructions: list[str], num_threads: int):
+        self.instructions = list(instructions)
+        self.index = RougeLIndex(self.instructions, num_threads=num_threads)
+
+    def add(self, instruction: str) -> None:
+        self.instructions.append(instruction)
+        self.index.add(instruction)
+
+
+def keep_novel_tasks(tasks: list[dict], pool: InstructionPool, clean: bool, drops: Counter) -> list[dict]:
+    """The tasks that pass --clean's filters (when on) and are no near-copy (ROUGE-L F1 above 0.7) of any pool
+    instruction, each with its 10 most similar instructions and its mean similarity; each kept task joins the pool
+    before the next is scored. Dropped tasks are counted in `drops`."""
+    kept = []
+    for task in tasks:
+        reason = clean_drop_reason(task) if clean else None
+        if reason:
+            drops[reason] += 1
+            continue
+        scores = pool.index.scores(task["instruction"])
+        if scores.max() > SIMILARITY_THRESHOLD:
+            drops["similarity"] += 1
+            continue
+        task["most_similar_instructions"] = most_similar(scores, pool.instructions, 10)
+        task["avg_similarity_score"] = float(np.mean(scores))
+        kept.append(task)
+        pool.add(task["instruction"])
+    return kept
+
+
+def format_counts(counts: Counter) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in counts.most_common() if n) or "none"
+
+
+def describe_completions(choices: list[dict]) -> str:
+    """What a request's completions were, in a few words: for a message about a server that yields nothing."""
+    texts = [" ".join(c["text"].split()) for c in choices]
+    reasons = ", ".join(sorted({str(c["finish_reason"]) for c in choices}))
+    sample = next((t for t in texts if t), None)
+    if sample is None:
+        return f"{len(texts)} empty completion{'s' * (len(texts) != 1)} (finish_reason {reasons})"
+    shown = sample if len(sample) <= 80 else sample[:77] + "..."
+    return f"{len(texts)} completion{'s' * (len(texts) != 1)} (finish_reason {reasons}) such as {shown!r}"
+
+
+@dataclasses.dataclass
+class Totals:
+    """What this run's requests gave: the per-request log line, the closing summary, and the count of requests
+    in a row that held no task at all."""
+
+    price_per_1k_prompt_tokens: float | None = None
+    price_per_1k_completion_tokens: float | None = None
+    requests: int = 0
+    cached: int = 0
+    parsed: int = 0
+    kept: int = 0
+    drops: Counter = dataclasses.field(default_factory=Counter)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    fruitless_in_a_row: int = 0
+    start: float = dataclasses.field(default_factory=time.time)
+
+    def add(self, request_index: int, result: dict, parsed: int, kept: list[dict], drops: Counter,
+            processing_seconds: float) -> None:
+        """Count one processed request and print its line."""
+        usage = result["usage"]
+        paid = {k: 0 if result["cached"] else v for k, v in usage.items()}  # a replayed response costs nothing now
+        cost = (paid["prompt_tokens"] * (self.price_per_1k_prompt_tokens or 0)
+                + paid["completion_tokens"] * (self.price_per_1k_completion_tokens or 0)) / 1000
+        self.requests += 1
+        self.cached += result["cached"]
+        self.parsed += parsed
+        self.kept += len(kept)
+        self.drops.update(drops)
+        self.prompt_tokens += paid["prompt_tokens"]
+        self.completion_tokens += paid["completion_tokens"]
+        self.cost += cost
+        self.fruitless_in_a_row = 0 if parsed else self.fruitless_in_a_row + 1
+        priced = self.price_per_1k_prompt_tokens is not None or self.price_per_1k_completion_tokens is not None
+        tqdm.tqdm.write(
+            f"Request {request_index}: {len(result['choices'])} completions in {result['seconds']:.2f}s"
+            f"{' (cached)' if result['cached'] else ''}, processing {processing_seconds:.2f}s | "
+            f"parsed {parsed}, kept {len(kept)}, dropped: {format_counts(drops)} | tokens {usage['total_tokens']:,}"
+            + (f" | cost ${cost:.4f} (total ${self.cost:.4f})" if priced else ""))
+
+    def summary(self, num_generated: int, regen_path: str) -> str:
+        tokens = self.prompt_tokens + self.completion_tokens
+        return (f"Kept {self.kept} of {self.parsed} parsed instructions from {self.requests} requests "
+                f"({self.cached} replayed from the cache) in {time.time() - self.start:.1f}s; dropped: "
+                f"{format_counts(self.drops)}; tokens used {tokens:,} (prompt {self.prompt_tokens:,}, completion "
+                f"{self.completion_tokens:,})" + (f"; cost ${self.cost:.4f}" if self.cost else "")
+                + (f". {num_generated} instructions in {regen_path}" if self.requests or num_generated
+                   else ". Nothing was generated, so no regen.json was written"))
+
+
+def raise_if_fruitless(totals: Totals, result: dict, api_base: str, output_dir: str) -> None:
+    """Stop a run whose last MAX_FRUITLESS_REQUESTS requests held no task in the prompt's format, saying what the
+    server returned, instead of paying for requests without end."""
+    if totals.fruitless_in_a_row < MAX_FRUITLESS_REQUESTS:
+        return
+    raise FruitlessRunError(
+        f"The last {MAX_FRUITLESS_REQUESTS} requests to {api_base} held no task in the prompt's numbered format; "
+        f"the last one returned {describe_completions(result['choices'])}. Check that --model_name continues text "
+        f"(an instruction-tuned model may need --api_type chat), or read the raw responses in "
+        f"{os.path.join(output_dir, 'responses')}.")
+
+
+def worth_launching(totals: Totals, remaining: int, unprocessed: int) -> bool:
+    """Whether to send another request while `unprocessed` ones are in flight or waiting: not when those will
+    likely reach the goal of `remaining` more instructions (saves money at the end)."""
+    kept_per_request = totals.kept / totals.requests if totals.requests else 0.0
+    return kept_per_request * unprocessed < remaining
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+def generate_instruction_following_data(
+    output_dir: str = "./",
+    seed_tasks_path: str = "./seed_tasks.jsonl",
+    num_instructions_to_generate: int = 100,
+    model_name: str | None = None,
+    num_prompt_instructions: int = 3,
+    request_batch_size: int = 5,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_cpus: int = 16,
+    api_type: str = "completions",
+    api_base: str | None = None,
+    max_concurrency: int = 4,
+    requests_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    max_retries: int = 8,
+    retry_base_delay: float = 1.0,
+    retry_max_delay: float = 60.0,
+    request_timeout: float = 600.0,
+    max_tokens: int = 3072,
+    logit_bias: dict | None = None,
+    seed: int = 42,
+    clean: bool = False,
+    cache: bool = True,
+    price_per_1k_prompt_tokens: float | None = None,
+    price_per_1k_completion_tokens: float | None = None,
+    max_requests: int | None = None,
+) -> list[dict]:
+    """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
+
+    Arguments (the original's first):
+        output_dir: where regen.json, the journal and the response cache go; an earlier run there is resumed.
+            One run at a time: a second one on the same directory refuses to start.
+        seed_tasks_path: JSONL of seed tasks ({"instruction", "instances": [{"input", "output"}], ...}).
+        num_instructions_to_generate: stop once this many instructions are kept (the last request's all count).
+        model_name: default gpt-3.5-turbo-instruct (completions) or gpt-4o-mini (chat); a directory for local.
+        num_prompt_instructions: seed tasks shown in each prompt.
+        request_batch_size: prompts per request (completions endpoint; chat sends one request per prompt, and so
+            does a completions server that refuses a list of prompts, such as llama.cpp's or `transformers serve`).
+        temperature, top_p: sampling settings.
+        num_cpus: threads for ROUGE-L scoring.
+        api_type: "completions" (Alpaca's batch decoding), "chat" (prompt as a user message) or "local".
+        api_base: base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (default
+            OPENAI_BASE_URL, else OpenAI). The key comes from OPENAI_API_KEY, the organisation from OPENAI_ORG.
+        max_concurrency: requests in flight at once; the output does not depend on it.
+        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
+        max_retries: retries of a request on 429, 5xx, timeouts, dropped connections and malformed responses.
+        retry_base_delay, retry_max_delay: backoff seconds (doubling from base, at most max, with jitter).
+        request_timeout: seconds one request may take in all, from sending it to its last byte.
+        max_tokens: tokens to generate per prompt (the original's 3072); shrunk 20% per context-length error.
+        logit_bias: e.g. '{"50256": -100}', the original's GPT-3 setting against <|endoftext|>; off by default.
+        seed: fixes which seed tasks each prompt shows.
+        clean: also drop merged tasks, empty/N-A outputs, no-input markers in other spellings, URL-only inputs.
+        cache: replay and store raw responses in output_dir/responses.
+        price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to log the cost.
+        max_requests: stop after this many requests in this run even if fewer instructions were kept.
+    Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
+    10 requests in a row without a single task in the prompt's format.
+    """
+    seed_tasks = load_seed_tasks(seed_tasks_path)
+    check_flags(len(seed_tasks), seed_tasks_path, num_prompt_instructions, num_cpus=num_cpus,
+                num_instructions_to_generate=num_instructions_to_generate, request_batch_size=request_batch_size,
+                max_concurrency=max_concurrency)
+    logit_bias = parse_logit_bias(logit_bias)
+    model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
+    check_settings(api_type, model_name, api_base)
+    print(f"Loaded {len(seed_tasks)} human-written seed instructions")
+    regen_path = os.path.join(output_dir, "regen.json")
+    journal_path = os.path.join(output_dir, JOURNAL_NAME)
+    endpoint_settings = dict(
+        api_type=api_type, model_name=model_name, api_base=api_base, max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, max_retries=max_retries,
+        retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay, request_timeout=request_timeout,
+        cache_dir=os.path.join(output_dir, "responses") if cache else None)
+    decoding_args = OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
+                                                  stop=STOP_SEQUENCES)
+    prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size, seed)
+
+    with claimed_output_dir(output_dir):
+        generated, first_request = load_generated(output_dir)
+        if generated:
+            print(f"Loaded {len(generated)} machine-generated instructions")
+        pool = InstructionPool([t["instruction"] for t in seed_tasks + generated], num_threads=num_cpus)
+        totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
+        progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
+                                 desc="kept")
+
+        async def generate() -> None:
+            async with LLMEndpoint(**endpoint_settings) as endpoint:
+                tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({api_type}), "
+                                f"{max_concurrency} requests in flight, from request {first_request}")
+                last_request = first_request + max_requests - 1 if max_requests is not None else None
+                results = complete_in_order(
+                    endpoint, prompts_for, decoding_args, first_request, last_request, logit_bias=logit_bias,
+                    should_launch=lambda unprocessed: worth_launching(
+                        totals, num_instructions_to_generate - len(generated), unprocessed))
+                async with aclosing(results) as stream:
+                    async for request_index, _, result in stream:
+                        process_start = time.time()
+                        tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type)
+                        kept = keep_novel_tasks(tasks, pool, clean, drops)
+                        with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
+                            append_journal(journal_path, {"request_index": request_index, "kept": kept,
+                                                          "parsed": parsed, "dropped": dict(drops),
+                                                          "usage": result["usage"]})
+                            generated.extend(kept)
+                        progress_bar.update(len(kept))
+                        totals.add(request_index, result, parsed, kept, drops, time.time() - process_start)
+                        raise_if_fruitless(totals, result, endpoint.api_base, output_dir)
+                        if len(generated) >= num_instructions_to_generate:
+                            break
+
+        try:
+            if len(generated) < num_instructions_to_generate:
+                asyncio.run(generate())
+        finally:
+            progress_bar.close()
+            if totals.requests or generated:  # an endpoint that never answered leaves no empty regen.json
+                write_regen_json(regen_path, generated)
+            print(totals.summary(len(generated), regen_path))
+    return generated
+
+
+COMMANDS = {"generate_instruction_following_data": generate_instruction_following_data}
+
+def entry_point() -> None:
+    """The command line of `python generate_instruction.py`."""
+    cli.report_errors(lambda: cli.run_commands(COMMANDS, prog="python -m generate_instruction"), INTERRUPTED)

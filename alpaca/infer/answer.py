@@ -1,0 +1,544 @@
+r"""Answer Alpaca instructions with a fine-tuned checkpoint, a base model plus a LoRA adapter, or any model behind an
+OpenAI-compatible endpoint (vLLM, `transformers serve`, llama.cpp, Ollama, OpenAI).
+
+Locally, each instruction (and optional input) is wrapped in the Alpaca prompt that `train.py` trained on
+(`prompts.PROMPT_DICT`), the model continues it, and only the continuation after "### Response:" is returned.
+Through an endpoint, `--api_type completions` sends that same prompt as text, and `--api_type chat` sends the
+instruction as a user message (and the input as a message with role "input"), which the server turns into the same
+prompt with the checkpoint's chat template (see `prompts.py`). Decoding is greedy unless `--do_sample` is given.
+
+    # one instruction (the response goes to stdout)
+    python inference.py --model_name_or_path output/alpaca --instruction "Give three tips for staying healthy."
+    python inference.py --model_name_or_path output/alpaca --instruction "Translate to French." --input "Good morning"
+
+    # a JSON list or JSONL file of {"instruction", "input"} records -> a JSON list with "output" and "generator"
+    python inference.py --model_name_or_path output/alpaca --data_path eval.jsonl --output_path eval_out.json \
+        --batch_size 16 --max_new_tokens 256
+
+    # the same file through a served model: 8 requests in flight, responses cached beside the output
+    python inference.py --api_base http://localhost:8000/v1 --model_name output/alpaca --api_type chat \
+        --data_path eval.jsonl --output_path eval_out.json --max_concurrency 8
+
+    # a base model plus a LoRA adapter written by `train.py --lora_r ...` (or pass the adapter directory alone
+    # as --model_name_or_path: its adapter_config.json names the base model)
+    python inference.py --model_name_or_path huggyllama/llama-7b --lora_path output/alpaca-lora --instruction "..."
+
+    # interactive: type an instruction, then an optional input; an empty instruction or Ctrl-D ends
+    python inference.py --model_name_or_path output/alpaca
+
+    # sampling instead of greedy decoding
+    python inference.py --model_name_or_path output/alpaca --instruction "Write a haiku." \
+        --do_sample --temperature 0.7 --top_p 0.9 --seed 42
+
+A prompt that does not fit the model's context together with --max_new_tokens is refused before anything is
+generated (the error names each such record); nothing is truncated. Through an endpoint, the server's own limit
+applies.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import sys
+
+from alpaca import cli, files
+from alpaca.prompts.alpaca import INPUT_ROLE, format_prompt, is_alpaca_chat_template
+
+# torch and transformers are imported where a model is loaded: a mistyped flag or a bad data file is reported in
+# a fraction of a second, and the endpoint mode never pays for them.
+
+logger = logging.getLogger("inference")
+
+DTYPES = ("float32", "bfloat16", "float16")
+CHAT_TEMPLATE_FIX = "python scripts/add_chat_template.py"
+
+
+def resolve_device(device: str = "auto"):
+    """`auto` means the GPU when one is visible, else the CPU."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(torch_dtype, device):
+    """`auto` keeps the checkpoint's dtype on a GPU but uses float32 on CPU, where half precision is slow or missing."""
+    import torch
+
+    if isinstance(torch_dtype, torch.dtype):
+        return torch_dtype
+    if torch_dtype == "auto":
+        return "auto" if device.type != "cpu" else torch.float32
+    if torch_dtype not in DTYPES:
+        raise cli.UsageError(f"Unknown --torch_dtype {torch_dtype!r}: use one of auto, {', '.join(DTYPES)}.")
+    return getattr(torch, torch_dtype)
+
+
+def is_lora_adapter(path: str | os.PathLike | None) -> bool:
+    """A peft adapter directory is recognised by its `adapter_config.json`."""
+    return path is not None and (pathlib.Path(path) / "adapter_config.json").is_file()
+
+
+def check_lora_adapter(lora_path: str) -> None:
+    """Refuse, before loading anything, an adapter directory that is not one or that holds only pickled weights."""
+    adapter = pathlib.Path(lora_path)
+    if not is_lora_adapter(adapter):
+        raise cli.MissingPathError(
+            f"--lora_path '{lora_path}' is not a LoRA adapter directory (no adapter_config.json in it). "
+            "Pass the directory that train.py wrote with --lora_r, or drop --lora_path for a full checkpoint.")
+    if not (adapter / "adapter_model.safetensors").is_file():
+        found = "adapter_model.bin, a pickle that can run code when loaded" if (
+            adapter / "adapter_model.bin").is_file() else "no adapter weights"
+        raise cli.MissingPathError(
+            f"The LoRA adapter '{lora_path}' has no adapter_model.safetensors (found {found}); we load safetensors "
+            "only: re-save it with peft's `model.save_pretrained(dir)`, which writes safetensors.")
+
+
+def load_model(
+    model_name_or_path: str,
+    lora_path: str | None = None,
+    device: str = "auto",
+    torch_dtype="auto",
+    trust_remote_code: bool = False,
+):
+    """Load a causal LM and its tokenizer for generation, in eval mode on `device`.
+
+    `model_name_or_path` is a checkpoint directory (e.g. train.py's --output_dir) or a Hub id. With `lora_path`, a peft
+    LoRA adapter is applied on top; `model_name_or_path` may also be an adapter directory on its own, whose
+    adapter_config.json names the base model. The tokenizer comes from the adapter directory when it holds one (train.py
+    saves it there, [PAD] included), else from the model. Returns (model, tokenizer); the tokenizer pads on the left.
+    """
+    if lora_path is None and is_lora_adapter(model_name_or_path):
+        lora_path = model_name_or_path
+        model_name_or_path = json.loads((pathlib.Path(lora_path) / "adapter_config.json").read_text())[
+            "base_model_name_or_path"
+        ]
+        logger.info("%s is a LoRA adapter; loading its base model %s", lora_path, model_name_or_path)
+    if lora_path is not None:
+        check_lora_adapter(lora_path)
+    files.check_local_weights(model_name_or_path)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_name_or_path,
+            dtype=resolve_dtype(torch_dtype, device),
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+        )
+    except OSError as error:
+        raise cli.MissingPathError(
+            f"Could not load a model from '{model_name_or_path}': it is not a local checkpoint directory and could not "
+            f"be fetched from the Hugging Face Hub. Pass the --output_dir that train.py wrote. ({error})"
+        ) from error
+    tokenizer_source = lora_path if _has_tokenizer(lora_path) else model_name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:  # ValueError: a directory with no tokenizer files at all
+        raise cli.MissingPathError(
+            f"Could not load a tokenizer from '{tokenizer_source}'. train.py saves one next to the weights; copy the "
+            f"tokenizer files of the model you fine-tuned into that directory. ({error})"
+        ) from error
+    warn_if_not_servable(tokenizer, tokenizer_source)
+
+    if lora_path is not None:
+        from peft import PeftModel
+
+        # train.py resizes the embeddings to len(tokenizer) before wrapping with LoRA: grown for [PAD], or shrunk
+        # where the checkpoint had spare rows (OPT: 50272 rows for 50265 tokens). The adapter then carries
+        # embeddings of that size, which only fit a base model resized the same way.
+        if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        model = PeftModel.from_pretrained(model, lora_path)
+    model.to(device).eval()
+    tokenizer.padding_side = "left"  # generation appends on the right, so prompts must end at the same column
+    return model, tokenizer
+
+
+def warn_if_not_servable(tokenizer, source: str) -> None:
+    """inference.py formats prompts itself, but serving engines use the checkpoint's chat template: say when the
+    checkpoint has none, or another one, and how to add ours."""
+    if is_alpaca_chat_template(tokenizer.chat_template):
+        return
+    what = "no chat template" if tokenizer.chat_template is None else "a chat template that is not the Alpaca one"
+    logger.warning("%s has %s (saved before train.py wrote one?). inference.py is unaffected, but a serving engine "
+                   "(vLLM, transformers serve, llama.cpp) would format its prompts wrongly: add the template with "
+                   "`%s %s`.", source, what, CHAT_TEMPLATE_FIX, source)
+
+
+def _has_tokenizer(path: str | None) -> bool:
+    if path is None:
+        return False
+    return any((pathlib.Path(path) / name).is_file() for name in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+
+
+def _pad_token_id(tokenizer) -> int:
+    """The id to left-pad prompts with. Padding is masked out, so eos or unk serve when there is no pad token."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if token_id is not None:
+            return token_id
+    raise cli.UsageError("The tokenizer has no pad, eos or unk token to pad batches with; use --batch_size 1.")
+
+
+def _eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a response: the tokenizer's eos and any the model's generation config lists."""
+    ids = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [] if configured is None else [configured]
+    return sorted(set(ids))
+
+
+def context_length(model, tokenizer) -> int:
+    """Tokens the model attends over: its position limit (the tokenizer's model_max_length is only a fallback, since
+    train.py saves its training truncation length there)."""
+    from alpaca.llm.local import local_context_length
+
+    return local_context_length(model.config, tokenizer)
+
+
+def check_prompt_lengths(lengths: list[int], context: int, max_new_tokens: int) -> None:
+    """Refuse, before any generation, the examples whose prompt plus `max_new_tokens` exceeds the context.
+
+    Nothing is truncated: a cut instruction or input would be answered as a different task without a word.
+    """
+    too_long = [(index, n) for index, n in enumerate(lengths) if n + max_new_tokens > context]
+    if not too_long:
+        return
+    shown = ", ".join(f"record {index} ({n:,} prompt tokens)" for index, n in too_long[:5])
+    more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
+    raise cli.DataError(
+        f"{len(too_long)} prompt(s) do not fit the model's context of {context:,} tokens with --max_new_tokens "
+        f"{max_new_tokens}: {shown}{more}. Nothing was generated; shorten or remove them, or lower --max_new_tokens.")
+
+
+def left_pad(sequences: list[list[int]], pad_token_id: int):
+    """Right-align token id lists into (input_ids, attention_mask), both (batch, longest) LongTensors."""
+    import torch
+
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, longest - len(ids):] = 1
+    return input_ids, attention_mask
+
+
+def generate_responses(
+    model,
+    tokenizer,
+    examples: list[dict],
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 50,
+    progress: bool = False,
+) -> list[str]:
+    """The model's response to each example ({"instruction", optional "input"}), in the order given.
+
+    Prompts are sorted by length and generated `batch_size` at a time, left-padded with an attention mask, so greedy
+    batched output equals one-at-a-time output. A response is the new tokens up to the first eos, decoded without
+    special tokens and stripped: the prompt is never echoed. Prompts too long for the context are refused first.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    prompts = [format_prompt(ex["instruction"], ex.get("input") or "") for ex in examples]
+    encoded = [tokenizer(prompt, add_special_tokens=True, truncation=False)["input_ids"] for prompt in prompts]
+    check_prompt_lengths([len(ids) for ids in encoded], context_length(model, tokenizer), max_new_tokens)
+    eos_ids = _eos_token_ids(model, tokenizer)
+    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
+    generation_config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=_pad_token_id(tokenizer),
+        eos_token_id=eos_ids or None,
+        bos_token_id=tokenizer.bos_token_id,
+        **sampling,
+    )
+    device = next(model.parameters()).device
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths batch with little padding
+    responses: list[str] = [""] * len(encoded)
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+        input_ids, attention_mask = left_pad([encoded[i] for i in batch], generation_config.pad_token_id)
+        with torch.no_grad():
+            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    generation_config=generation_config)
+        for row, index in enumerate(batch):
+            new_tokens = output[row, input_ids.shape[1]:].tolist()
+            cut = next((pos for pos, token in enumerate(new_tokens) if token in eos_ids), len(new_tokens))
+            responses[index] = tokenizer.decode(new_tokens[:cut], skip_special_tokens=True).strip()
+    return responses
+
+
+# ----------------------------------------------------------------------------- answers through an endpoint
+
+def saved_chat_template(model_dir: str | os.PathLike) -> str | None:
+    """The chat template a checkpoint directory carries (chat_template.jinja, else tokenizer_config.json's), if any."""
+    directory = pathlib.Path(model_dir)
+    if (directory / "chat_template.jinja").is_file():
+        return (directory / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("chat_template") if isinstance(config.get("chat_template"), str) else None
+
+
+def check_served_template(model_name: str) -> None:
+    """When the served model's name is a local checkpoint directory (transformers serve and vLLM name it by its
+    path), check before any request that chat requests will become Alpaca prompts there."""
+    if not os.path.isdir(model_name):
+        return
+    template = saved_chat_template(model_name)
+    if template is None:
+        raise cli.UserError(
+            f"'{model_name}' has no chat template, so the server cannot turn chat requests into Alpaca prompts "
+            f"(transformers serve answers HTTP 500). Add it with `{CHAT_TEMPLATE_FIX} {model_name}` and restart the "
+            "server, or use --api_type completions.")
+    if not is_alpaca_chat_template(template):
+        logger.warning("'%s' has a chat template that is not the Alpaca one: a model fine-tuned by train.py would get "
+                       "prompts in another format. `%s %s --overwrite True` replaces it.", model_name,
+                       CHAT_TEMPLATE_FIX, model_name)
+
+
+def chat_messages(example: dict) -> list[dict]:
+    """The chat request for an example: the instruction as the user message, a non-empty input as a message with
+    role "input" (which survives servers that flatten content parts; see prompts.py)."""
+    messages = [{"role": "user", "content": example["instruction"]}]
+    if example.get("input"):
+        messages.append({"role": INPUT_ROLE, "content": example["input"]})
+    return messages
+
+
+async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespace, progress: bool) -> list[str]:
+    """Responses of the endpoint to `examples`, in order: one request per example (servers such as transformers
+    serve and llama.cpp take one prompt per completions request), `--max_concurrency` in flight, every response
+    cached before it is used, a usage (and cost) line at the end."""
+    from tqdm.auto import tqdm
+
+    from alpaca.llm.client import LLMEndpoint, LLMError, OpenAIDecodingArguments
+
+    decoding = OpenAIDecodingArguments(max_tokens=args.max_new_tokens,
+                                       temperature=args.temperature if args.do_sample else 0.0,
+                                       top_p=args.top_p if args.do_sample else 1.0)
+    totals = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    try:
+        async with LLMEndpoint(api_type=args.api_type, model_name=args.model_name, api_base=args.api_base,
+                               max_concurrency=args.max_concurrency, requests_per_minute=args.requests_per_minute,
+                               tokens_per_minute=args.tokens_per_minute, max_retries=args.max_retries,
+                               request_timeout=args.request_timeout, cache_dir=args.cache_dir) as endpoint:
+
+            async def answer(index: int) -> tuple[int, dict]:
+                example = examples[index]
+                if args.api_type == "chat":  # the messages replace the one user message build_request would send
+                    return index, await endpoint.complete([example["instruction"]], decoding,
+                                                          messages=chat_messages(example))
+                prompt = format_prompt(example["instruction"], example["input"])
+                # The prompt as a string, not the one-element list build_request makes: transformers serve and
+                # llama.cpp's server reject lists.
+                return index, await endpoint.complete([prompt], decoding, prompt=prompt)
+
+            tasks = [asyncio.create_task(answer(index)) for index in range(len(examples))]
+            responses = [""] * len(examples)
+            try:
+                for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="answering",
+                                     unit="example", disable=not progress):
+                    index, result = await finished
+                    responses[index] = result["choices"][0]["text"].strip() if result["choices"] else ""
+                    totals["requests"] += 1
+                    totals["cached"] += result["cached"]
+                    if not result["cached"]:
+                        totals["prompt_tokens"] += result["usage"]["prompt_tokens"]
+                        totals["completion_tokens"] += result["usage"]["completion_tokens"]
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+    except LLMError as error:  # a bad key, an unknown model, retries spent: the client's sentence says what to do
+        raise cli.UserError(str(error)) from error
+    logger.info("%s", usage_line(totals, args))
+    return responses
+
+
+def usage_line(totals: dict, args: argparse.Namespace) -> str:
+    """One line: requests sent and replayed from the cache, tokens paid for, and their cost when prices are given."""
+    line = (f"{totals['requests']} responses from {args.api_base} ({totals['cached']} from the cache); "
+            f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens")
+    if args.price_per_1k_prompt_tokens is None and args.price_per_1k_completion_tokens is None:
+        return line
+    cost = (totals["prompt_tokens"] * (args.price_per_1k_prompt_tokens or 0)
+            + totals["completion_tokens"] * (args.price_per_1k_completion_tokens or 0)) / 1000
+    return f"{line}; cost ${cost:.4f}"
+
+
+# ----------------------------------------------------------------------------- files and the command line
+
+def write_outputs(records: list[dict], path: str) -> None:
+    """Write the records as a JSON list with files.jdump (indent 4, the Alpaca data files' format), atomically."""
+    partial = f"{path}.partial"
+    files.jdump(records, partial)
+    os.replace(partial, path)
+
+
+def check_output_path(path: str) -> None:
+    """An output path that cannot be written is refused before any work."""
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise cli.UserError(f"--output_path '{path}' is a directory; give a file name, e.g. {target / 'answers.json'}.")
+    parent = next((p for p in target.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise cli.UserError(f"--output_path '{path}' cannot be created: '{parent}' is a file, not a directory.")
+
+
+def generator_name(args: argparse.Namespace) -> str:
+    """The `generator` written into each record: --generator, else the checkpoint's directory name (the adapter's,
+    for LoRA), also when a server names the model by its path, else the served model's name."""
+    if args.generator:
+        return args.generator
+    name = args.model_name if args.api_base else args.lora_path or args.model_name_or_path
+    return pathlib.Path(name).resolve().name if os.path.isdir(name) else name
+
+
+def interactive(answer) -> None:
+    """A read-respond loop on stdin: an instruction, then an optional input; an empty instruction or EOF ends it."""
+    print("Type an instruction (an empty line or Ctrl-D quits).", file=sys.stderr)
+    while True:
+        try:
+            instruction = input("Instruction: ").strip()
+            if not instruction:
+                return
+            example_input = input("Input (optional, Enter to skip): ").strip()
+        except EOFError:
+            return
+        print(answer([{"instruction": instruction, "input": example_input}])[0], flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # --max_new_token is a typo, not --max_new_tokens
+    model = parser.add_argument_group("a local model")
+    model.add_argument("--model_name_or_path", default=None,
+                       help="checkpoint directory written by train.py (or a Hub id); may also be a LoRA adapter dir")
+    model.add_argument("--lora_path", default=None, help="LoRA adapter directory to apply on top of the model")
+    model.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, ...; auto = cuda if available, else cpu")
+    model.add_argument("--torch_dtype", default="auto", choices=["auto", *DTYPES],
+                       help="weight dtype; auto = the checkpoint's on GPU, float32 on CPU")
+    model.add_argument("--trust_remote_code", type=cli.argparse_bool, nargs="?", const=True, default=False,
+                       help="allow model code shipped with the checkpoint to run (off by default)")
+    endpoint = parser.add_argument_group("or a model behind an OpenAI-compatible endpoint (key: OPENAI_API_KEY)")
+    endpoint.add_argument("--api_base", default=None,
+                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1")
+    endpoint.add_argument("--model_name", default=None,
+                          help="the served model's name (for transformers serve and vLLM: the path it was given)")
+    endpoint.add_argument("--api_type", default="chat", choices=["chat", "completions"],
+                          help="chat: instruction and input as messages, formatted by the server's chat template; "
+                               "completions: the Alpaca prompt as text")
+    endpoint.add_argument("--max_concurrency", type=int, default=8, help="requests in flight at once")
+    endpoint.add_argument("--max_retries", type=int, default=8, help="retries of a failed request, with backoff")
+    endpoint.add_argument("--request_timeout", type=float, default=600.0, help="seconds before a request is retried")
+    endpoint.add_argument("--requests_per_minute", type=float, default=None, help="client-side request rate limit")
+    endpoint.add_argument("--tokens_per_minute", type=float, default=None, help="client-side token rate limit")
+    endpoint.add_argument("--cache_dir", default=None,
+                          help="response cache (a re-run is free); default: OUTPUT_PATH.cache beside --output_path")
+    endpoint.add_argument("--price_per_1k_prompt_tokens", type=float, default=None, help="dollars, for the cost line")
+    endpoint.add_argument("--price_per_1k_completion_tokens", type=float, default=None,
+                          help="dollars, for the cost line")
+    data = parser.add_argument_group("what to answer (neither --instruction nor --data_path: interactive)")
+    data.add_argument("--instruction", default=None, help="one instruction; its response is printed")
+    data.add_argument("--input", default="", help="optional input (context) for --instruction")
+    data.add_argument("--data_path", default=None, help="JSON list or JSONL of records with instruction[, input]")
+    data.add_argument("--output_path", default=None, help="where to write the records with responses (JSON list)")
+    data.add_argument("--output_field", default="output",
+                      help="field the response is written to; e.g. 'generated' keeps a reference 'output' intact")
+    data.add_argument("--generator", default=None,
+                      help="name written to each record's 'generator' field (default: the model's name)")
+    data.add_argument("--batch_size", type=int, default=8, help="prompts generated together (local model)")
+    gen = parser.add_argument_group("decoding")
+    gen.add_argument("--max_new_tokens", type=int, default=256, help="most tokens generated per response")
+    gen.add_argument("--do_sample", type=cli.argparse_bool, nargs="?", const=True, default=False,
+                     help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do_sample)")
+    gen.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (with --do_sample)")
+    gen.add_argument("--top_k", type=int, default=50, help="sample from the k likeliest tokens (local, --do_sample)")
+    gen.add_argument("--seed", type=int, default=42, help="random seed, for reproducible sampling")
+    args = parser.parse_args(argv)
+    problems = [
+        ((args.model_name_or_path is None) == (args.api_base is None),
+         "give --model_name_or_path (a local model) or --api_base (a served one), exactly one of them"),
+        (args.api_base is not None and not args.model_name, "--api_base needs --model_name, the served model's name"),
+        (args.api_base is None and args.model_name is not None,
+         "--model_name names a served model (with --api_base); a local checkpoint is --model_name_or_path"),
+        (args.api_base is not None and args.lora_path is not None,
+         "--lora_path applies to a local model; serve the adapter instead (README, Serving)"),
+        (args.instruction is not None and args.data_path is not None, "give either --instruction or --data_path"),
+        ((args.data_path is None) != (args.output_path is None),
+         "--data_path and --output_path go together: where to read the examples and where to write them"),
+        (min(args.batch_size, args.max_new_tokens, args.max_concurrency) < 1,
+         "--batch_size, --max_new_tokens and --max_concurrency must be at least 1"),
+    ]
+    for failed, message in problems:
+        if failed:
+            parser.error(message)
+    if args.api_base is not None and args.cache_dir is None and args.output_path is not None:
+        args.cache_dir = f"{args.output_path}.cache"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for chatty in ("httpx", "httpx2"):  # a line per request would bury the progress bar
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # Everything the user gave is checked before a model loads or a request is sent.
+    if args.output_path is not None:
+        check_output_path(args.output_path)
+    examples = files.load_alpaca_records(args.data_path, require_output=False) if args.data_path else None
+    if args.lora_path is not None:
+        check_lora_adapter(args.lora_path)
+    if args.api_base is not None and args.api_type == "chat":
+        check_served_template(args.model_name)
+
+    if args.api_base is not None:
+        def answer(batch: list[dict], progress: bool = False) -> list[str]:
+            return asyncio.run(_answer_through_endpoint(batch, args, progress))
+    else:
+        from transformers import set_seed
+
+        set_seed(args.seed)
+        model, tokenizer = load_model(args.model_name_or_path, args.lora_path, args.device, args.torch_dtype,
+                                      args.trust_remote_code)
+        generation_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
+                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+
+        def answer(batch: list[dict], progress: bool = False) -> list[str]:
+            return generate_responses(model, tokenizer, batch, batch_size=args.batch_size, progress=progress,
+                                      **generation_kwargs)
+
+    if args.instruction is not None:
+        print(answer([{"instruction": args.instruction, "input": args.input}])[0])
+    elif examples is not None:
+        generator = generator_name(args)
+        if any(args.output_field in record or "generator" in record for record in examples):
+            logger.warning("Some records already have %r or 'generator'; they are overwritten (see --output_field).",
+                           args.output_field)
+        responses = answer(examples, progress=True)
+        answered = [{**record, args.output_field: response, "generator": generator}
+                    for record, response in zip(examples, responses, strict=True)]
+        write_outputs(answered, args.output_path)
+        logger.info("wrote %d responses from %s to %s", len(responses), generator, args.output_path)
+    else:
+        interactive(answer)
+
+
+def entry_point() -> None:
+    """The command line of `python inference.py`."""
+    cli.report_errors(main)
