@@ -157,6 +157,22 @@ def says_enough(text: str) -> bool:
             or sum(ch.isalpha() for ch in prose) >= MIN_LETTERS)
 
 
+def is_in_language(text: str, code: str) -> bool:
+    """Whether lingua names `code` as the language of `text`. For Chinese, Japanese and Thai a text without one
+    character of their scripts is not in them, decided without lingua (which would load the models of every
+    Latin-script language, ~9 s, to name the language of an English text)."""
+    if code in CHARACTER_LANGUAGES and not _SPACELESS_RE.search(text):
+        return False
+    return detect_language(text) == code
+
+
+def prose_in_other_language(text: str, code: str) -> bool:
+    """Whether `text`, its code left out, holds enough prose to judge (says_enough) and that prose is not in
+    `code`: the output check (short outputs such as "42" or "Mixed", and code, say nothing of their language)."""
+    prose = _CODE_RE.sub(" ", text)
+    return says_enough(prose) and not is_in_language(prose, code)
+
+
 def prose_language(text: str) -> str | None:
     """The language of `text` with its code (``` blocks and `inline` spans) left out; None when too little is left
     to tell (says_enough)."""
