@@ -239,3 +239,54 @@ def test_translate_seed_tasks_once_and_reuse(openai_server, tmp_path, capsys):
     assert "translated by an earlier run; no cost" in capsys.readouterr().out
     assert all(not b["prompt"][0].endswith("The translation:\n1. Instruction:")
                for b in openai_server.bodies()[requests_before:])
+
+
+# -- data_tools.py: stats, clean and contamination with --language ------------------------------------------------
+
+
+def write_chinese_records(tmp_path) -> tuple[pathlib.Path, list[dict]]:
+    """Six records: two one character apart, one with an English output, one in Japanese, one blacklisted."""
+    base = "请用三句话解释为什么天空是蓝色的。"
+    records = [{"instruction": base, "input": "", "output": CHINESE_OUTPUT},
+               {"instruction": "请用三句话解释为什么天空是蓝色。", "input": "", "output": CHINESE_OUTPUT},  # 1 char off
+               {"instruction": "列出下面这封邮件中提到的所有日期。", "input": "会议改到周五下午三点。",
+                "output": "周五。"},
+               {"instruction": "说出电动汽车相比燃油车的三个优点。", "input": "", "output": ENGLISH_OUTPUT},
+               {"instruction": "秋についての短い詩を書いてください。", "input": "", "output": "秋の雨、静かな夜。"},
+               {"instruction": "请画出一张中国地图。", "input": "", "output": CHINESE_OUTPUT}]
+    path = tmp_path / "zh.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path, records
+
+
+def test_data_tools_clean_and_contamination_in_chinese(tmp_path):
+    import data_tools
+
+    path, records = write_chinese_records(tmp_path)
+    base = records[0]["instruction"]
+    result = data_tools.clean(str(path), output=str(tmp_path / "clean.json"), language="zh", num_cpus=1)
+    assert result["kept"] == 2 and result["dropped"] == {"similarity": 1, "language": 2, "blacklist": 1}
+    kept = json.loads((tmp_path / "clean.json").read_text(encoding="utf-8"))
+    assert [k["instruction"] for k in kept] == [base, records[2]["instruction"]]
+    # The original's English-only rules would have dropped all of them (Chinese has no spaces: "too short").
+    english = data_tools.clean(str(path), output=str(tmp_path / "clean_en.json"), num_cpus=1)
+    assert english["dropped"] == {"length": 6}
+
+    eval_path = tmp_path / "eval.jsonl"
+    eval_path.write_text(json.dumps({"instruction": "请用三句话解释为什么天空是蓝色的？"}, ensure_ascii=False) + "\n",
+                         encoding="utf-8")
+    found = data_tools.contamination(str(path), eval=str(eval_path), language="zh", num_cpus=1)
+    assert [f["record_index"] for f in found] == [0, 1]
+    assert data_tools.contamination(str(path), eval=str(eval_path), num_cpus=1) == []  # English tokens: none
+
+
+@pytest.mark.slow  # stats imports spaCy and matplotlib
+def test_data_tools_stats_reports_the_language_mix(tmp_path, capsys):
+    import data_tools
+
+    path, _ = write_chinese_records(tmp_path)
+    stats = data_tools.stats(str(path), output_dir=str(tmp_path / "stats"), language="zh",
+                             spacy_model="no_such_spacy_model_xyz", num_cpus=1)["zh"]
+    assert stats["instruction_languages"] == {"zh": 5, "ja": 1}
+    assert stats["near_duplicates"]["pairs"] == 1 and stats["generator_filter_drops"] == {"blacklist": 1}
+    assert "| instruction languages | zh 83.3%, ja 16.7% |" in capsys.readouterr().out
