@@ -102,7 +102,7 @@ def file_stats(records: list[dict], path: str, tokenizer, nlp, num_examples: int
     import verb_objects
 
     instructions = [r["instruction"] for r in records]
-    words = field_lengths(records, lambda text: len(text.split()))
+    words = field_lengths(records, lambda text: languages.count_units(text, language))  # characters for zh, ja, th
     tokens = token_lengths(records, tokenizer) if tokenizer else None
     with_input = sum(map(has_input, records))
     stats = {
