@@ -316,7 +316,7 @@ def test_stats_side_by_side_with_verbs_and_pictures(tmp_path, docs, monkeypatch)
 def test_stats_without_a_spacy_model_says_how_to_install_one_and_prints_the_rest(tmp_path, capsys):
     path = write_json(tmp_path / "d.json", GOOD)
     result = data_tools.stats(path, output_dir=str(tmp_path / "out"), spacy_model="no_such_spacy_model_xyz",
-                              num_cpus=1)
+                              num_cpus=1, language_mix=False)  # lingua's model loading (~9 s) is tested elsewhere
     printed = capsys.readouterr().out
     assert printed.count("python -m spacy download en_core_web_sm") == 1
     assert "| records | 3 |" in printed and result["d"]["verbs"] is None

@@ -1,5 +1,5 @@
 """generate_instruction.py: the original's prompt and parser, and the Self-Instruct loop end to end against a
-loopback OpenAI-compatible server (tests/openai_server.py) through the real openai client."""
+loopback OpenAI-compatible server (alpaca/testing/openai_server.py) through the real openai client."""
 
 import hashlib
 import json

@@ -1,4 +1,4 @@
-"""judge.py against a loopback OpenAI-compatible server that plays the judge (tests/openai_server.py).
+"""judge.py against a loopback OpenAI-compatible server that plays the judge (alpaca/testing/openai_server.py).
 
 Each scripted judge reads the two answers between the prompt's <answer_a>/<answer_b> markers and decides as a real
 judge with a known bias would: always the first shown, always the longer, by a hidden quality label, or with

@@ -254,3 +254,65 @@ def test_compiles_without_a_writable_cache_directory(repo_dir):
     )
     result = subprocess.run([sys.executable, "-c", program], cwd=repo_dir, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "uncached ok" in result.stdout, result.stderr
+
+
+# -- other languages: units of alpaca.generate.language -----------------------------------------------------------
+
+HAN = list("的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家学对可里后")
+CHINESE_PUNCTUATION = ["，", "。", "？", "！", "：", " ", "、", "《", "》"]
+
+
+def character_lcs_f1(target: str, prediction: str) -> float:
+    """The reference: characters (letters and digits, lower-cased) as tokens, LCS by the textbook dynamic programme,
+    F1 with rouge_score's float operations."""
+    a = [ch for ch in target.lower() if ch.isalnum()]
+    b = [ch for ch in prediction.lower() if ch.isalnum()]
+    if not a or not b:
+        return 0.0
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(a), lcs / len(b)
+    return 2 * precision * recall / (precision + recall)
+
+
+def random_chinese(rng: random.Random, max_chars: int, alphabet: list[str]) -> str:
+    return "".join(rng.choice(alphabet) + (rng.choice(CHINESE_PUNCTUATION) if rng.random() < 0.1 else "")
+                   for _ in range(rng.randint(0, max_chars)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chinese_scores_equal_a_character_level_reference_on_random_pairs(backend):
+    rng = random.Random(2024)
+    # A small alphabet makes long common subsequences frequent; up to 150 characters crosses the 64-bit words.
+    pool = [random_chinese(rng, 150, HAN[:12]) for _ in range(120)] + [random_chinese(rng, 40, HAN)
+                                                                       for _ in range(120)] + ["", "，。"]
+    candidates = [random_chinese(rng, 150, HAN[:12]) for _ in range(10)] + [random_chinese(rng, 40, HAN)
+                                                                            for _ in range(10)]
+    index = RougeLIndex(pool, backend=backend, language="zh")
+    for candidate in candidates:
+        assert index.scores(candidate).tolist() == [character_lcs_f1(entry, candidate) for entry in pool], candidate
+
+
+def test_chinese_near_duplicates_one_character_apart_score_above_the_threshold():
+    instruction = "请用三句话解释为什么天空是蓝色的。"
+    one_apart = "请用三句话解释为什么天空是蓝色。"
+    unrelated = "列出下面这封邮件中提到的所有日期。"
+    english_index = RougeLIndex([instruction])  # rouge_score's tokenizer: no token at all, every pair scores 0
+    assert english_index.scores(one_apart)[0] == 0.0
+    index = RougeLIndex([instruction, unrelated], language="zh")
+    near, far = index.scores(one_apart)
+    assert near == character_lcs_f1(instruction, one_apart) > 0.9 and far < 0.3
+
+
+def test_other_languages_score_casefolded_unicode_words():
+    index = RougeLIndex(["Übersetze den Satz über die Straße."], language="de")
+    # Same words in other cases and spellings (ß == ss after casefolding, a decomposed umlaut): identical.
+    assert index.scores("ÜBERSETZE den Satz u\u0308ber die STRASSE")[0] == 1.0
+    assert rouge_l.tokenizer_for("en") is tokenize and rouge_l.tokenizer_for("zh")("写诗") == ["写", "诗"]

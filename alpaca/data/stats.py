@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from alpaca.cli import MissingPathError
 from alpaca.data.tools import FIELDS, has_input, task_of
+from alpaca.generate import language as languages
 from alpaca.generate.rouge_l import RougeLIndex
 from alpaca.generate.self_instruct import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
 
@@ -62,10 +63,12 @@ def token_lengths(records: list[dict], tokenizer) -> dict[str, list[int]]:
     return lengths
 
 
-def near_duplicates(instructions: list[str], threshold: float, num_examples: int, num_cpus: int | None) -> dict:
+def near_duplicates(instructions: list[str], threshold: float, num_examples: int, num_cpus: int | None,
+                    language: str = "en") -> dict:
     """Pairs (earlier, later) of instructions with ROUGE-L F1 above `threshold`, each later one scored against
-    every earlier one with `RougeLIndex` (exact rouge_score values). Identical texts are counted apart."""
-    index = RougeLIndex(num_threads=num_cpus)
+    every earlier one with `RougeLIndex` (exact rouge_score values; for another language over its units).
+    Identical texts are counted apart."""
+    index = RougeLIndex(num_threads=num_cpus, language=language)
     pairs = records_with_pair = identical = 0
     examples = []
     for i, instruction in enumerate(tqdm(instructions, desc="near-duplicates", unit="instr", leave=False)):
@@ -85,13 +88,21 @@ def near_duplicates(instructions: list[str], threshold: float, num_examples: int
             "records_with_an_earlier_near_duplicate": records_with_pair, "examples": examples}
 
 
+def language_mix(instructions: list[str]) -> dict[str, int]:
+    """How many instructions lingua puts in each language (ISO 639-1; "unknown" where it cannot tell), most first."""
+    found = languages.detect_languages(instructions)
+    return dict(Counter(code or "unknown" for code in found).most_common())
+
+
 def file_stats(records: list[dict], path: str, tokenizer, nlp, num_examples: int,
-               num_cpus: int | None, num_verbs: int, num_objects: int) -> tuple[dict, dict]:
-    """(statistics of one data set, its per-record lengths for the histograms)."""
+               num_cpus: int | None, num_verbs: int, num_objects: int, language: str = "en",
+               with_language_mix: bool = True) -> tuple[dict, dict]:
+    """(statistics of one data set, its per-record lengths for the histograms). `language` chooses the filters and
+    the ROUGE-L units; `with_language_mix` adds the languages of the instructions."""
     from alpaca.data import verb_objects
 
     instructions = [r["instruction"] for r in records]
-    words = field_lengths(records, lambda text: len(text.split()))
+    words = field_lengths(records, lambda text: languages.count_units(text, language))  # characters for zh, ja, th
     tokens = token_lengths(records, tokenizer) if tokenizer else None
     with_input = sum(map(has_input, records))
     stats = {
@@ -99,8 +110,10 @@ def file_stats(records: list[dict], path: str, tokenizer, nlp, num_examples: int
         "with_input": with_input, "with_input_share": round(with_input / len(records), 4),
         "words": {field: length_summary(values) for field, values in words.items()},
         "tokens": {field: length_summary(values) for field, values in tokens.items()} if tokens else None,
-        "near_duplicates": near_duplicates(instructions, SIMILARITY_THRESHOLD, num_examples, num_cpus),
-        "generator_filter_drops": dict(Counter(filter(None, map(filter_drop_reason, instructions))).most_common()),
+        "near_duplicates": near_duplicates(instructions, SIMILARITY_THRESHOLD, num_examples, num_cpus, language),
+        "generator_filter_drops": dict(Counter(filter(None, (filter_drop_reason(i, language) for i in instructions)))
+                                       .most_common()),
+        "instruction_languages": language_mix(instructions) if with_language_mix else None,
         "clean_filter_drops": dict(Counter(filter(None, (clean_drop_reason(task_of(r)) for r in records)))
                                    .most_common()),
         "verbs": None,
@@ -139,6 +152,8 @@ def markdown_report(all_stats: dict[str, dict], pictures: list[str], verbs_note:
             rows.append((f"{field} {unit} p50 / p90 / max",
                          lambda s, u=unit, f=field: None if not s[u] or s[u][f]["count"] == 0 else
                          f"{s[u][f]['p50']:g} / {s[u][f]['p90']:g} / {s[u][f]['max']:,}"))
+    rows.append(("instruction languages", lambda s: None if not s.get("instruction_languages") else ", ".join(
+        f"{code} {100 * n / s['records']:.1f}%" for code, n in list(s["instruction_languages"].items())[:5])))
     rows.append(("near-duplicate pairs (ROUGE-L > 0.7)", lambda s: s["near_duplicates"]["pairs"]))
     rows.append(("... of which identical", lambda s: s["near_duplicates"]["identical_pairs"]))
     reasons = sorted({r for s in all_stats.values() for r in s["generator_filter_drops"]})

@@ -25,8 +25,14 @@ from tqdm import tqdm
 
 from alpaca import cli, files
 from alpaca.cli import DataError, MissingPathError, UsageError
+from alpaca.generate.language import check_language
 from alpaca.generate.rouge_l import RougeLIndex
-from alpaca.generate.self_instruct import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason
+from alpaca.generate.self_instruct import (
+    SIMILARITY_THRESHOLD,
+    clean_drop_reason,
+    filter_drop_reason,
+    language_drop_reason,
+)
 
 NOINPUT_MARKER = "<noinput>"
 # Control characters (Unicode category Cc: C0, DEL, C1) except tab and newline; a stray \r goes too.
@@ -95,7 +101,7 @@ def format_counts(counts: Counter) -> str:
 
 def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | None = None,
           spacy_model: str = "en_core_web_sm", num_verbs: int = 20, num_objects: int = 4, num_examples: int = 5,
-          num_cpus: int | None = None) -> dict:
+          num_cpus: int | None = None, language: str = "en", language_mix: bool = True) -> dict:
     """Statistics of one or more data sets, side by side: stats.json, stats.md and PNG pictures in --output_dir.
 
     Per data set: records, unique instructions, share with an input; mean, percentiles and max of the words
@@ -114,12 +120,17 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
             Alpaca figure).
         num_examples: near-duplicate pairs shown per data set.
         num_cpus: threads for ROUGE-L scoring (default: all cores).
+        language: ISO 639-1 code of the data's language: the generator's filters and the ROUGE-L units of that
+            language (characters for zh, ja, th), as `generate_instruction.py --language` applies them.
+        language_mix: report the languages of the instructions (lingua; its first Latin-script text loads ~9 s
+            of models).
     """
     from alpaca.data import plots as data_plots
     from alpaca.data import stats as data_stats
     from alpaca.data import verb_objects
 
     paths = list(data_paths)
+    language = check_language(language)
     datasets = load_inputs(paths)
     loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
     nlp, verbs_note = verb_objects.load_pipeline(spacy_model)
@@ -129,7 +140,8 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     all_stats, lengths = {}, {}
     for label, path, records in zip(labels, paths, datasets, strict=True):
         all_stats[label], lengths[label] = data_stats.file_stats(records, path, loaded_tokenizer, nlp, num_examples,
-                                                                 num_cpus, num_verbs, num_objects)
+                                                                 num_cpus, num_verbs, num_objects, language,
+                                                                 language_mix)
     os.makedirs(output_dir, exist_ok=True)
     pictures = ["lengths.png"]
     data_plots.length_histograms({label: lengths[label]["words"] for label in labels},
@@ -172,21 +184,23 @@ def normalised(record: dict) -> dict:
     return fixed
 
 
-def eval_index(eval_path: str, num_cpus: int | None) -> tuple[list[str], RougeLIndex]:
-    """The instructions of an evaluation file (outputs optional) and a ROUGE-L index over them."""
+def eval_index(eval_path: str, num_cpus: int | None, language: str = "en") -> tuple[list[str], RougeLIndex]:
+    """The instructions of an evaluation file (outputs optional) and a ROUGE-L index over them (in the units of
+    `language`)."""
     eval_records = files.load_alpaca_records(eval_path, require_output=False)
     instructions = [r["instruction"] for r in eval_records]
-    return instructions, RougeLIndex(instructions, num_threads=num_cpus)
+    return instructions, RougeLIndex(instructions, num_threads=num_cpus, language=language)
 
 
 def clean(data_path: str, output: str, exclude: str | None = None, generator_filters: bool = True,
           clean_filters: bool = True, similarity_threshold: float = SIMILARITY_THRESHOLD,
-          num_cpus: int | None = None) -> dict:
+          num_cpus: int | None = None, language: str = "en") -> dict:
     """Clean a data set: drop what the generator would have dropped, and duplicates, and write the rest.
 
     In file order, each record (its control characters other than tab and newline removed, a "<noinput>" input
     written as "") is dropped, with the first reason that applies:
-      - the generator's filters (length, blacklist, write_a_program, punctuation, non_ascii);
+      - the generator's filters (length, blacklist, write_a_program, punctuation, non_ascii; with --language
+        other than en that language's filters and the language check: first_character, language);
       - the generator's --clean filters (merged_tasks, empty_output, noinput_variant, url_input);
       - contamination: ROUGE-L F1 above the threshold against an instruction of --exclude;
       - duplicate: the same instruction as an earlier kept record;
@@ -204,13 +218,16 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
         similarity_threshold: ROUGE-L F1 above which an instruction is a near-duplicate (0.7, as the generator);
             1.0 keeps everything but exact duplicates.
         num_cpus: threads for ROUGE-L scoring (default: all cores).
+        language: ISO 639-1 code of the language the data must be in (default en, the original's filters); the
+            filters, the language check and the ROUGE-L units of `generate_instruction.py --language`.
     """
+    language = check_language(language)
     if not 0 <= similarity_threshold <= 1:
         raise UsageError(f"--similarity_threshold must be between 0 and 1, not {similarity_threshold}.")
     (records,) = load_inputs([data_path])
     check_output_path(output, [data_path] + ([exclude] if exclude else []))
-    eval_instructions, excluded = eval_index(exclude, num_cpus) if exclude else ([], None)
-    kept_index = RougeLIndex(num_threads=num_cpus)
+    eval_instructions, excluded = eval_index(exclude, num_cpus, language) if exclude else ([], None)
+    kept_index = RougeLIndex(num_threads=num_cpus, language=language)
     kept, kept_instructions, dropped, counts = [], [], [], Counter()
     seen = set()
     fixed = Counter()  # repairs made to kept and dropped records alike
@@ -222,7 +239,9 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
         instruction = record["instruction"]
         reason, detail = None, {}
         if generator_filters:
-            reason = filter_drop_reason(instruction)
+            reason = filter_drop_reason(instruction, language)
+            if reason is None and language != "en":
+                reason = language_drop_reason(task_of(record), language)
         if reason is None and clean_filters:
             reason = clean_drop_reason(task_of(record))
         if reason is None and excluded is not None and len(excluded):
@@ -255,7 +274,7 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
 
 
 def contamination(train_path: str, eval: str, output: str | None = None, threshold: float = SIMILARITY_THRESHOLD,
-                  num_cpus: int | None = None) -> list[dict]:
+                  num_cpus: int | None = None, language: str = "en") -> list[dict]:
     """Training instructions that are near-duplicates of evaluation instructions (ROUGE-L F1 > --threshold).
 
     Prints each one with its closest evaluation instruction and the score, and writes them to --output (JSONL)
@@ -267,9 +286,11 @@ def contamination(train_path: str, eval: str, output: str | None = None, thresho
         output: a JSONL file for the list ({"record_index", "instruction", "eval_instruction", "rouge_l"}).
         threshold: ROUGE-L F1 above which a training instruction counts as contaminated.
         num_cpus: threads for ROUGE-L scoring (default: all cores).
+        language: ISO 639-1 code: ROUGE-L over that language's units, as the generator's filter (default en).
     """
+    language = check_language(language)
     (records,) = load_inputs([train_path])
-    eval_instructions, index = eval_index(eval, num_cpus)
+    eval_instructions, index = eval_index(eval, num_cpus, language)
     if output:
         check_output_path(output, [train_path, eval])
     found = []

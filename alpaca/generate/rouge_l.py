@@ -19,6 +19,10 @@ How it stays exact:
   2*p*r/(p+r), 0 when L == 0. The algebraically equal 2L/(la+lb) differs in the last bit and flips the > 0.7
   decision on some pairs (la=7, lb=13, L=7). No fastmath anywhere.
 
+Other languages: `RougeLIndex(instructions, language="zh")` scores the units of `tokenizer_for(language)`
+(characters for Chinese, Japanese and Thai; casefolded Unicode words elsewhere) with the same kernel and the same
+float operations, so the scores equal rouge_score's LCS F1 over those units (`rouge_scorer._score_lcs`).
+
 The kernel is compiled with numba (cached on disk when a cache directory is writable) and runs over slices of the
 pool in `num_threads` threads. Without numba it falls back to rapidfuzz's LCS over the same token ids (exact as
 well, several times slower).
@@ -28,10 +32,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from alpaca.generate.language import units as language_units
 
 try:
     import numba
@@ -50,6 +56,14 @@ def tokenize(text: str) -> list[str]:
     lower-cases to an ASCII "k").
     """
     return _TOKEN_RE.findall(text.lower())
+
+
+def tokenizer_for(language: str = "en") -> Callable[[str], list[str]]:
+    """The ROUGE-L tokenizer of a language (ISO 639-1): for English rouge_score's (`tokenize`, byte-identical); for
+    every other language `language.units`: one token per character of a script written without spaces (Chinese,
+    Japanese, Thai), casefolded Unicode words elsewhere. rouge_score's tokenizer keeps only [a-z0-9], so Chinese
+    text has no token at all and every pair would score 0."""
+    return tokenize if language == "en" else language_units
 
 
 def most_similar(scores: np.ndarray, instructions: Sequence[str], k: int = 10) -> dict[str, float]:
@@ -178,10 +192,12 @@ class RougeLIndex:
     num_threads: threads that share one `scores` call (rapidfuzz workers in the fallback); None or more than the
     cores this process may use means all of them.
     backend: "numba" (default when importable) or "rapidfuzz" (fallback, also exact).
+    language: ISO 639-1 code choosing the tokenizer (`tokenizer_for`); "en" is rouge_score's, scores equal to it.
     `scores` may run in several threads at once, but not at the same time as `add`.
     """
 
-    def __init__(self, instructions: Iterable[str] = (), num_threads: int | None = None, backend: str | None = None):
+    def __init__(self, instructions: Iterable[str] = (), num_threads: int | None = None, backend: str | None = None,
+                 language: str = "en"):
         if backend is None:
             backend = "numba" if NUMBA_USABLE else "rapidfuzz"
         if backend == "numba" and not NUMBA_USABLE:
@@ -192,6 +208,8 @@ class RougeLIndex:
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f"num_threads must be a positive integer or None (all cores), got {num_threads!r}.")
         self.backend = backend
+        self.language = language
+        self._tokenize = tokenizer_for(language)
         self.num_threads = min(num_threads or _available_cores(), _available_cores())
         self._helpers: ThreadPoolExecutor | None = None  # started on the first multi-threaded scores call
         self._token_ids: dict[str, int] = {}
@@ -206,7 +224,7 @@ class RougeLIndex:
 
     def _ids_for_pool(self, instruction: str) -> list[int]:
         token_ids = self._token_ids
-        return [token_ids.setdefault(token, len(token_ids)) for token in tokenize(instruction)]
+        return [token_ids.setdefault(token, len(token_ids)) for token in self._tokenize(instruction)]
 
     def add(self, instruction: str) -> None:
         """Append one instruction to the pool (its score comes last in later `scores` arrays)."""
@@ -237,7 +255,7 @@ class RougeLIndex:
 
     def scores(self, instruction: str) -> np.ndarray:
         """ROUGE-L F1 of `instruction` against every pool entry, in insertion order: float64, shape (len(self),)."""
-        tokens = tokenize(instruction)
+        tokens = self._tokenize(instruction)
         out = np.zeros(self._size, dtype=np.float64)
         if not tokens or self._size == 0:
             return out  # rouge_score scores an empty token list 0 against anything

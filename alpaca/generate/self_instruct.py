@@ -28,6 +28,7 @@ import random
 import re
 import string
 import time
+import unicodedata
 from collections import Counter
 from contextlib import aclosing
 
@@ -35,6 +36,7 @@ import numpy as np
 import tqdm
 
 from alpaca import REPO_ROOT, cli, files
+from alpaca.generate import language as languages
 from alpaca.generate.journal import (
     JOURNAL_NAME,
     append_journal,
@@ -62,6 +64,8 @@ BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file"
 # Requests in a row that hold not one task in the prompt's format before the run stops: the server is not
 # continuing the list (a chat model on the completions endpoint, a wrong model, an error page as text).
 MAX_FRUITLESS_REQUESTS = 10
+ENGLISH_RULE = "5. Write all instructions in English."  # prompt.txt's line that --language replaces
+TRANSLATED_SEEDS_NAME = "seed_tasks.{language}.jsonl"  # --translate_seed_tasks's file in output_dir
 INTERRUPTED = "interrupted: every instruction kept so far is saved; re-run the same command to resume."
 
 
@@ -77,10 +81,14 @@ class FruitlessRunError(cli.UserError):
     """Request after request yielded no task in the prompt's format; the message says what the server returned."""
 
 
-def encode_prompt(prompt_instructions: list[dict]) -> str:
-    """prompt.txt followed by the given tasks numbered from 1, ending with an open `###\\n{k+1}. Instruction:`."""
+def encode_prompt(prompt_instructions: list[dict], language: str = "en") -> str:
+    """prompt.txt followed by the given tasks numbered from 1, ending with an open `###\\n{k+1}. Instruction:`.
+    For a `language` other than English, prompt.txt's requirement 5 ("Write all instructions in English.") asks
+    for every field in that language instead (`languages.prompt_language_rule`)."""
     with open(PROMPT_PATH, encoding="utf-8") as f:
         prompt = f.read() + "\n"
+    if language != "en":
+        prompt = with_language_rule(prompt, language)
     for idx, task_dict in enumerate(prompt_instructions):
         instruction = re.sub(r"\s+", " ", task_dict["instruction"]).strip().rstrip(":")
         task_input = "<noinput>" if task_dict["input"] == "" else task_dict["input"]
@@ -97,10 +105,13 @@ def find_word_in_string(w: str, s: str) -> re.Match | None:
     return re.compile(rf"\b({w})\b", flags=re.IGNORECASE).search(s)
 
 
-def post_process_gpt3_response(num_prompt_instructions: int, response, drop_counts: Counter | None = None) -> list:
+def post_process_gpt3_response(num_prompt_instructions: int, response, drop_counts: Counter | None = None,
+                                language: str = "en") -> list:
     """Parse one completion (a mapping with `text` and `finish_reason`, or None) into the tasks it holds:
     a list of {"instruction", "input", "output"} that pass the original's filters, in order.
-    `drop_counts`, when given, is incremented once per skipped task under the reason it was skipped."""
+    `drop_counts`, when given, is incremented once per skipped task under the reason it was skipped.
+    `language` other than "en": the filters of that language (`filter_drop_reason`), then the language check
+    (`language_drop_reason`)."""
     drops = drop_counts if drop_counts is not None else Counter()
     if response is None:
         return []
@@ -122,7 +133,9 @@ def post_process_gpt3_response(num_prompt_instructions: int, response, drop_coun
         task_input = splitted_data[4].strip()
         task_input = "" if task_input.lower() == "<noinput>" else task_input
         output = splitted_data[6].strip()
-        reason = filter_drop_reason(inst)
+        reason = filter_drop_reason(inst, language)
+        if reason is None and language != "en":
+            reason = language_drop_reason({"instruction": inst, "output": output}, language)
         if reason:
             drops[reason] += 1
             continue
@@ -130,9 +143,12 @@ def post_process_gpt3_response(num_prompt_instructions: int, response, drop_coun
     return instructions
 
 
-def filter_drop_reason(instruction: str) -> str | None:
+def filter_drop_reason(instruction: str, language: str = "en") -> str | None:
     """Why the original's filters drop a parsed instruction (`length`, `blacklist`, `write_a_program`,
-    `punctuation`, `non_ascii`), or None to keep it. `data_tools.py` applies the same rules to existing data."""
+    `punctuation`, `non_ascii`), or None to keep it. `data_tools.py` applies the same rules to existing data.
+    For another language (ISO 639-1) the same rules as that language has them (`other_language_drop_reason`)."""
+    if language != "en":
+        return other_language_drop_reason(instruction, language)
     if len(instruction.split()) <= 3 or len(instruction.split()) > 150:
         return "length"
     if any(find_word_in_string(word, instruction) for word in BLACKLIST):
@@ -145,6 +161,49 @@ def filter_drop_reason(instruction: str) -> str | None:
     if not instruction[0].isascii():
         return "non_ascii"
     return None
+
+
+def other_language_drop_reason(instruction: str, language: str) -> str | None:
+    """The original's filters for an instruction in another language: `length` in the language's units (characters
+    for Chinese, Japanese, Thai; words elsewhere; `languages.length_limits`); `blacklist` and `write_a_program`
+    where the language has them written down (German, Chinese; off elsewhere); `punctuation` when the first
+    character is punctuation (ASCII, as the original, or any Unicode punctuation); `first_character` when it is no
+    letter or digit at all (the original's `non_ascii` would drop every "Übersetze ..." and every Chinese task)."""
+    shortest, longest = languages.length_limits(language)
+    length = languages.count_units(instruction, language)
+    if length <= shortest or length > longest:
+        return "length"
+    if language in languages.CHARACTER_LANGUAGES:
+        if any(word in instruction for word in languages.BLACKLISTS.get(language, ())):
+            return "blacklist"
+    elif any(find_word_in_string(re.escape(word), instruction) for word in languages.BLACKLISTS.get(language, ())):
+        return "blacklist"
+    if any(instruction.startswith(prefix) for prefix in languages.PROGRAM_PREFIXES.get(language, ())):
+        return "write_a_program"
+    first = instruction[0]
+    if first in string.punctuation or unicodedata.category(first).startswith("P"):
+        return "punctuation"
+    if not unicodedata.category(first).startswith(("L", "N")):
+        return "first_character"
+    return None
+
+
+def language_drop_reason(task: dict, language: str) -> str | None:
+    """`language` when the instruction is not in `language` (ISO 639-1), or its output, code left out, holds
+    enough prose to tell (`languages.says_enough`) and is in another language; else None. lingua decides."""
+    if not languages.is_in_language(task["instruction"], language):
+        return "language"
+    if languages.prose_in_other_language(task["output"], language):
+        return "language"
+    return None
+
+
+def with_language_rule(prompt: str, language: str) -> str:
+    """The prompt with requirement 5 asking for `language`; FlagError when prompt.txt no longer has the line."""
+    if ENGLISH_RULE not in prompt:
+        raise FlagError(f"--language {language} rewrites the line {ENGLISH_RULE!r} of {PROMPT_PATH}, which is not "
+                        "there; restore it, or write the prompt in your language yourself and use --language en.")
+    return prompt.replace(ENGLISH_RULE, languages.prompt_language_rule(language), 1)
 
 
 # --clean: defects found in the released 52K data, each its own drop reason.
@@ -240,22 +299,24 @@ def parse_logit_bias(logit_bias: dict | str | None) -> dict | None:
 
 
 def request_prompts(seed_tasks: list[dict], num_prompt_instructions: int, request_batch_size: int, seed: int,
-                    request_index: int) -> list[str]:
+                    request_index: int, language: str = "en") -> list[str]:
     """The `request_batch_size` prompts of request `request_index`, each showing `num_prompt_instructions` seed
     tasks. Only seed tasks are sampled, from an RNG of (seed, request index) alone, so a prompt never depends on
     other requests' results and a resumed run sends what an uninterrupted one would."""
     rng = random.Random(f"{seed}:{request_index}")
-    return [encode_prompt(rng.sample(seed_tasks, num_prompt_instructions)) for _ in range(request_batch_size)]
+    return [encode_prompt(rng.sample(seed_tasks, num_prompt_instructions), language)
+            for _ in range(request_batch_size)]
 
 
-def parse_result(result: dict, num_prompt_instructions: int, api_type: str) -> tuple[list[dict], int, Counter]:
+def parse_result(result: dict, num_prompt_instructions: int, api_type: str,
+                 language: str = "en") -> tuple[list[dict], int, Counter]:
     """(tasks passing the original's filters, tasks in the prompt's format, drops by reason) of one request."""
     drops: Counter = Counter()
     tasks = []
     for choice in result["choices"]:
         if api_type == "chat":
             choice = {**choice, "text": chat_reply_as_continuation(choice["text"], num_prompt_instructions + 1)}
-        tasks += post_process_gpt3_response(num_prompt_instructions, choice, drops)
+        tasks += post_process_gpt3_response(num_prompt_instructions, choice, drops, language)
     parsed = len(tasks) + sum(n for reason, n in drops.items() if reason not in ("format", "truncated"))
     return tasks, parsed, drops
 
@@ -264,9 +325,9 @@ class InstructionPool:
     """The instructions a new one is compared with, the seeds and every one kept so far: their texts (for the
     top-10 lists) and their ROUGE-L index, one home that grows in one step."""
 
-    def __init__(self, instructions: list[str], num_threads: int):
+    def __init__(self, instructions: list[str], num_threads: int, language: str = "en"):
         self.instructions = list(instructions)
-        self.index = RougeLIndex(self.instructions, num_threads=num_threads)
+        self.index = RougeLIndex(self.instructions, num_threads=num_threads, language=language)
 
     def add(self, instruction: str) -> None:
         self.instructions.append(instruction)
@@ -379,6 +440,101 @@ def worth_launching(totals: Totals, remaining: int, unprocessed: int) -> bool:
     return kept_per_request * unprocessed < remaining
 
 
+# -- seed tasks in another language (--translate_seed_tasks) ----------------------------------------
+
+TRANSLATION_PROMPT = (
+    "Translate this task from English into {name}: its instruction, its input and its output. Adapt names, places, "
+    "currencies, units and examples so that they are natural for {english}-speaking readers; keep code, numbers and "
+    "the layout as they are. Keep the markers \"1. Instruction:\", \"1. Input:\", \"1. Output:\" and <noinput> "
+    "exactly as they are, in English.\n\n"
+    "1. Instruction: {instruction}\n1. Input:\n{input}\n1. Output:\n{output}\n###\n"
+    "The translation:\n1. Instruction:")
+
+
+def translation_prompt(task: dict, language: str) -> str:
+    """The prompt asking the teacher to translate one seed task into `language`, answered in the generator's own
+    numbered format (so that one parser reads it), continued after its open `1. Instruction:`."""
+    name = languages.language_name(language)
+    return TRANSLATION_PROMPT.format(name=name, english=languages.NAMES.get(language, (name,))[0],
+                                     instruction=task["instruction"], input=task["input"] or "<noinput>",
+                                     output=task["output"])
+
+
+def parse_translation(text: str, api_type: str) -> dict | None:
+    """The translated task ({"instruction", "input", "output"}) of one reply, or None when it is not in the format."""
+    if api_type == "chat":
+        text = chat_reply_as_continuation(text, 1)
+    pieces = re.split(r"1\.\s+(Instruction|Input|Output):", "1. Instruction:" + text.split("###")[0])
+    if len(pieces) != 7 or not pieces[2].strip() or not pieces[6].strip():
+        return None
+    task_input = pieces[4].strip()
+    return {"instruction": pieces[2].strip(), "input": "" if task_input.lower() == "<noinput>" else task_input,
+            "output": pieces[6].strip()}
+
+
+def translated_seed_tasks(seed_tasks: list[dict], language: str, output_dir: str, endpoint_settings: dict,
+                          request_batch_size: int, totals: "Totals") -> list[dict]:
+    """The seed tasks in `language`: read from output_dir/seed_tasks.LANG.jsonl when an earlier run wrote it (no
+    cost), else translated once through the run's endpoint (temperature 0, one prompt per seed task, replies
+    cached like the generator's), written there as a seed-task file (usable as --seed_tasks_path), and the cost
+    printed. A reply that is not in the format drops that seed task (counted)."""
+    path = os.path.join(output_dir, TRANSLATED_SEEDS_NAME.format(language=language))
+    name = languages.language_name(language)
+    if os.path.exists(path):
+        translated = load_seed_tasks(path)
+        print(f"Loaded {len(translated)} seed tasks in {name} from {path} (translated by an earlier run; no cost)")
+        return translated
+    prompts = [translation_prompt(task, language) for task in seed_tasks]
+    batches = [prompts[i:i + request_batch_size] for i in range(0, len(prompts), request_batch_size)]
+    decoding_args = files.OpenAIDecodingArguments(temperature=0.0, n=1, max_tokens=1024, stop=["###"])
+    replies: list[dict] = []
+    usage = Counter()
+    cost = totals.price_per_1k_prompt_tokens is not None or totals.price_per_1k_completion_tokens is not None
+
+    async def translate() -> None:
+        async with LLMEndpoint(**endpoint_settings) as endpoint:
+            results = complete_in_order(endpoint, lambda index: batches[index], decoding_args, 0, len(batches) - 1)
+            async with aclosing(results) as stream:
+                async for _, _, result in stream:
+                    replies.extend(result["choices"])
+                    if not result["cached"]:
+                        usage.update(result["usage"])
+
+    start = time.time()
+    asyncio.run(translate())
+    spent = (usage["prompt_tokens"] * (totals.price_per_1k_prompt_tokens or 0)
+             + usage["completion_tokens"] * (totals.price_per_1k_completion_tokens or 0)) / 1000
+    tasks = [parse_translation(reply["text"], endpoint_settings["api_type"]) for reply in replies]
+    translated = [task for task in tasks if task is not None]
+    lines = [json.dumps({"id": f"seed_task_{i}", "instruction": task["instruction"],
+                         "instances": [{"input": task["input"], "output": task["output"]}]}, ensure_ascii=False)
+             for i, task in enumerate(translated)]
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(path + ".tmp", path)
+    print(f"Translated {len(translated)} of {len(seed_tasks)} seed tasks into {name} in {time.time() - start:.1f}s "
+          f"with {len(batches)} requests ({len(seed_tasks) - len(translated)} replies not in the format); tokens "
+          f"used {usage['prompt_tokens'] + usage['completion_tokens']:,} (prompt {usage['prompt_tokens']:,}, "
+          f"completion {usage['completion_tokens']:,})" + (f", cost ${spent:.4f}" if cost else "")
+          + f". Written to {path}; later runs in this output_dir reuse it at no cost.")
+    if not translated:
+        raise FruitlessRunError(f"No reply to the {len(prompts)} translation prompts was in the format; read them in "
+                                f"{endpoint_settings['cache_dir'] or 'the server log'} or pass translated seed tasks "
+                                "with --seed_tasks_path.")
+    return translated
+
+
+def note_seed_language(seed_tasks: list[dict], language: str, seed_tasks_path: str) -> None:
+    """Say so when most seed tasks are not in `language`: the prompt shows them as they are."""
+    sample = [task["instruction"] for task in seed_tasks[:20]]
+    other = sum(not languages.is_in_language(instruction, language) for instruction in sample)
+    if other > len(sample) / 2:
+        print(f"note: {other} of the first {len(sample)} seed instructions in {seed_tasks_path} are not in "
+              f"{languages.language_name(language)}; the prompts show them as they are. Pass seed tasks in that "
+              f"language with --seed_tasks_path, or --translate_seed_tasks True to translate them once.")
+
+
 # -- the loop ---------------------------------------------------------------------------------------
 
 
@@ -409,6 +565,8 @@ def generate_instruction_following_data(
     price_per_1k_prompt_tokens: float | None = None,
     price_per_1k_completion_tokens: float | None = None,
     max_requests: int | None = None,
+    language: str = "en",
+    translate_seed_tasks: bool = False,
 ) -> list[dict]:
     """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
 
@@ -438,9 +596,19 @@ def generate_instruction_following_data(
         cache: replay and store raw responses in output_dir/responses.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to log the cost.
         max_requests: stop after this many requests in this run even if fewer instructions were kept.
+        language: ISO 639-1 code of the language to generate in (default en: the original's prompt and filters).
+            Another language: the prompt asks for every task in it; lengths count its units (characters for zh,
+            ja, th); tasks whose instruction or output is in another language are dropped as `language`;
+            ROUGE-L scores its units (docs/languages.md).
+        translate_seed_tasks: with --language, translate the seed tasks into it once through the same endpoint
+            (one request per seed task at temperature 0; cost printed) and keep them in
+            output_dir/seed_tasks.LANG.jsonl for later runs; without it the seed tasks are shown as given.
     Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
     10 requests in a row without a single task in the prompt's format.
     """
+    language = languages.check_language(language)
+    if translate_seed_tasks and language == "en":
+        raise FlagError("--translate_seed_tasks translates the seed tasks into --language; give one other than en.")
     seed_tasks = load_seed_tasks(seed_tasks_path)
     check_flags(len(seed_tasks), seed_tasks_path, num_prompt_instructions, num_cpus=num_cpus,
                 num_instructions_to_generate=num_instructions_to_generate, request_batch_size=request_batch_size,
@@ -458,14 +626,22 @@ def generate_instruction_following_data(
         cache_dir=os.path.join(output_dir, "responses") if cache else None)
     decoding_args = OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
                                                   stop=STOP_SEQUENCES)
-    prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size, seed)
+    totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
 
     with claimed_output_dir(output_dir):
+        if translate_seed_tasks:
+            seed_tasks = translated_seed_tasks(seed_tasks, language, output_dir, endpoint_settings,
+                                               request_batch_size, totals)
+            check_flags(len(seed_tasks), TRANSLATED_SEEDS_NAME.format(language=language), num_prompt_instructions)
+        elif language != "en":
+            note_seed_language(seed_tasks, language, seed_tasks_path)
+        prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size,
+                                        seed, language=language)
         generated, first_request = load_generated(output_dir)
         if generated:
             print(f"Loaded {len(generated)} machine-generated instructions")
-        pool = InstructionPool([t["instruction"] for t in seed_tasks + generated], num_threads=num_cpus)
-        totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
+        pool = InstructionPool([t["instruction"] for t in seed_tasks + generated], num_threads=num_cpus,
+                               language=language)
         progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
                                  desc="kept")
 
@@ -481,7 +657,7 @@ def generate_instruction_following_data(
                 async with aclosing(results) as stream:
                     async for request_index, _, result in stream:
                         process_start = time.time()
-                        tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type)
+                        tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type, language)
                         kept = keep_novel_tasks(tasks, pool, clean, drops)
                         with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
                             append_journal(journal_path, {"request_index": request_index, "kept": kept,
