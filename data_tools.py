@@ -380,7 +380,8 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
          requests_per_minute: float | None = None, tokens_per_minute: float | None = None, max_retries: int = 8,
          retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, request_timeout: float = 600.0,
          max_tokens: int = 512, temperature: float = 0.0, score_retries: int = 2, cache: bool = True,
-         price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None) -> dict:
+         price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
+         max_response_bytes: int = 16 * 2**20) -> dict:
     """Rate each example's answer 0-5 for accuracy and helpfulness with an LLM judge; optionally keep the best.
 
     The judge sees our prompt (rating.RATING_PROMPT: the instruction, input and output, then "end your reply
@@ -409,6 +410,7 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
         score_retries: times a reply without a parseable score is asked again.
         cache: keep raw responses in OUTPUT.responses/ (a re-run replays them).
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, for the cost line.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
     """
     arguments = dict(locals())
     import rating

@@ -36,7 +36,13 @@ import tqdm
 
 import cli
 import utils
-from llm_client import DEFAULT_MODEL_NAMES, LLMEndpoint, check_settings, complete_in_order
+from llm_client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MODEL_NAMES,
+    LLMEndpoint,
+    check_settings,
+    complete_in_order,
+)
 from rouge_l import RougeLIndex, most_similar
 from run_journal import (
     JOURNAL_NAME,
@@ -404,6 +410,7 @@ def generate_instruction_following_data(
     price_per_1k_prompt_tokens: float | None = None,
     price_per_1k_completion_tokens: float | None = None,
     max_requests: int | None = None,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> list[dict]:
     """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
 
@@ -433,6 +440,7 @@ def generate_instruction_following_data(
         cache: replay and store raw responses in output_dir/responses.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to log the cost.
         max_requests: stop after this many requests in this run even if fewer instructions were kept.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
     Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
     10 requests in a row without a single task in the prompt's format.
     """
@@ -442,7 +450,10 @@ def generate_instruction_following_data(
                 max_concurrency=max_concurrency)
     logit_bias = parse_logit_bias(logit_bias)
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
-    check_settings(api_type, model_name, api_base)
+    check_settings(api_type, model_name, api_base, requests_per_minute=requests_per_minute,
+                   tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
+                   retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
+                   top_p=top_p, max_response_bytes=max_response_bytes)
     print(f"Loaded {len(seed_tasks)} human-written seed instructions")
     regen_path = os.path.join(output_dir, "regen.json")
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
@@ -450,7 +461,7 @@ def generate_instruction_following_data(
         api_type=api_type, model_name=model_name, api_base=api_base, max_concurrency=max_concurrency,
         requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, max_retries=max_retries,
         retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay, request_timeout=request_timeout,
-        cache_dir=os.path.join(output_dir, "responses") if cache else None)
+        cache_dir=os.path.join(output_dir, "responses") if cache else None, max_response_bytes=max_response_bytes)
     decoding_args = utils.OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
                                                   stop=STOP_SEQUENCES)
     prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size, seed)

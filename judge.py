@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 import cli
 import utils
-from llm_client import API_TYPES, LLMEndpoint, LLMError, OpenAIDecodingArguments, check_settings, complete_in_order
+from llm_client import (
+    API_TYPES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    LLMEndpoint,
+    LLMError,
+    OpenAIDecodingArguments,
+    check_settings,
+    complete_in_order,
+)
 from win_rates import (  # noqa: F401 - the metrics are judge.py's public interface too (human_eval.py uses them)
     DIFFERENCES_KEY,
     compute_results,
@@ -349,7 +357,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
              temperature: float = 0.0, requests_per_minute: float | None = None,
              tokens_per_minute: float | None = None, request_timeout: float = 600.0,
              price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
-             plot: bool = True) -> dict:
+             plot: bool = True, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
     """Judge each model's answers against the reference's; write results.json, annotations.jsonl, win_rates.png.
 
     Arguments:
@@ -373,6 +381,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         request_timeout: seconds to wait for one response.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
         plot: write win_rates.png.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused.
     Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
     `python judge.py human_results --help` (blind human evaluation of the same pairs).
     """
@@ -403,7 +412,9 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
             raise cli.DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
                                 "'generator' field (inference.py --generator) or file name.")
     try:
-        check_settings(api_type, judge_model, api_base)
+        check_settings(api_type, judge_model, api_base, temperature=temperature,
+                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                       request_timeout=request_timeout, max_response_bytes=max_response_bytes)
     except LLMError as error:
         raise JudgeError(str(error)) from None
 
@@ -432,7 +443,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                        max_concurrency=max_concurrency, max_retries=max_retries,
                                        max_tokens=max_tokens, temperature=temperature,
                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                       request_timeout=request_timeout))
+                                       request_timeout=request_timeout, max_response_bytes=max_response_bytes))
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
@@ -498,7 +509,8 @@ def report_unjudged(results: dict, names: list[str], max_retries: int) -> None:
 async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
                     api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, max_retries: int,
                     max_tokens: int | None, temperature: float, requests_per_minute: float | None,
-                    tokens_per_minute: float | None, request_timeout: float) -> dict[str, str]:
+                    tokens_per_minute: float | None, request_timeout: float,
+                    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict[str, str]:
     """Judge `jobs`, journaling each verdict as it arrives (and adding it to `judgments`); returns the jobs' last
     replies that had no verdict. The endpoint's response cache is off: the journal is the cache, and a reply
     without a verdict must be asked again next run, not replayed."""
@@ -522,7 +534,7 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
         async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
-                               cache_dir=None) as endpoint:
+                               cache_dir=None, max_response_bytes=max_response_bytes) as endpoint:
             return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
     except LLMError as error:
         advice = " If it does not support log-probabilities, use --judge_mode swap." \

@@ -19,9 +19,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import parsedate_to_datetime
 
@@ -36,6 +39,17 @@ OPENAI_API_BASE = "https://api.openai.com/v1"
 # gpt-3.5-turbo-instruct is the model OpenAI still serves on the completions endpoint.
 DEFAULT_MODEL_NAMES = {"completions": "gpt-3.5-turbo-instruct", "chat": "gpt-4o-mini"}
 API_TYPES = ("completions", "chat", "local")
+# The longest wait a server's Retry-After may impose: a larger value (or `inf`) would stall the run for nothing.
+RETRY_AFTER_CAP = 60.0
+# Retries of a malformed HTTP 200 (an empty `choices`, a string `message`): a server that answers so once usually
+# answers so every time, so two quick retries are enough to rule out a glitch before the run stops.
+MALFORMED_RETRIES = 2
+MALFORMED_RETRY_DELAY = 0.5  # seconds before the first of them (doubled for the second)
+# The largest reply body read: a hostile or broken server must not fill memory and the journals. A completion of
+# a few thousand tokens with logprobs is well under 1 MB.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20
+# Usage counts above this are not token counts (a server bug or a hostile reply): refused like a malformed reply.
+MAX_TOKEN_COUNT = 2**53
 
 # -- requests and responses -------------------------------------------------------------------------
 
@@ -61,6 +75,10 @@ class OpenAIDecodingArguments:
 class LLMError(cli.UserError, RuntimeError):
     """A failure that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries spent); the message
     says what to do. A user error: reported in one line, without a traceback."""
+
+
+class SettingError(LLMError, cli.UsageError):
+    """An endpoint setting that cannot work (a negative rate, a malformed base URL): a command-line mistake, exit 2."""
 
 
 class MalformedResponse(Exception):
@@ -144,7 +162,9 @@ def response_problem(response: object, api_type: str, expected_choices: int) -> 
             return f"a choice that is a {type(choice).__name__}, not an object"
         if "message" in choice:
             message = choice["message"]
-            text = message.get("content") if isinstance(message, dict) else message
+            if not isinstance(message, dict):
+                return f"a choice whose message is {'null' if message is None else repr(message)[:40]}, not an object"
+            text = message.get("content")
         else:
             text = choice.get("text")
         if text is not None and not isinstance(text, str):
@@ -152,13 +172,76 @@ def response_problem(response: object, api_type: str, expected_choices: int) -> 
         index = choice.get("index")
         if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
             return f"a choice whose index is {index!r}"
+        problem = logprobs_problem(choice.get("logprobs"))
+        if problem:
+            return problem
     usage = response.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return f"'usage' is a {type(usage).__name__}, not an object"
     for name, count in (usage or {}).items():
-        if name in ("prompt_tokens", "completion_tokens", "total_tokens") and count is not None \
-                and (not isinstance(count, (int, float)) or isinstance(count, bool)):
-            return f"usage.{name} is {count!r}, not a number"
+        if name in ("prompt_tokens", "completion_tokens", "total_tokens") and count is not None:
+            if not is_number(count):
+                return f"usage.{name} is {count!r:.40}, not a number"
+            if not 0 <= count <= MAX_TOKEN_COUNT:  # NaN fails both comparisons; 1e400 is read as inf
+                return f"usage.{name} is {count!r}, not a token count"
+    return None
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (JSON true is no count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def logprobs_problem(logprobs: object) -> str | None:
+    """What makes a choice's `logprobs` unreadable, or None: absent, or the completions shape (`tokens`,
+    `token_logprobs`, `top_logprobs` lists, the latter of {token: logprob} or null) or the chat shape (`content`: a
+    list of {token, logprob, top_logprobs: [{token, logprob}]}). Only shapes and types are checked here: whether a
+    log-probability's value makes sense (finite, at most 0) is for the reader of it to judge."""
+    if logprobs is None:
+        return None
+    if not isinstance(logprobs, dict):
+        return f"'logprobs' is {logprobs!r:.40}, not an object"
+    if "content" in logprobs:  # chat
+        content = logprobs["content"]
+        if content is None:
+            return None
+        if not isinstance(content, list):
+            return f"logprobs.content is {content!r:.40}, not a list"
+        for item in content:
+            problem = token_logprob_problem(item, "logprobs.content")
+            if problem:
+                return problem
+            tops = item.get("top_logprobs")
+            if tops is not None and not isinstance(tops, list):
+                return f"logprobs.content[].top_logprobs is {tops!r:.40}, not a list"
+            for top in tops or []:
+                problem = token_logprob_problem(top, "logprobs.content[].top_logprobs")
+                if problem:
+                    return problem
+        return None
+    tokens, values, tops = (logprobs.get(k) for k in ("tokens", "token_logprobs", "top_logprobs"))
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        return f"logprobs.tokens is {tokens!r:.40}, not a list of strings"
+    if values is not None and (not isinstance(values, list)
+                               or not all(v is None or is_number(v) for v in values)):
+        return f"logprobs.token_logprobs is {values!r:.40}, not a list of numbers"
+    if tops is not None and not isinstance(tops, list):
+        return f"logprobs.top_logprobs is {tops!r:.40}, not a list"
+    for top in tops or []:
+        if top is not None and (not isinstance(top, dict) or not all(isinstance(t, str) and is_number(v)
+                                                                       for t, v in top.items())):
+            return f"logprobs.top_logprobs holds {top!r:.40}, not a {{token: logprob}} object"
+    return None
+
+
+def token_logprob_problem(item: object, where: str) -> str | None:
+    """What is wrong with one chat {token, logprob} entry, or None."""
+    if not isinstance(item, dict):
+        return f"{where} holds {item!r:.40}, not an object"
+    if not isinstance(item.get("token"), str):
+        return f"{where} holds a token {item.get('token')!r:.40}, not a string"
+    if not is_number(item.get("logprob")):
+        return f"{where} holds a logprob {item.get('logprob')!r:.40}, not a number"
     return None
 
 
@@ -186,30 +269,35 @@ def is_context_length_error(error: Exception) -> bool:
 
 
 def retry_after_seconds(error: Exception) -> float | None:
-    """The wait a 429/503 asks for in its retry-after-ms or Retry-After header (seconds or an HTTP date)."""
+    """The wait a 429/503 asks for in its retry-after-ms or Retry-After header (seconds or an HTTP date), as the
+    server sent it: it may be huge or `inf`; `backoff_seconds` caps it at RETRY_AFTER_CAP. None when absent,
+    unreadable, negative or NaN."""
     response = getattr(error, "response", None)
     if response is None:
         return None
     headers = response.headers
     try:
         if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return float(value)
-        except ValueError:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+            seconds = float(headers["retry-after-ms"]) / 1000
+        else:
+            value = headers.get("retry-after")
+            if not value:
+                return None
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
+    return seconds if seconds >= 0 else None  # NaN and negative waits mean nothing
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter: base * 2**attempt capped at `cap`, scaled by a random factor in
-    [0.5, 1) so that parallel requests do not retry in lockstep; never shorter than the server's Retry-After."""
+    [0.5, 1) so that parallel requests do not retry in lockstep; never shorter than the server's Retry-After, which is
+    honoured up to RETRY_AFTER_CAP seconds."""
     delay = min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def redact_api_key(error: Exception) -> str:
@@ -222,7 +310,24 @@ def redact_api_key(error: Exception) -> str:
     if body and body not in text and text.endswith(f"Error code: {error.status_code}"):
         text = f"{text} - {body}"
     key = os.environ.get("OPENAI_API_KEY", "")
+    text = redact_credentials(text)
     return text.replace(key, "<OPENAI_API_KEY>") if len(key) >= 4 else text
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user and password of every URL in it masked (`http://***@host/v1`): a base URL may carry
+    them, and they must reach no log, message or file."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user and password: the server's identity, as the response cache keys it."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def fatal_error_message(error: Exception, api_base: str, model_name: str) -> str | None:
@@ -275,12 +380,17 @@ class RateLimiter:
         self.level = min(self.per_minute, self.level + amount)
 
 
-def cache_key(api_type: str, request: dict, tag: str) -> str:
+def cache_key(api_type: str, request: dict, tag: str, api_base: str | None = None) -> str:
     """sha256 of the canonical JSON of everything that defines a request: endpoint kind, body (model,
-    prompts, decoding settings) and its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
-    equal prompts at different places keep their own responses. Never contains the API key."""
-    canonical = json.dumps({"api_type": api_type, "request": request, "tag": tag}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    prompts, decoding settings), its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
+    equal prompts at different places keep their own responses, and the server (`api_base`, credentials stripped:
+    a model retrained and served under the same name elsewhere must not replay the old one's answers). Never
+    contains the API key."""
+    identity = {"api_type": api_type, "request": request, "tag": tag}
+    if api_base is not None:
+        identity["api_base"] = strip_credentials(api_base)
+    canonical = json.dumps(identity, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
 def cache_load(cache_dir: str | None, key: str) -> dict | None:
@@ -301,7 +411,7 @@ def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"{key}.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f, ensure_ascii=False)
+        json.dump(record, f)  # ASCII escapes: a lone surrogate in a reply is stored, not a UnicodeEncodeError
     os.replace(path + ".tmp", path)
 
 
@@ -310,6 +420,53 @@ def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
 
 def resolve_api_base(api_base: str | None) -> str:
     return (api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE).rstrip("/")
+
+
+def check_base_url(url: str, flag: str = "--api_base") -> str:
+    """`url` without a trailing slash, or SettingError saying, in one sentence, why it is no base URL (the
+    credentials in it masked)."""
+    shown = redact_credentials(url)
+    example = "e.g. http://localhost:8000/v1"
+    if not url or any(c.isspace() for c in url):
+        return _bad_url(flag, shown, f"it is empty or holds a space ({example})")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return _bad_url(flag, shown, f"it must start with http:// or https:// ({example})")
+    try:
+        port = parts.port
+    except ValueError:
+        return _bad_url(flag, shown, "its port is not a number from 0 to 65535")
+    if not parts.hostname or (port is None and parts.netloc.rpartition("@")[2].endswith(":")):
+        return _bad_url(flag, shown, f"it names no host ({example})")
+    if parts.query or parts.fragment:
+        return _bad_url(flag, shown, "a base URL carries no query (?...) or fragment (#...)")
+    return url.rstrip("/")
+
+
+def _bad_url(flag: str, shown: str, why: str):
+    raise SettingError(f"{flag} {shown!r} is not a base URL: {why}.")
+
+
+def check_number_settings(**settings: float | None) -> None:
+    """SettingError, naming the flag, for a numeric endpoint or decoding setting that cannot work: a rate limit,
+    timeout or size that is not above 0 (a negative rate busy-loops, a zero timeout fails every request), a
+    negative temperature, a top_p outside [0, 1], fewer than one request in flight. None means "not set"."""
+    above_zero = ("requests_per_minute", "tokens_per_minute", "request_timeout", "max_response_bytes")
+    at_least = {"max_concurrency": 1, "max_retries": 0, "retry_base_delay": 0, "retry_max_delay": 0,
+                "temperature": 0}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if not is_number(value) or math.isnan(value):
+            raise SettingError(f"--{name} takes a number, not {value!r}.")
+        if name in above_zero and not value > 0:
+            raise SettingError(f"--{name} must be above 0, not {value:g}.")
+        if name in at_least and value < at_least[name]:
+            raise SettingError(f"--{name} must be at least {at_least[name]}, not {value:g}.")
+        if name in ("max_concurrency", "max_retries") and not math.isfinite(value):
+            raise SettingError(f"--{name} must be a whole number, not {value:g}.")
+        if name == "top_p" and not 0 <= value <= 1:
+            raise SettingError(f"--top_p must be between 0 and 1, not {value:g}.")
 
 
 def resolve_api_key(api_base: str) -> str:
@@ -323,17 +480,29 @@ def resolve_api_key(api_base: str) -> str:
     return "EMPTY"
 
 
-def check_settings(api_type: str, model_name: str | None, api_base: str | None) -> None:
+def check_settings(api_type: str, model_name: str | None, api_base: str | None, **settings: float | None) -> None:
     """Raise LLMError for settings that cannot work (unknown api_type, a local model that is not a directory, no
-    API key for OpenAI itself), so that a run fails in one sentence before it creates or touches any file."""
+    API key for OpenAI itself, a malformed base URL; `settings` such as requests_per_minute=-1 or top_p=2 by
+    `check_number_settings`), so that a run fails in one sentence before it creates or touches any file."""
     if api_type not in API_TYPES:
         raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
+    check_number_settings(**settings)
     if api_type == "local":
         if not model_name or not os.path.isdir(model_name):
             raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
                            f"{model_name!r} is not a directory.")
         return
-    resolve_api_key(resolve_api_base(api_base))
+    for url in parse_api_bases(api_base):
+        resolve_api_key(url)
+
+
+def parse_api_bases(api_base: str | None) -> list[str]:
+    """The base URLs `api_base` names (default OPENAI_BASE_URL, else OpenAI's), each checked by `check_base_url`."""
+    urls = [check_base_url(url.strip()) for url in resolve_api_base(api_base).split(",")]
+    if len(urls) > 1:
+        raise SettingError(f"--api_base {redact_credentials(api_base or '')!r} holds {len(urls)} URLs separated by "
+                           "commas; give one base URL.")
+    return urls
 
 
 class LLMEndpoint:
@@ -347,8 +516,12 @@ class LLMEndpoint:
     def __init__(self, *, api_type: str = "completions", model_name: str | None = None, api_base: str | None = None,
                  max_concurrency: int = 1, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 8, retry_base_delay: float = 1.0,
-                 retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None):
-        check_settings(api_type, model_name, api_base)
+                 retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
+        check_settings(api_type, model_name, api_base, max_concurrency=max_concurrency,
+                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                       max_retries=max_retries, retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
+                       request_timeout=request_timeout, max_response_bytes=max_response_bytes)
         self.api_type = api_type
         self.model_name = model_name or DEFAULT_MODEL_NAMES[api_type]
         self.max_concurrency = max(1, int(max_concurrency))
@@ -357,8 +530,10 @@ class LLMEndpoint:
         self.token_limiter = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.max_retries, self.retry_base_delay, self.retry_max_delay = max_retries, retry_base_delay, retry_max_delay
         self.request_timeout = request_timeout
+        self.max_response_bytes = int(max_response_bytes)
         self.cache_dir = cache_dir
         self.succeeded = False
+        self.sleep = asyncio.sleep  # how a retry waits; tests put a recorder here instead of waiting
         # Whether the server takes a list of prompts in one completions request: None until the first such
         # request tells; False switches to one prompt per request (llama.cpp's server, `transformers serve`).
         self.prompt_lists_accepted: bool | None = None
@@ -370,10 +545,11 @@ class LLMEndpoint:
             self.local_model = LocalCausalLM(self.model_name)
             self.local_lock = asyncio.Lock()
             return
-        self.api_base = resolve_api_base(api_base)
+        (self.api_base_url,) = parse_api_bases(api_base)
+        self.api_base = redact_credentials(self.api_base_url)  # for messages: never the password in a URL
         # max_retries=0: the client must not retry on its own; we do, with backoff, Retry-After and logging.
         # Its timeout bounds each read; ours (asyncio.wait_for in _send) bounds the whole request.
-        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base), base_url=self.api_base,
+        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base_url), base_url=self.api_base_url,
                                          organization=os.environ.get("OPENAI_ORG") or None,
                                          timeout=request_timeout, max_retries=0)
 
@@ -427,7 +603,7 @@ class LLMEndpoint:
 
     async def _call(self, request: dict, tag: str, probe_prompt_list: bool = False) -> tuple[dict, bool]:
         """One request: from the cache when it holds it, else sent, checked and stored before it is returned."""
-        key = cache_key(self.api_type, request, tag)
+        key = cache_key(self.api_type, request, tag, self.api_base_url if self.api_type != "local" else None)
         record = cache_load(self.cache_dir, key)
         if record is not None and response_problem(record.get("response"), self.api_type,
                                                    expected_choices(request)) is None:
@@ -441,7 +617,7 @@ class LLMEndpoint:
     async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict]:
         """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors.
         With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once."""
-        attempt = 0
+        attempt = malformed = 0
         max_tokens = request.get("max_tokens")
         while True:
             sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
@@ -470,13 +646,24 @@ class LLMEndpoint:
                 if probe_prompt_list and isinstance(error, openai.APIStatusError) \
                         and error.status_code in (400, 422, 500):
                     raise PromptListRejected(error) from error
+                if isinstance(error, MalformedResponse):
+                    malformed += 1
+                    if malformed > MALFORMED_RETRIES:  # the same fault three times: it is the server, not chance
+                        raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {error}; check "
+                                       f"that --api_base points at an OpenAI-compatible server.") from error
                 self._raise_if_fatal(error, attempt)
                 retry_after = retry_after_seconds(error)
-                delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
+                if isinstance(error, MalformedResponse):  # quick: a glitch clears at once, a broken server never
+                    delay = backoff_seconds(malformed - 1, min(self.retry_base_delay, MALFORMED_RETRY_DELAY),
+                                            self.retry_max_delay)
+                else:
+                    delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
                 attempt += 1
-                logger.warning("%s: %s; retry %d of %d in %.1f s",
-                               self.api_base, redact_api_key(error), attempt, self.max_retries, delay)
-                await asyncio.sleep(delay)
+                capped = (f" (the server asked for {retry_after:g} s; waits are capped at {RETRY_AFTER_CAP:g} s)"
+                          if retry_after is not None and retry_after > RETRY_AFTER_CAP else "")
+                logger.warning("%s: %s; retry %d of %d in %.1f s%s",
+                               self.api_base, redact_api_key(error), attempt, self.max_retries, delay, capped)
+                await self.sleep(delay)
                 continue
             self.succeeded = True
             if self.token_limiter:
@@ -507,7 +694,8 @@ class LLMEndpoint:
         else:
             create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
             try:
-                raw = await asyncio.wait_for(self._post_raw(create, request), self.request_timeout)
+                raw = await asyncio.wait_for(self._post_raw(create, request, self.max_response_bytes),
+                                             self.request_timeout)
             except TimeoutError:
                 raise TimeoutError(f"no complete response within --request_timeout {self.request_timeout:g} s") \
                     from None
@@ -523,10 +711,21 @@ class LLMEndpoint:
         return response
 
     @staticmethod
-    async def _post_raw(create, request: dict) -> str:
-        """The body of one request as text, read to the end (the client raises APIStatusError on non-2xx)."""
-        raw = await create.with_raw_response.create(**request)
-        return raw.http_response.text
+    async def _post_raw(create, request: dict, max_bytes: int) -> str:
+        """The body of one request as text, read to the end (the client raises APIStatusError on non-2xx), or
+        MalformedResponse as soon as it is longer than `max_bytes`."""
+        too_large = MalformedResponse(f"the server's reply is longer than --max_response_bytes {max_bytes:,}")
+        async with create.with_streaming_response.create(**request) as response:
+            declared = response.headers.get("content-length") or ""
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise too_large
+            chunks, size = [], 0
+            async for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int], list[str]],

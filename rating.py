@@ -22,6 +22,7 @@ import utils
 from cli import UsageError, UserError
 from generate_instruction import append_journal
 from llm_client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MODEL_NAMES,
     LLMEndpoint,
     LLMError,
@@ -95,7 +96,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                  min_score: float | None, seed: int, max_concurrency: int, requests_per_minute: float | None,
                  tokens_per_minute: float | None, max_retries: int, retry_base_delay: float, retry_max_delay: float,
                  request_timeout: float, max_tokens: int, temperature: float, score_retries: int, cache: bool,
-                 price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None) -> dict:
+                 price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
     """`data_tools.rate` (see its docstring for the arguments). Returns the run's counts."""
     import data_plots
 
@@ -110,7 +112,10 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         raise UsageError(f"--min_score must be between 0 and {MAX_SCORE:g}, not {min_score}.")
     judge_model = judge_model or DEFAULT_MODEL_NAMES.get(api_type)
     try:
-        check_settings(api_type, judge_model, api_base)
+        check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
+                       tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
+                       retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
+                       max_response_bytes=max_response_bytes)
     except LLMError as error:
         raise UserError(str(error)) from error
     paths = output_paths(output, min_score, 0)
@@ -144,7 +149,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                                tokens_per_minute=tokens_per_minute, max_retries=max_retries,
                                retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
                                request_timeout=request_timeout,
-                               cache_dir=paths["cache"] if cache else None) as endpoint:
+                               cache_dir=paths["cache"] if cache else None,
+                               max_response_bytes=max_response_bytes) as endpoint:
             for attempt in range(score_retries + 1):
                 todo = [i for i in range(len(records)) if scores[i] is None and attempts[i] == attempt]
                 if not todo:

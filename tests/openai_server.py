@@ -158,6 +158,7 @@ def count_tokens(text: str) -> int:
 
 
 class QuietHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # listen backlog: socketserver's 5 resets connections when 64 clients connect at once
     def handle_error(self, request, client_address):
         # A client that gave up (a timeout test, a killed generator) resets its connection: not an error here.
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):

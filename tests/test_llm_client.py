@@ -1,0 +1,235 @@
+"""llm_client.py: hostile replies, settings that cannot work, base URLs (one or several), the response cache store
+and the client's own speed, against real loopback servers (tests/openai_server.py)."""
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+import generate_instruction
+import inference
+import judge
+import llm_client
+import utils
+from llm_client import LLMEndpoint, LLMError, OpenAIDecodingArguments, SettingError
+from openai_server import OpenAIServer, Reply, ok, rate_limited, server_error
+
+
+def complete(url: str, prompts=("p",), sleeps: list | None = None, **settings) -> dict:
+    """One batch through a fresh LLMEndpoint; retries wait on `sleeps` (recorded, not slept) when given."""
+
+    async def recorded_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def run() -> dict:
+        async with LLMEndpoint(**{"model_name": "m", "api_base": url, **settings}) as endpoint:
+            if sleeps is not None:
+                endpoint.sleep = recorded_sleep
+            return await endpoint.complete(list(prompts), OpenAIDecodingArguments(max_tokens=5), "request 0")
+
+    return asyncio.run(run())
+
+
+def good_body(text: str = "x", **choice) -> dict:
+    return {"id": "cmpl-x", "object": "text_completion", "model": "m",
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", **choice}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+def chat_body(message: object = None, logprobs: object = None) -> dict:
+    return {"id": "chat-x", "object": "chat.completion", "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": logprobs}]}
+
+
+def usage_raw(value: str) -> str:
+    """A body whose usage holds `value` written as it is (NaN, 1e400: not producible by json.dumps)."""
+    return json.dumps(good_body()).replace('"prompt_tokens": 1', f'"prompt_tokens": {value}')
+
+
+# (api_type, reply, the fault the error must name)
+HOSTILE = {
+    "message-string": ("chat", Reply(body=chat_body("hello")), "a choice whose message is 'hello', not an object"),
+    "message-null": ("chat", Reply(body=chat_body(None)), "a choice whose message is null, not an object"),
+    "usage-nan": ("completions", Reply(raw=usage_raw("NaN")), "usage.prompt_tokens is nan, not a token count"),
+    "usage-1e400": ("completions", Reply(raw=usage_raw("1e400")), "usage.prompt_tokens is inf, not a token count"),
+    "usage-negative": ("completions", Reply(raw=usage_raw("-3")), "usage.prompt_tokens is -3, not a token count"),
+    "usage-bool": ("completions", Reply(raw=usage_raw("true")), "usage.prompt_tokens is True, not a number"),
+    "logprobs-string": ("completions", Reply(body=good_body(logprobs="many")), "'logprobs' is 'many', not an object"),
+    "logprobs-top-string": ("completions", Reply(body=good_body(logprobs={"top_logprobs": "A"})),
+                            "logprobs.top_logprobs is 'A', not a list"),
+    "logprobs-top-list-of-lists": ("completions", Reply(body=good_body(logprobs={"top_logprobs": [["A", -1]]})),
+                                   "logprobs.top_logprobs holds ['A', -1], not a {token: logprob} object"),
+    "logprobs-top-value-string": ("completions", Reply(body=good_body(logprobs={"top_logprobs": [{"A": "-1"}]})),
+                                  "logprobs.top_logprobs holds {'A': '-1'}"),
+    "logprobs-tokens": ("completions", Reply(body=good_body(logprobs={"tokens": [1, 2]})),
+                        "logprobs.tokens is [1, 2], not a list of strings"),
+    "logprobs-token-logprobs": ("completions", Reply(body=good_body(logprobs={"token_logprobs": ["x"]})),
+                                "logprobs.token_logprobs is ['x'], not a list of numbers"),
+    "chat-content-dict": ("chat", Reply(body=chat_body({"content": "A"}, {"content": {"token": "A"}})),
+                          "logprobs.content is {'token': 'A'}, not a list"),
+    "chat-item-string": ("chat", Reply(body=chat_body({"content": "A"}, {"content": ["A"]})),
+                         "logprobs.content holds 'A', not an object"),
+    "chat-token-number": ("chat", Reply(body=chat_body({"content": "A"}, {"content": [{"token": 5, "logprob": -1}]})),
+                          "logprobs.content holds a token 5, not a string"),
+    "chat-top-not-list": ("chat", Reply(body=chat_body({"content": "A"}, {"content": [
+        {"token": "A", "logprob": -1, "top_logprobs": {"A": -1}}]})), "top_logprobs is {'A': -1}, not a list"),
+    "chat-top-logprob-null": ("chat", Reply(body=chat_body({"content": "A"}, {"content": [
+        {"token": "A", "logprob": -1, "top_logprobs": [{"token": "A", "logprob": None}]}]})),
+                              "top_logprobs holds a logprob None, not a number"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_replies_stop_the_run_in_one_sentence_and_are_never_cached(openai_server, tmp_path, name):
+    api_type, reply, fault = HOSTILE[name]
+    openai_server.push(*[reply] * 5)
+    sleeps: list[float] = []
+    with pytest.raises(LLMError) as error:
+        complete(openai_server.url, api_type=api_type, sleeps=sleeps, cache_dir=str(tmp_path / "cache"))
+    message = str(error.value)
+    assert fault in message and "malformed response" in message and "\n" not in message
+    assert len(openai_server.requests) == 3  # two quick retries, then the run stops
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*.json"))
+
+
+def test_a_deterministic_malformed_200_gets_two_quick_retries_then_stops(openai_server):
+    openai_server.push(*[Reply(body={**good_body(), "choices": []})] * 10)
+    sleeps: list[float] = []
+    with pytest.raises(LLMError, match=r"Gave up after 3 attempts at .*no choices for 1 expected"):
+        complete(openai_server.url, sleeps=sleeps, max_retries=8, retry_base_delay=5.0)
+    assert len(openai_server.requests) == 3 and len(sleeps) == 2
+    assert sum(sleeps) < 2.0  # not the 8 retries of up to 60 s each a 5xx gets
+
+
+def test_a_glitch_of_one_malformed_200_is_still_retried(openai_server):
+    openai_server.push(Reply(body={**good_body(), "choices": []}), ok("fine"))
+    assert complete(openai_server.url, sleeps=[])["choices"][0]["text"] == "fine"
+
+
+def test_a_usable_reply_with_logprobs_passes_the_check(openai_server):
+    top = {"A": -0.1, "B": -2.5}
+    tops = [{"token": t, "logprob": v, "bytes": None} for t, v in top.items()]
+    chat = chat_body({"role": "assistant", "content": "A"},
+                     {"content": [{"token": "A", "logprob": -0.1, "bytes": None, "top_logprobs": tops}]})
+    assert llm_client.response_problem(chat, "chat", 1) is None
+    completions = good_body("A", logprobs={"tokens": ["A"], "token_logprobs": [-0.1], "top_logprobs": [top, None],
+                                           "text_offset": [0]})
+    assert llm_client.response_problem(completions, "completions", 1) is None
+    assert llm_client.response_problem({**chat, "choices": [{**chat["choices"][0], "logprobs": None}]}, "chat", 1) \
+        is None
+
+
+def test_retry_after_is_capped_at_60_seconds_and_the_log_says_so(openai_server, caplog):
+    openai_server.push(rate_limited(retry_after="inf"), rate_limited(retry_after=1e9), ok("fine"))
+    sleeps: list[float] = []
+    with caplog.at_level(logging.WARNING, logger="llm_client"):
+        assert complete(openai_server.url, sleeps=sleeps, retry_base_delay=0.01)["choices"][0]["text"] == "fine"
+    assert sleeps == [60.0, 60.0]
+    lines = [r.getMessage() for r in caplog.records]
+    assert "retry 1 of 8 in 60.0 s (the server asked for inf s; waits are capped at 60 s)" in lines[0]
+    assert "the server asked for 1e+09 s" in lines[1]
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("requests_per_minute", -1, "--requests_per_minute must be above 0, not -1."),
+    ("requests_per_minute", 0, "--requests_per_minute must be above 0, not 0."),
+    ("tokens_per_minute", -5, "--tokens_per_minute must be above 0, not -5."),
+    ("request_timeout", 0, "--request_timeout must be above 0, not 0."),
+    ("request_timeout", float("nan"), "--request_timeout takes a number, not nan."),
+    ("temperature", -0.5, "--temperature must be at least 0, not -0.5."),
+    ("top_p", 1.5, "--top_p must be between 0 and 1, not 1.5."),
+    ("top_p", -0.1, "--top_p must be between 0 and 1, not -0.1."),
+    ("max_concurrency", 0, "--max_concurrency must be at least 1, not 0."),
+    ("max_response_bytes", 0, "--max_response_bytes must be above 0, not 0."),
+])
+def test_settings_that_cannot_work_are_one_sentence(setting, value, message):
+    with pytest.raises(SettingError) as error:
+        llm_client.check_settings("chat", "m", "http://localhost:8000/v1", **{setting: value})
+    assert str(error.value) == message and error.value.exit_code == 2
+
+
+def test_every_command_refuses_a_bad_rate_before_any_work(openai_server, tmp_path, repo_dir):
+    out = tmp_path / "gen"
+    with pytest.raises(SettingError, match="--requests_per_minute must be above 0, not -1"):
+        generate_instruction.generate_instruction_following_data(
+            output_dir=str(out), seed_tasks_path=str(repo_dir / "seed_tasks.jsonl"), api_base=openai_server.url,
+            requests_per_minute=-1, num_cpus=1)
+    with pytest.raises(SettingError, match="--temperature must be at least 0"):
+        generate_instruction.generate_instruction_following_data(
+            output_dir=str(out), seed_tasks_path=str(repo_dir / "seed_tasks.jsonl"), api_base=openai_server.url,
+            temperature=-1.0, num_cpus=1)
+    assert not out.exists()
+    answers, reference = tmp_path / "a.json", tmp_path / "ref.json"
+    answers.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]))
+    reference.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hello."}]))
+    with pytest.raises(llm_client.cli.UserError, match="--request_timeout must be above 0, not 0"):
+        judge.evaluate(model_outputs=str(answers), reference_outputs=str(reference), output_dir=str(tmp_path / "j"),
+                       judge_model="m", api_base=openai_server.url, request_timeout=0.0, plot=False)
+    assert not (tmp_path / "j").exists()
+    with pytest.raises(SettingError, match="--requests_per_minute must be above 0, not -1"):
+        inference.main(["--api_base", openai_server.url, "--model_name", "m", "--data_path", str(answers),
+                        "--output_path", str(tmp_path / "o.json"), "--requests_per_minute", "-1"])
+    assert not (tmp_path / "o.json").exists() and not openai_server.requests
+
+
+def test_a_reply_longer_than_the_cap_is_refused(openai_server):
+    openai_server.push(*[ok("word " * 400)] * 3)
+    with pytest.raises(LLMError, match="the server's reply is longer than --max_response_bytes 1,000"):
+        complete(openai_server.url, sleeps=[], max_response_bytes=1000)
+    openai_server.push(ok("word " * 100))
+    assert complete(openai_server.url, sleeps=[], max_response_bytes=1000)["choices"][0]["text"].startswith("word")
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("localhost:8000/v1", "it must start with http:// or https://"),
+    ("htp://localhost:8000/v1", "it must start with http:// or https://"),
+    ("http://localhost:80a0/v1", "its port is not a number"),
+    ("http:///v1", "it names no host"),
+    ("http://localhost:8000/v1?x=1", "a base URL carries no query"),
+    ("http://local host:8000/v1", "it is empty or holds a space"),
+])
+def test_malformed_base_urls_are_one_sentence(url, why):
+    with pytest.raises(SettingError) as error:
+        llm_client.check_settings("chat", "m", url)
+    assert str(error.value).startswith(f"--api_base {url!r} is not a base URL: {why}")
+
+
+def test_credentials_in_a_base_url_never_reach_a_message_or_log(openai_server, caplog):
+    url = openai_server.url.replace("http://", "http://alice:s3cret@")
+    with pytest.raises(SettingError) as error:
+        llm_client.check_settings("chat", "m", url + "?x")
+    assert "s3cret" not in str(error.value) and "http://***@127.0.0.1" in str(error.value)
+    openai_server.push(*[server_error()] * 3)
+    with caplog.at_level(logging.WARNING), pytest.raises(LLMError) as error:
+        complete(url, sleeps=[], max_retries=2)
+    assert "s3cret" not in str(error.value) and "alice" not in str(error.value)
+    assert caplog.records and not any("s3cret" in r.getMessage() for r in caplog.records)
+    assert "http://***@127.0.0.1" in str(error.value)
+
+
+def test_the_cache_tells_endpoints_apart_and_holds_no_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    cache = str(tmp_path / "cache")
+    with OpenAIServer() as a, OpenAIServer() as b:
+        a.push(ok("from A"))
+        b.push(ok("from B"))
+        assert complete(a.url, cache_dir=cache)["choices"][0]["text"] == "from A"
+        replay = complete(a.url, cache_dir=cache)
+        assert replay["cached"] and replay["choices"][0]["text"] == "from A"
+        fresh = complete(b.url, cache_dir=cache)  # same model name and prompt, another server: asked, not replayed
+        assert not fresh["cached"] and fresh["choices"][0]["text"] == "from B"
+        assert len(a.requests) == 1 and len(b.requests) == 1
+        with_password = complete(a.url.replace("http://", "http://bob:hunter2@"), cache_dir=cache)
+        assert with_password["cached"] and with_password["choices"][0]["text"] == "from A"  # the same server
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "cache").rglob("*") if p.is_file())
+    assert b"hunter2" not in stored and b"bob" not in stored
+
+
+def test_hf_hub_offline_set_but_empty_is_not_reported_as_set(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    with pytest.raises(llm_client.cli.MissingPathError) as error:
+        utils.check_local_weights("org/not-there", cache_dir=str(tmp_path))
+    assert "(TRANSFORMERS_OFFLINE is set)" in str(error.value) and "HF_HUB_OFFLINE" not in str(error.value)
+
