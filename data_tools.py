@@ -397,7 +397,7 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
         judge_model: the judge (e.g. gpt-4o-mini); a directory with --api_type local.
         api_type: "chat" (default), "completions", or "local" (a Hugging Face model directory, in-process).
         api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); the key comes
-            from OPENAI_API_KEY.
+            from OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
         min_score: also write NAME.min_score_X.json (the records scoring at least X; NAME.json is --output) and,
             beside it, NAME.random_N.json: N records drawn at random (with --seed) from the whole file, N the
             number kept, so that the two can be trained and judged against each other.

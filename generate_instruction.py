@@ -428,6 +428,7 @@ def generate_instruction_following_data(
         api_type: "completions" (Alpaca's batch decoding), "chat" (prompt as a user message) or "local".
         api_base: base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (default
             OPENAI_BASE_URL, else OpenAI). The key comes from OPENAI_API_KEY, the organisation from OPENAI_ORG.
+            Several servers of one model: comma-separated URLs, or @FILE with one URL a line (docs/fleet.md).
         max_concurrency: requests in flight at once; the output does not depend on it.
         requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
         max_retries: retries of a request on 429, 5xx, timeouts, dropped connections and malformed responses.

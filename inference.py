@@ -441,7 +441,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="allow model code shipped with the checkpoint to run (off by default)")
     endpoint = parser.add_argument_group("or a model behind an OpenAI-compatible endpoint (key: OPENAI_API_KEY)")
     endpoint.add_argument("--api_base", default=None,
-                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1")
+                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1; "
+                               "several servers of one model: comma-separated, or @FILE with one URL a line "
+                               "(docs/fleet.md)")
     endpoint.add_argument("--model_name", default=None,
                           help="the served model's name (for transformers serve and vLLM: the path it was given)")
     endpoint.add_argument("--api_type", default="chat", choices=["chat", "completions"],

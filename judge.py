@@ -368,7 +368,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         output_dir: results, annotations, picture and the judgment cache (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
         api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
-            OPENAI_API_KEY.
+            OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
         api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
         judge_mode: "swap" (both orders, [[A]]/[[B]]/[[TIE]]) or "logprobs" (one call per pair, P(A) vs P(B);
             needs an endpoint that returns log-probabilities: OpenAI, vLLM, llama.cpp).

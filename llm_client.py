@@ -9,7 +9,9 @@ did), stops at once with one clear sentence on a bad key or an unknown model, an
 with its request in a cache directory once it has been checked (a malformed 200 is retried like a 5xx, never
 cached). A completions server that refuses a list of prompts in one request (llama.cpp's server answers 500,
 `transformers serve` 400) is detected on the first request and sent one prompt per request from then on.
-`request_timeout` bounds a whole request, a body trickling in included. `complete_in_order` runs batches
+`request_timeout` bounds a whole request, a body trickling in included. `api_base` may name several servers of one
+model (comma-separated, or `@FILE`): each request goes to the least busy one (`Fleet`), each within its share of
+`max_concurrency`, and a failing one is backed off while the others continue. `complete_in_order` runs batches
 concurrently and hands results back strictly in request order. `utils.openai_completion` is the original's
 synchronous interface on top of it.
 """
@@ -497,12 +499,98 @@ def check_settings(api_type: str, model_name: str | None, api_base: str | None, 
 
 
 def parse_api_bases(api_base: str | None) -> list[str]:
-    """The base URLs `api_base` names (default OPENAI_BASE_URL, else OpenAI's), each checked by `check_base_url`."""
-    urls = [check_base_url(url.strip()) for url in resolve_api_base(api_base).split(",")]
-    if len(urls) > 1:
-        raise SettingError(f"--api_base {redact_credentials(api_base or '')!r} holds {len(urls)} URLs separated by "
-                           "commas; give one base URL.")
+    """The base URLs `api_base` names (default OPENAI_BASE_URL, else OpenAI's), each checked by `check_base_url`:
+    one URL, several separated by commas, or `@FILE`, a file of URLs (one per line or comma-separated; blank lines
+    and lines starting with # are skipped). SettingError for a bad URL, a URL given twice, or an unreadable file."""
+    value = resolve_api_base(api_base)
+    source = "--api_base"
+    if value.startswith("@"):
+        source = f"the URL file {value[1:]}"
+        try:
+            with open(os.path.expanduser(value[1:]), encoding="utf-8") as f:
+                lines = [line for line in f if not line.lstrip().startswith("#")]
+        except (OSError, UnicodeDecodeError) as error:
+            raise SettingError(f"--api_base {value!r}: cannot read the URL file ({error.strerror or error}).") \
+                from None
+        value = ",".join(line.strip() for line in lines)
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise SettingError(f"{source} names no base URL; give one, e.g. http://localhost:8000/v1.")
+    urls = [check_base_url(item) for item in items]
+    identities = [strip_credentials(url) for url in urls]
+    twice = next((url for url, identity in zip(urls, identities, strict=True) if identities.count(identity) > 1), None)
+    if twice is not None:
+        raise SettingError(f"{source} names the server {redact_credentials(twice)} twice; give each server once "
+                           "(its share of --max_concurrency follows from the number of servers).")
     return urls
+
+
+@dataclasses.dataclass
+class Server:
+    """One model server behind an endpoint: its URL (credentials and all: requests go there), the URL as shown
+    (credentials masked), its share of max_concurrency, the requests it has in flight, and when its backoff ends."""
+
+    url: str
+    shown: str
+    capacity: int
+    in_flight: int = 0
+    healthy_after: float = 0.0  # monotonic seconds; before this it gets no new request (backed off)
+    failures: int = 0  # failures in a row, for its backoff
+    client: object = None
+
+
+class Fleet:
+    """The servers behind one LLMEndpoint and the choice of a server for each request: the one with the fewest
+    requests in flight among those under their share of `max_concurrency` and not backed off (ties: the first
+    given). A server that fails is backed off (`failed`) while the others take the requests; one that answers is
+    healthy again. `clock` is monotonic seconds (tests pass their own)."""
+
+    def __init__(self, urls: Sequence[str], max_concurrency: int, clock: Callable[[], float] = time.monotonic):
+        share, extra = divmod(max_concurrency, len(urls))
+        self.servers = [Server(url, redact_credentials(url), max(1, share + (i < extra))) for i, url in enumerate(urls)]
+        self.clock = clock
+        self.changed = asyncio.Condition()
+
+    def pick(self, now: float) -> Server | None:
+        """The server the next request goes to at time `now`, or None when every one is full or backed off."""
+        ready = [s for s in self.servers if s.in_flight < s.capacity and s.healthy_after <= now]
+        return min(ready, key=lambda s: s.in_flight, default=None)
+
+    def wait_seconds(self, now: float) -> float | None:
+        """How long until a backed-off server with room is ready again (None: only a finishing request frees one)."""
+        waits = [s.healthy_after - now for s in self.servers if s.in_flight < s.capacity and s.healthy_after > now]
+        return max(0.0, min(waits)) if waits else None
+
+    async def acquire(self) -> Server:
+        """A server for one request, counted in flight until `release`; waits while none has room."""
+        async with self.changed:
+            while True:
+                server = self.pick(self.clock())
+                if server is not None:
+                    server.in_flight += 1
+                    return server
+                try:
+                    await asyncio.wait_for(self.changed.wait(), self.wait_seconds(self.clock()))
+                except TimeoutError:
+                    pass
+
+    async def release(self, server: Server) -> None:
+        async with self.changed:
+            server.in_flight -= 1
+            self.changed.notify_all()
+
+    def failed(self, server: Server, backoff: float) -> None:
+        """Back `server` off for `backoff` seconds (longer if it already was), so new requests go elsewhere."""
+        server.failures += 1
+        server.healthy_after = max(server.healthy_after, self.clock() + backoff)
+
+    def answered(self, server: Server) -> None:
+        server.failures = 0
+
+    def any_other_ready(self, server: Server) -> bool:
+        """Whether a request that just failed on `server` can go to another server now."""
+        now = self.clock()
+        return any(s is not server and s.healthy_after <= now for s in self.servers)
 
 
 class LLMEndpoint:
@@ -545,13 +633,16 @@ class LLMEndpoint:
             self.local_model = LocalCausalLM(self.model_name)
             self.local_lock = asyncio.Lock()
             return
-        (self.api_base_url,) = parse_api_bases(api_base)
-        self.api_base = redact_credentials(self.api_base_url)  # for messages: never the password in a URL
+        urls = parse_api_bases(api_base)
+        self.fleet = Fleet(urls, self.max_concurrency)
+        self.api_base = ", ".join(s.shown for s in self.fleet.servers)  # for messages: never a password in a URL
         # max_retries=0: the client must not retry on its own; we do, with backoff, Retry-After and logging.
         # Its timeout bounds each read; ours (asyncio.wait_for in _send) bounds the whole request.
-        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base_url), base_url=self.api_base_url,
+        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(urls[0]), base_url=urls[0],
                                          organization=os.environ.get("OPENAI_ORG") or None,
                                          timeout=request_timeout, max_retries=0)
+        for server in self.fleet.servers:  # one connection pool for all: with_options shares the HTTP client
+            server.client = self.client.with_options(base_url=server.url)
 
     async def __aenter__(self) -> "LLMEndpoint":
         return self
@@ -603,20 +694,28 @@ class LLMEndpoint:
 
     async def _call(self, request: dict, tag: str, probe_prompt_list: bool = False) -> tuple[dict, bool]:
         """One request: from the cache when it holds it, else sent, checked and stored before it is returned."""
-        key = cache_key(self.api_type, request, tag, self.api_base_url if self.api_type != "local" else None)
-        record = cache_load(self.cache_dir, key)
-        if record is not None and response_problem(record.get("response"), self.api_type,
-                                                   expected_choices(request)) is None:
-            return record["response"], True
+        # A response cached from any server of the fleet is one of this fleet's: servers given as one list serve
+        # the same model. One from a server not in the list is not (see cache_key).
+        servers = self.fleet.servers if self.api_type != "local" else [None]
+        keys = {id(server): cache_key(self.api_type, request, tag, server.url if server else None)
+                for server in servers}
+        for server in servers:
+            record = cache_load(self.cache_dir, keys[id(server)])
+            if record is not None and response_problem(record.get("response"), self.api_type,
+                                                       expected_choices(request)) is None:
+                return record["response"], True
         async with self.semaphore:
-            response, sent = await self._send(request, key, probe_prompt_list)
-        cache_store(self.cache_dir, key, {"api_type": self.api_type, "tag": tag, "request": request,
-                                          "sent_max_tokens": sent.get("max_tokens"), "response": response})
+            response, sent, server = await self._send(request, keys[id(servers[0])], probe_prompt_list)
+        cache_store(self.cache_dir, keys[id(server)], {"api_type": self.api_type, "tag": tag, "request": request,
+                                                       "sent_max_tokens": sent.get("max_tokens"),
+                                                       "response": response})
         return response, False
 
-    async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict]:
+    async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict, Server]:
         """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors.
-        With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once."""
+        With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once. Each attempt
+        goes to the fleet's least busy server; one that fails is backed off and the retry goes to another when one
+        is ready (one server: the retry waits its backoff, as always). Returns (response, what was sent, server)."""
         attempt = malformed = 0
         max_tokens = request.get("max_tokens")
         while True:
@@ -630,18 +729,22 @@ class LLMEndpoint:
                 await self.request_limiter.acquire(1)
             if self.token_limiter:
                 await self.token_limiter.acquire(estimate)
+            server = await self.fleet.acquire() if self.api_type != "local" else None
+            shown = server.shown if server else self.api_base
             try:
-                response = await self._post(sent, key)
+                response = await self._post(sent, key, server)
             except Exception as error:  # noqa: BLE001 - sorted into shrink / retry / fatal below
+                if server:
+                    await self.fleet.release(server)
                 if self.token_limiter:
                     self.token_limiter.adjust(estimate)  # a failed request used no tokens
                 if is_context_length_error(error):
                     max_tokens = int(max_tokens * 0.8) if max_tokens else 0
                     if max_tokens < 1:
                         raise LLMError(f"The prompt alone exceeds the context of model '{self.model_name}' at "
-                                       f"{self.api_base}; lower --num_prompt_instructions.") from error
+                                       f"{shown}; lower --num_prompt_instructions.") from error
                     logger.warning("%s: context length exceeded; retrying with max_tokens=%d",
-                                   self.api_base, max_tokens)
+                                   shown, max_tokens)
                     continue
                 if probe_prompt_list and isinstance(error, openai.APIStatusError) \
                         and error.status_code in (400, 422, 500):
@@ -649,9 +752,9 @@ class LLMEndpoint:
                 if isinstance(error, MalformedResponse):
                     malformed += 1
                     if malformed > MALFORMED_RETRIES:  # the same fault three times: it is the server, not chance
-                        raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {error}; check "
+                        raise LLMError(f"Gave up after {attempt + 1} attempts at {shown}: {error}; check "
                                        f"that --api_base points at an OpenAI-compatible server.") from error
-                self._raise_if_fatal(error, attempt)
+                self._raise_if_fatal(error, attempt, shown)
                 retry_after = retry_after_seconds(error)
                 if isinstance(error, MalformedResponse):  # quick: a glitch clears at once, a broken server never
                     delay = backoff_seconds(malformed - 1, min(self.retry_base_delay, MALFORMED_RETRY_DELAY),
@@ -661,38 +764,47 @@ class LLMEndpoint:
                 attempt += 1
                 capped = (f" (the server asked for {retry_after:g} s; waits are capped at {RETRY_AFTER_CAP:g} s)"
                           if retry_after is not None and retry_after > RETRY_AFTER_CAP else "")
+                if server and len(self.fleet.servers) > 1:
+                    self.fleet.failed(server, delay)
+                    if self.fleet.any_other_ready(server):  # the others continue; this one is backed off
+                        logger.warning("%s: %s; backed off %.1f s, retry %d of %d on another server%s", shown,
+                                       redact_api_key(error), delay, attempt, self.max_retries, capped)
+                        continue
                 logger.warning("%s: %s; retry %d of %d in %.1f s%s",
-                               self.api_base, redact_api_key(error), attempt, self.max_retries, delay, capped)
+                               shown, redact_api_key(error), attempt, self.max_retries, delay, capped)
                 await self.sleep(delay)
                 continue
+            if server:
+                await self.fleet.release(server)
+                self.fleet.answered(server)
             self.succeeded = True
             if self.token_limiter:
                 self.token_limiter.adjust(estimate - usage_of(response)["total_tokens"])
-            return response, sent
+            return response, sent, server
 
-    def _raise_if_fatal(self, error: Exception, attempt: int) -> None:
+    def _raise_if_fatal(self, error: Exception, attempt: int, shown: str) -> None:
         retryable_own = isinstance(error, (MalformedResponse, TimeoutError))
         if not isinstance(error, openai.OpenAIError) and not retryable_own:  # LLMError, a local model's failure
             raise error
-        message = fatal_error_message(error, self.api_base, self.model_name)
+        message = fatal_error_message(error, shown, self.model_name)
         if message:
             raise LLMError(message) from error
         unreachable = isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
         if unreachable and not self.succeeded and attempt >= 2:  # never answered: say so now, not after 8 tries
-            raise LLMError(f"Could not reach the endpoint {self.api_base} ({redact_api_key(error)}); check that the "
+            raise LLMError(f"Could not reach the endpoint {shown} ({redact_api_key(error)}); check that the "
                            "server is running and that --api_base is right (it usually ends in /v1).") from error
         if attempt >= self.max_retries:
-            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {redact_api_key(error)}. "
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {shown}: {redact_api_key(error)}. "
                            "Everything kept so far is saved; re-run the same command to resume.") from error
 
-    async def _post(self, request: dict, key: str) -> dict:
+    async def _post(self, request: dict, key: str, server: Server | None = None) -> dict:
         """One HTTP request (or local generation), its body parsed and checked: MalformedResponse if unusable,
         TimeoutError when the whole exchange takes longer than request_timeout."""
         if self.api_type == "local":
             async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
                 response = await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
         else:
-            create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
+            create = server.client.chat.completions if self.api_type == "chat" else server.client.completions
             try:
                 raw = await asyncio.wait_for(self._post_raw(create, request, self.max_response_bytes),
                                              self.request_timeout)

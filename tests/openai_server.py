@@ -174,7 +174,7 @@ class OpenAIServer:
     `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
     request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
     string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
-    (monotonic seconds).
+    (monotonic seconds). `in_flight` counts the POSTs being answered now and `max_in_flight` the most at once.
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
@@ -186,6 +186,7 @@ class OpenAIServer:
         self.max_context = max_context
         self.context_style = context_style
         self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
         self._httpd = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -271,9 +272,16 @@ class OpenAIServer:
                 if not (self.path.endswith("/completions")):
                     self._send(404, json.dumps({"error": {"message": f"Unknown path {self.path}", "type": "x"}}))
                     return
-                reply = server._reply_for(self.path, body)
-                if reply.delay:
-                    time.sleep(reply.delay)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    reply = server._reply_for(self.path, body)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
                 if reply.raw is not None:
                     payload = reply.raw
                 elif reply.texts is not None:

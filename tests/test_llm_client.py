@@ -4,6 +4,7 @@ and the client's own speed, against real loopback servers (tests/openai_server.p
 import asyncio
 import json
 import logging
+import threading
 
 import pytest
 
@@ -13,7 +14,7 @@ import judge
 import llm_client
 import utils
 from llm_client import LLMEndpoint, LLMError, OpenAIDecodingArguments, SettingError
-from openai_server import OpenAIServer, Reply, ok, rate_limited, server_error
+from openai_server import OpenAIServer, Reply, fake_tasks, ok, rate_limited, server_error
 
 
 def complete(url: str, prompts=("p",), sleeps: list | None = None, **settings) -> dict:
@@ -233,3 +234,110 @@ def test_hf_hub_offline_set_but_empty_is_not_reported_as_set(monkeypatch, tmp_pa
         utils.check_local_weights("org/not-there", cache_dir=str(tmp_path))
     assert "(TRANSFORMERS_OFFLINE is set)" in str(error.value) and "HF_HUB_OFFLINE" not in str(error.value)
 
+
+
+# -- several servers behind one endpoint (issue 24) -------------------------------------------------------------
+
+
+def gated_responder(server_of: dict, share: int):
+    """A responder that holds the first requests until every server has `share` in flight (at most 5 s), so that
+    the test sees each server's share filled, counted at the servers, without timing windows; later ones pass."""
+    condition = threading.Condition()
+    opened = threading.Event()
+
+    def respond(path: str, prompt: str, body: dict):
+        with condition:
+            condition.notify_all()
+            if condition.wait_for(lambda: opened.is_set() or all(s.in_flight >= share for s in server_of["all"]), 5):
+                opened.set()
+        return fake_tasks(prompt), "stop"
+
+    return respond
+
+
+def test_requests_go_to_the_least_busy_server_each_within_its_share(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    prompts = [f"{i}. Instruction:" for i in range(40)]
+    registry: dict = {}
+    respond = gated_responder(registry, 2)  # one gate shared by the four servers
+    servers = [OpenAIServer(responder=respond) for _ in range(4)]
+    registry["all"] = servers
+    with OpenAIServer() as alone:
+        expected = utils.openai_completion(prompts, OpenAIDecodingArguments(max_tokens=5), model_name="m",
+                                           return_text=True, api_base=alone.url, max_concurrency=8)
+    with servers[0], servers[1], servers[2], servers[3]:
+        texts = utils.openai_completion(prompts, OpenAIDecodingArguments(max_tokens=5), model_name="m",
+                                        return_text=True, api_base=",".join(s.url for s in servers),
+                                        max_concurrency=8)
+        assert [s.max_in_flight for s in servers] == [2, 2, 2, 2]  # 8 in flight: each server its share, no more
+        assert sum(len(s.requests) for s in servers) == 40 and all(s.requests for s in servers)
+    assert texts == expected == [fake_tasks(p) for p in prompts]  # the same output as one server
+
+
+def test_a_failing_server_is_backed_off_while_the_others_continue(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    prompts = [f"{i}. Instruction:" for i in range(20)]
+    sleeps: list[float] = []
+
+    async def run(url: str) -> list[str]:
+        async def recorded_sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+
+        async with LLMEndpoint(api_type="completions", model_name="m", api_base=url, max_concurrency=4) as endpoint:
+            endpoint.sleep = recorded_sleep
+            endpoint.fleet.clock = lambda: 1000.0  # frozen: a backed-off server stays backed off for the whole run
+            results = await asyncio.gather(*(endpoint.complete([p], OpenAIDecodingArguments(max_tokens=5), f"r{i}")
+                                             for i, p in enumerate(prompts)))
+            return [r["choices"][0]["text"] for r in results]
+
+    with OpenAIServer() as broken, OpenAIServer() as healthy:
+        broken.push(*[server_error()] * 50)
+        texts = asyncio.run(run(f"{broken.url},{healthy.url}"))
+        assert len(broken.requests) == 2  # its share of the first requests; then backed off, never asked again
+        assert len(healthy.requests) == 20
+    assert texts == [fake_tasks(p) for p in prompts] and sleeps == []  # retried on the other server at once
+
+
+def test_the_fleet_picks_by_requests_in_flight_and_backoff_on_an_injected_clock():
+    now = [0.0]
+    fleet = llm_client.Fleet(["http://a/v1", "http://u:p@b/v1"], max_concurrency=5, clock=lambda: now[0])
+    a, b = fleet.servers
+    assert (a.capacity, b.capacity) == (3, 2) and b.shown == "http://***@b/v1"
+    assert fleet.pick(now[0]) is a
+    a.in_flight = 1
+    assert fleet.pick(now[0]) is b
+    b.in_flight = 2  # full
+    assert fleet.pick(now[0]) is a
+    fleet.failed(a, 10.0)
+    assert fleet.pick(now[0]) is None and fleet.wait_seconds(now[0]) == 10.0
+    now[0] = 10.0
+    assert fleet.pick(now[0]) is a
+    fleet.failed(a, 4.0)  # backoff only ever grows while one is running
+    fleet.failed(a, 1.0)
+    assert a.healthy_after == 14.0 and a.failures == 3
+
+
+def test_base_url_lists_and_files(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert llm_client.parse_api_bases("http://a:8000/v1/, http://b:8000/v1") == ["http://a:8000/v1", "http://b:8000/v1"]
+    listing = tmp_path / "servers.txt"
+    listing.write_text("# our vLLM servers\nhttp://gpu1:8000/v1\n\nhttp://gpu2:8000/v1\n")
+    assert llm_client.parse_api_bases(f"@{listing}") == ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+    with pytest.raises(SettingError, match="names the server http://a:8000/v1 twice"):
+        llm_client.parse_api_bases("http://a:8000/v1,http://u:p@a:8000/v1/")
+    with pytest.raises(SettingError, match="'htp://b/v1' is not a base URL"):
+        llm_client.parse_api_bases("http://a/v1,htp://b/v1")
+    with pytest.raises(SettingError, match="cannot read the URL file"):
+        llm_client.parse_api_bases(f"@{tmp_path / 'missing.txt'}")
+    with pytest.raises(SettingError, match="names no base URL"):
+        llm_client.parse_api_bases(" , ")
+
+
+def test_a_cached_response_from_one_server_of_the_fleet_is_replayed(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    cache = str(tmp_path / "cache")
+    with OpenAIServer() as a, OpenAIServer() as b:
+        a.push(ok("from A"))
+        assert complete(a.url, cache_dir=cache)["choices"][0]["text"] == "from A"
+        replay = complete(f"{b.url},{a.url}", cache_dir=cache)
+        assert replay["cached"] and replay["choices"][0]["text"] == "from A" and not b.requests
