@@ -418,7 +418,31 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
     return rating.rate_records(**arguments)
 
 
+def cache(cache_dir: str, clear: bool = False) -> None:
+    """Show the size of a response cache (the generator's OUTPUT_DIR/responses, inference's OUTPUT.cache, rate's
+    OUTPUT.responses), or delete it with --clear. A run that finds no cache asks the endpoint again.
+
+    Arguments:
+        CACHE_DIR: the cache directory (it holds responses.sqlite3).
+        clear: delete the cache (the store, its log, and one-file-per-response entries of earlier versions).
+    """
+    import llm_client
+
+    if not os.path.isdir(cache_dir):
+        raise cli.MissingPathError(f"There is no cache directory {cache_dir}.")
+    if clear:
+        deleted = llm_client.clear_cache(cache_dir)
+        print(f"deleted {deleted} cache file(s) in {cache_dir}")
+        return
+    store = llm_client.ResponseCache(cache_dir)
+    try:
+        print(store.size_line())
+    finally:
+        store.close()
+
+
 if __name__ == "__main__":
     cli.report_errors(lambda: cli.run_commands({"stats": stats, "clean": clean, "rate": rate,
-                                                "contamination": contamination, "convert": convert}),
+                                                "contamination": contamination, "convert": convert,
+                                                "cache": cache}),
                       "interrupted: re-run the same command (rate resumes from its journal).")

@@ -4,16 +4,16 @@ Requests go to OpenAI, vLLM, Ollama or llama.cpp's server through the `openai` p
 own retries are off, ours are below), or to a causal LM generating in-process (`api_type="local"`, local_llm.py).
 `LLMEndpoint` keeps `max_concurrency` requests in flight with asyncio, stays under optional requests- and
 tokens-per-minute limits, retries 429s, 5xx, timeouts and dropped connections with exponential backoff and
-jitter honouring Retry-After, shrinks `max_tokens` by 20% when the context is exceeded (as the original
-did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw response
-with its request in a cache directory once it has been checked (a malformed 200 is retried like a 5xx, never
-cached). A completions server that refuses a list of prompts in one request (llama.cpp's server answers 500,
-`transformers serve` 400) is detected on the first request and sent one prompt per request from then on.
-`request_timeout` bounds a whole request, a body trickling in included. `api_base` may name several servers of one
-model (comma-separated, or `@FILE`): each request goes to the least busy one (`Fleet`), each within its share of
-`max_concurrency`, and a failing one is backed off while the others continue. `complete_in_order` runs batches
-concurrently and hands results back strictly in request order. `utils.openai_completion` is the original's
-synchronous interface on top of it.
+jitter honouring Retry-After (capped at 60 s), shrinks `max_tokens` by 20% when the context is exceeded (as the
+original did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw
+response with its request in the cache directory's SQLite store (`ResponseCache`) once it has been checked (a
+malformed 200 gets two quick retries and is never cached). A completions server that refuses a list of prompts in
+one request (llama.cpp's server answers 500, `transformers serve` 400) is detected on the first request and sent
+one prompt per request from then on. `request_timeout` bounds a whole request, a body trickling in included.
+`api_base` may name several servers of one model (comma-separated, or `@FILE`): each request goes to the least
+busy one (`Fleet`), each within its share of `max_concurrency`, and a failing one is backed off while the others
+continue. `complete_in_order` runs batches concurrently and hands results back strictly in request order.
+`utils.openai_completion` is the original's synchronous interface on top of it.
 """
 
 import asyncio
@@ -25,6 +25,8 @@ import math
 import os
 import random
 import re
+import sqlite3
+import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -395,7 +397,98 @@ def cache_key(api_type: str, request: dict, tag: str, api_base: str | None = Non
     return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
+CACHE_FILE = "responses.sqlite3"
+
+
+class ResponseCache:
+    """The response cache of one run's directory: one SQLite file, `DIR/responses.sqlite3`, with a row (key, record
+    JSON) per checked response. WAL mode and a 60 s busy timeout make it safe for two processes at once (a second
+    run, `data_tools.py cache`); every store is its own committed transaction, so a killed run loses at most the
+    response in hand (WAL with synchronous=NORMAL survives a killed process; only a power cut may drop the
+    latest commits, which are then asked again). Records are written with ASCII escapes, as checked JSON.
+
+    The per-file cache of earlier versions (`DIR/<sha256>.json`) did not record the server, so its entries cannot be
+    told apart by endpoint: it is not read, and the first open says so in one line. Nothing is created on disk until
+    the first response is stored, so a run that never got an answer leaves no cache behind."""
+
+    def __init__(self, cache_dir: str):
+        self.cache_dir = cache_dir
+        self.path = os.path.join(cache_dir, CACHE_FILE)
+        self._db: sqlite3.Connection | None = None
+        old = [name for name in os.listdir(cache_dir) if re.fullmatch(r"[0-9a-f]{64}\.json", name)] \
+            if os.path.isdir(cache_dir) else []
+        if old:
+            megabytes = sum(os.path.getsize(os.path.join(cache_dir, name)) for name in old) / 1e6
+            logger.warning("%s holds %d responses in the one-file-per-response cache of earlier versions, which did "
+                           "not record the server that answered; they are not used (delete %s/*.json to free "
+                           "%.1f MB).", cache_dir, len(old), cache_dir, megabytes)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open store, created (with its directory) on first use."""
+        if self._db is None:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        return self._db
+
+    def exists(self) -> bool:
+        return self._db is not None or os.path.exists(self.path)
+
+    def load(self, key: str) -> dict | None:
+        if not self.exists():
+            return None
+        row = self.db.execute("SELECT record FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:  # not written by us: ask again
+            return None
+
+    def store(self, key: str, record: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO responses (key, record) VALUES (?, ?)", (key, json.dumps(record)))
+
+    def records(self) -> list[str]:
+        """Every stored record, as its JSON text (to inspect what a cache holds)."""
+        return [row[0] for row in self.db.execute("SELECT record FROM responses ORDER BY rowid")]
+
+    def size(self) -> tuple[int, int]:
+        """(responses stored, bytes on disk: the database with its write-ahead log)."""
+        (count,) = self.db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        files = [self.path, self.path + "-wal"]
+        return count, sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
+    def size_line(self) -> str:
+        count, size = self.size()
+        return (f"response cache {self.path}: {count:,} responses, {size / 1e6:.1f} MB (clear it with `python "
+                f"data_tools.py cache {os.path.dirname(self.path)} --clear`)")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def clear_cache(cache_dir: str) -> int:
+    """Delete the response cache in `cache_dir` (the store, its log, and old per-file entries); returns the files
+    deleted. Leaves the directory and anything else in it."""
+    names = [CACHE_FILE, CACHE_FILE + "-wal", CACHE_FILE + "-shm"]
+    names += [name for name in os.listdir(cache_dir) if re.fullmatch(r"[0-9a-f]{64}\.json(\.tmp)?", name)]
+    deleted = 0
+    for name in names:
+        try:
+            os.remove(os.path.join(cache_dir, name))
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
+
+
 def cache_load(cache_dir: str | None, key: str) -> dict | None:
+    """An entry of the per-file cache of earlier versions (no longer read by LLMEndpoint; see ResponseCache)."""
     path = os.path.join(cache_dir, f"{key}.json") if cache_dir else None
     if path is None or not os.path.exists(path):
         return None
@@ -407,7 +500,7 @@ def cache_load(cache_dir: str | None, key: str) -> dict | None:
 
 
 def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
-    """Write one cache entry atomically (temp file + rename), so a kill never leaves half an entry."""
+    """Write one entry of the per-file cache of earlier versions atomically (temp file + rename)."""
     if not cache_dir:
         return
     os.makedirs(cache_dir, exist_ok=True)
@@ -620,6 +713,7 @@ class LLMEndpoint:
         self.request_timeout = request_timeout
         self.max_response_bytes = int(max_response_bytes)
         self.cache_dir = cache_dir
+        self.cache: ResponseCache | None = None  # opened on entering, so that a failed start touches no file
         self.succeeded = False
         self.sleep = asyncio.sleep  # how a retry waits; tests put a recorder here instead of waiting
         # Whether the server takes a list of prompts in one completions request: None until the first such
@@ -645,9 +739,16 @@ class LLMEndpoint:
             server.client = self.client.with_options(base_url=server.url)
 
     async def __aenter__(self) -> "LLMEndpoint":
+        if self.cache_dir:
+            self.cache = ResponseCache(self.cache_dir)
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self.cache is not None:
+            if self.cache.exists():
+                print(self.cache.size_line(), file=sys.stderr)
+            self.cache.close()
+            self.cache = None
         if self.api_type != "local":
             await self.client.close()
 
@@ -700,15 +801,15 @@ class LLMEndpoint:
         keys = {id(server): cache_key(self.api_type, request, tag, server.url if server else None)
                 for server in servers}
         for server in servers:
-            record = cache_load(self.cache_dir, keys[id(server)])
-            if record is not None and response_problem(record.get("response"), self.api_type,
-                                                       expected_choices(request)) is None:
+            record = self.cache.load(keys[id(server)]) if self.cache else None
+            if isinstance(record, dict) and response_problem(record.get("response"), self.api_type,
+                                                             expected_choices(request)) is None:
                 return record["response"], True
         async with self.semaphore:
             response, sent, server = await self._send(request, keys[id(servers[0])], probe_prompt_list)
-        cache_store(self.cache_dir, keys[id(server)], {"api_type": self.api_type, "tag": tag, "request": request,
-                                                       "sent_max_tokens": sent.get("max_tokens"),
-                                                       "response": response})
+        if self.cache:
+            self.cache.store(keys[id(server)], {"api_type": self.api_type, "tag": tag, "request": request,
+                                                "sent_max_tokens": sent.get("max_tokens"), "response": response})
         return response, False
 
     async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict, Server]:

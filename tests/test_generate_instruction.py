@@ -20,6 +20,7 @@ from rouge_score import rouge_scorer
 
 import cli
 import generate_instruction as gi
+import llm_client
 import run_journal
 from openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
 
@@ -443,9 +444,11 @@ def test_local_backend_runs_the_loop(tiny_model_dir, seeds, tmp_path):
     assert [r["request_index"] for r in journal] == [0, 1]
     assert journal[0]["usage"]["completion_tokens"] == 2 * 8  # a random tiny model never stops early
     assert json.loads((out / "regen.json").read_text()) == kept
-    cached = list((out / "responses").iterdir())
+    store = llm_client.ResponseCache(str(out / "responses"))
+    cached = store.records()
+    store.close()
     assert len(cached) == 2
-    response = json.loads(cached[0].read_text())["response"]
+    response = json.loads(cached[0])["response"]
     assert [c["finish_reason"] for c in response["choices"]] == ["length", "length"]
     shutil.rmtree(out)
 

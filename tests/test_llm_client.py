@@ -4,6 +4,9 @@ and the client's own speed, against real loopback servers (tests/openai_server.p
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -91,7 +94,9 @@ def test_hostile_replies_stop_the_run_in_one_sentence_and_are_never_cached(opena
     message = str(error.value)
     assert fault in message and "malformed response" in message and "\n" not in message
     assert len(openai_server.requests) == 3  # two quick retries, then the run stops
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*.json"))
+    store = llm_client.ResponseCache(str(tmp_path / "cache"))
+    assert store.records() == []
+    store.close()
 
 
 def test_a_deterministic_malformed_200_gets_two_quick_retries_then_stops(openai_server):
@@ -341,3 +346,61 @@ def test_a_cached_response_from_one_server_of_the_fleet_is_replayed(tmp_path, mo
         assert complete(a.url, cache_dir=cache)["choices"][0]["text"] == "from A"
         replay = complete(f"{b.url},{a.url}", cache_dir=cache)
         assert replay["cached"] and replay["choices"][0]["text"] == "from A" and not b.requests
+
+
+# -- the response cache: one SQLite store ----------------------------------------------------------------------
+
+WRITER = """
+import sys
+sys.path.insert(0, {repo!r})
+import llm_client
+store = llm_client.ResponseCache(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    store.store(f"{{sys.argv[2]}}-{{i}}", {{"response": {{"text": "x" * 200, "i": i}}}})
+store.close()
+"""
+
+
+def test_the_cache_store_takes_two_processes_writing_at_once(tmp_path, repo_dir):
+    cache = str(tmp_path / "cache")
+    code = WRITER.format(repo=str(repo_dir))
+    writers = [subprocess.Popen([sys.executable, "-c", code, cache, name, "300"], stderr=subprocess.PIPE, text=True)
+               for name in ("a", "b")]
+    for writer in writers:
+        assert writer.wait(timeout=120) == 0, writer.stderr.read()
+    store = llm_client.ResponseCache(cache)
+    assert len(store.records()) == 600 and store.load("a-299") == {"response": {"text": "x" * 200, "i": 299}}
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+    assert sorted(os.listdir(cache))[0] == "responses.sqlite3"  # one store, not a file per response
+
+
+def test_an_old_per_file_cache_is_not_used_and_said_once(openai_server, tmp_path, caplog):
+    cache = tmp_path / "responses"
+    cache.mkdir()
+    request = llm_client.build_request("completions", "m", ["p"], OpenAIDecodingArguments(max_tokens=5))
+    old_key = llm_client.cache_key("completions", request, "request 0/0")  # as earlier versions keyed it
+    llm_client.cache_store(str(cache), old_key, {"request": request, "response": good_body("stale")})
+    openai_server.push(ok("fresh"))
+    with caplog.at_level(logging.WARNING, logger="llm_client"):
+        assert complete(openai_server.url, cache_dir=str(cache))["choices"][0]["text"] == "fresh"
+    (line,) = [r.getMessage() for r in caplog.records if "earlier versions" in r.getMessage()]
+    assert f"{cache} holds 1 responses in the one-file-per-response cache" in line and "not used" in line
+
+
+def test_each_run_ends_with_the_cache_size_and_data_tools_clears_it(openai_server, tmp_path, capsys):
+    import data_tools
+
+    cache = tmp_path / "responses"
+    openai_server.push(ok("first"))
+    complete(openai_server.url, cache_dir=str(cache))
+    assert f"response cache {cache}/responses.sqlite3: 1 responses" in capsys.readouterr().err
+    assert complete(openai_server.url, cache_dir=str(cache))["cached"]
+    data_tools.cache(str(cache))
+    assert "1 responses" in capsys.readouterr().out
+    data_tools.cache(str(cache), clear=True)
+    assert not (cache / "responses.sqlite3").exists()
+    openai_server.push(ok("asked again"))
+    assert complete(openai_server.url, cache_dir=str(cache))["choices"][0]["text"] == "asked again"
+    with pytest.raises(llm_client.cli.MissingPathError, match="no cache directory"):
+        data_tools.cache(str(tmp_path / "nowhere"))
