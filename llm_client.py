@@ -17,6 +17,7 @@ continue. `complete_in_order` runs batches concurrently and hands results back s
 """
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
@@ -26,12 +27,15 @@ import os
 import random
 import re
 import sqlite3
+import ssl
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import parsedate_to_datetime
 
+import httpx2
 import openai
 
 import cli
@@ -510,6 +514,169 @@ def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+# -- plain HTTP/1.1 --------------------------------------------------------------------------------
+#
+# Measured at --max_concurrency 64 against an instant loopback server (bench/bench_generate.py --mode fleet): the
+# `openai` client spends most of each request in its HTTP stack (httpx2 and httpcore2 poll every pooled connection
+# for every request, and each body goes through its type transforms); these few lines of asyncio streams do the
+# same JSON POST at several times the rate. The `openai` client still serves servers reached through a proxy
+# (HTTP(S)_PROXY: httpx honours them) and provides the error classes.
+
+
+class HTTPPool:
+    """Keep-alive HTTP/1.1 connections to one server for JSON POSTs: `post(path, body)` -> (status, headers, body).
+
+    http and https (the system's certificates); a reply body longer than `max_bytes` raises MalformedResponse as
+    soon as it is known to be; connection failures raise openai.APIConnectionError. A pooled connection that the
+    server closed while idle is retried once on a fresh one (nothing was read from it, so nothing is lost). A request
+    cancelled midway (the whole-request timeout) closes its connection instead of returning it to the pool."""
+
+    def __init__(self, url: str, headers: dict[str, str], max_bytes: int):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.tls = parts.hostname, parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.url = redact_credentials(url)
+        host_header = parts.netloc.rpartition("@")[2]
+        if parts.username is not None:  # credentials in the URL: HTTP basic auth, as httpx sends them
+            userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            headers = {**headers, "Authorization": "Basic " + base64.b64encode(userinfo.encode()).decode()}
+        self.head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": host_header, **headers}.items())
+        self.max_bytes = max_bytes
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.ssl = ssl.create_default_context() if self.tls else None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        request = (f"POST {self.base_path}{path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n"
+                   .encode("latin-1") + body)
+        while self.idle:
+            connection = self.idle.pop()
+            if connection[0].at_eof():
+                connection[1].close()
+                continue
+            try:
+                return await self._exchange(connection, request, path)
+            except _StaleConnection:
+                continue  # closed by the server while idle: try the next, or a new connection
+        try:
+            connection = await asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                                                       server_hostname=self.host if self.tls else None,
+                                                       limit=2**20)
+        except (OSError, ssl.SSLError) as error:
+            raise self._connection_error(path, error) from None
+        try:
+            return await self._exchange(connection, request, path)
+        except _StaleConnection as error:
+            raise self._connection_error(path, error.__cause__) from None
+
+    async def _exchange(self, connection, request: bytes, path: str) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = connection
+        done = False
+        try:
+            try:
+                writer.write(request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as error:
+                if error.partial:  # the server said something, then hung up: not a stale connection
+                    raise self._connection_error(path, error) from None
+                raise _StaleConnection() from ConnectionResetError("the server closed the connection")
+            except (OSError, ssl.SSLError) as error:
+                raise _StaleConnection() from error
+            try:
+                status, headers = _parse_head(head)
+                body = await self._read_body(reader, headers)
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) \
+                    as error:
+                raise self._connection_error(path, error) from None
+            done = headers.get("connection", "").lower() != "close" and head.startswith(b"HTTP/1.1")
+            return status, headers, body
+        finally:
+            if done:
+                self.idle.append(connection)
+            else:
+                writer.close()
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        too_large = MalformedResponse(f"the server's reply is longer than --max_response_bytes {self.max_bytes:,}")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks, size = [], 0
+            while True:
+                length = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+                if length == 0:
+                    await _skip_trailers(reader)
+                    return b"".join(chunks)
+                size += length
+                if size > self.max_bytes:
+                    raise too_large
+                chunks.append(await reader.readexactly(length))
+                await reader.readexactly(2)
+        declared = headers.get("content-length")
+        if declared is not None:
+            if int(declared) > self.max_bytes:
+                raise too_large
+            return await reader.readexactly(int(declared))
+        body = await reader.read(self.max_bytes + 1)  # no length given: the body ends with the connection
+        while len(body) <= self.max_bytes:
+            more = await reader.read(self.max_bytes + 1 - len(body))
+            if not more:
+                return body
+            body += more
+        raise too_large
+
+    def _connection_error(self, path: str, error: BaseException | None) -> openai.APIConnectionError:
+        reason = f"{type(error).__name__}: {error}" if error is not None and str(error) else type(error).__name__
+        return openai.APIConnectionError(message=f"Connection error ({reason}).",
+                                         request=httpx2.Request("POST", f"{self.url}{path}"))
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class _StaleConnection(Exception):
+    """A pooled connection failed before a byte of the reply arrived (the server closed it while idle)."""
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """(status code, {lower-case header name: value}) of a reply's status line and headers; ValueError when it is
+    not HTTP."""
+    status_line, _, header_block = head.decode("latin-1").partition("\r\n")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP reply: {status_line[:40]!r}")
+    headers = {}
+    for line in header_block.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def _skip_trailers(reader: asyncio.StreamReader) -> None:
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+        pass
+
+
+def status_error(client: openai.AsyncOpenAI, url: str, status: int, headers: dict[str, str],
+                 body: bytes) -> openai.APIStatusError:
+    """The `openai` exception (RateLimitError, NotFoundError, ...) the `openai` client raises for this reply, with
+    the same message and attributes, so that the retry rules above read both transports alike. (The client's
+    `_make_status_error_from_response` is private API; openai is pinned in requirements.txt.)"""
+    response = httpx2.Response(status, headers=headers, content=body, request=httpx2.Request("POST", url))
+    return client._make_status_error_from_response(response)
+
+
+def behind_proxy(url: str) -> bool:
+    """Whether the environment routes `url` through a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, minus NO_PROXY)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)
+
+
 # -- the endpoint -----------------------------------------------------------------------------------
 
 
@@ -618,6 +785,10 @@ def parse_api_bases(api_base: str | None) -> list[str]:
     return urls
 
 
+# The `openai` client for every server instead of HTTPPool: for comparing the two (bench/), or as a way out.
+USE_OPENAI_CLIENT = False
+
+
 @dataclasses.dataclass
 class Server:
     """One model server behind an endpoint: its URL (credentials and all: requests go there), the URL as shown
@@ -629,7 +800,8 @@ class Server:
     in_flight: int = 0
     healthy_after: float = 0.0  # monotonic seconds; before this it gets no new request (backed off)
     failures: int = 0  # failures in a row, for its backoff
-    client: object = None
+    client: object = None  # the `openai` client, for a server behind a proxy
+    pool: "HTTPPool | None" = None  # plain HTTP, for every other server
 
 
 class Fleet:
@@ -735,8 +907,15 @@ class LLMEndpoint:
         self.client = openai.AsyncOpenAI(api_key=resolve_api_key(urls[0]), base_url=urls[0],
                                          organization=os.environ.get("OPENAI_ORG") or None,
                                          timeout=request_timeout, max_retries=0)
-        for server in self.fleet.servers:  # one connection pool for all: with_options shares the HTTP client
-            server.client = self.client.with_options(base_url=server.url)
+        headers = {"Authorization": f"Bearer {resolve_api_key(urls[0])}", "Content-Type": "application/json",
+                   "Accept": "application/json", "User-Agent": "alpaca-llm-client"}
+        if os.environ.get("OPENAI_ORG"):
+            headers["OpenAI-Organization"] = os.environ["OPENAI_ORG"]
+        for server in self.fleet.servers:
+            if USE_OPENAI_CLIENT or behind_proxy(server.url):  # with_options shares the client's connection pool
+                server.client = self.client.with_options(base_url=server.url)
+            else:
+                server.pool = HTTPPool(server.url, headers, self.max_response_bytes)
 
     async def __aenter__(self) -> "LLMEndpoint":
         if self.cache_dir:
@@ -750,6 +929,9 @@ class LLMEndpoint:
             self.cache.close()
             self.cache = None
         if self.api_type != "local":
+            for server in self.fleet.servers:
+                if server.pool is not None:
+                    server.pool.close()
             await self.client.close()
 
     def calls_per_batch(self, num_prompts: int) -> int:
@@ -905,10 +1087,13 @@ class LLMEndpoint:
             async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
                 response = await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
         else:
-            create = server.client.chat.completions if self.api_type == "chat" else server.client.completions
             try:
-                raw = await asyncio.wait_for(self._post_raw(create, request, self.max_response_bytes),
-                                             self.request_timeout)
+                if server.pool is not None:
+                    raw = await asyncio.wait_for(self._post_http(server, request), self.request_timeout)
+                else:
+                    create = server.client.chat.completions if self.api_type == "chat" else server.client.completions
+                    raw = await asyncio.wait_for(self._post_raw(create, request, self.max_response_bytes),
+                                                 self.request_timeout)
             except TimeoutError:
                 raise TimeoutError(f"no complete response within --request_timeout {self.request_timeout:g} s") \
                     from None
@@ -922,6 +1107,14 @@ class LLMEndpoint:
         if problem:
             raise MalformedResponse(f"the server answered HTTP 200 with a malformed response ({problem})")
         return response
+
+    async def _post_http(self, server: Server, request: dict) -> str:
+        """The body of one request over plain HTTP as text; the `openai` client's exception for a non-2xx reply."""
+        path = "/chat/completions" if self.api_type == "chat" else "/completions"
+        status, headers, body = await server.pool.post(path, json.dumps(request).encode("utf-8"))
+        if not 200 <= status < 300:
+            raise status_error(self.client, f"{server.shown}{path}", status, headers, body)
+        return body.decode("utf-8", errors="replace")
 
     @staticmethod
     async def _post_raw(create, request: dict, max_bytes: int) -> str:

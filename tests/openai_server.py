@@ -60,6 +60,8 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0  # seconds between the body's bytes: a server that streams its answer very slowly
     use_responder: bool = False  # answer as the server would without a script (after `delay`)
+    chunked: bool = False  # send the body with Transfer-Encoding: chunked (in 100-byte chunks) instead of a length
+    close_after: bool = False  # close the connection after answering without saying so (an idle keep-alive timeout)
     logprobs: list[dict[str, float] | None] | None = None  # per text: top log-probabilities of its first token
 
 
@@ -290,9 +292,24 @@ class OpenAIServer:
                 else:
                     payload = json.dumps(reply.body)
                 try:
-                    self._send(reply.status, payload, reply.headers, reply.trickle)
+                    if reply.chunked:
+                        self._send_chunked(reply.status, payload)
+                    else:
+                        self._send(reply.status, payload, reply.headers, reply.trickle)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
+                if reply.close_after:
+                    self.close_connection = True
+
+            def _send_chunked(self, status: int, payload: str):
+                data = payload.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), 100):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data[i:i + 100]), data[i:i + 100]))
+                self.wfile.write(b"0\r\n\r\n")
 
             def _send(self, status: int, payload: str, headers: dict | None = None, trickle: float = 0.0):
                 data = payload.encode("utf-8")

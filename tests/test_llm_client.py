@@ -404,3 +404,69 @@ def test_each_run_ends_with_the_cache_size_and_data_tools_clears_it(openai_serve
     assert complete(openai_server.url, cache_dir=str(cache))["choices"][0]["text"] == "asked again"
     with pytest.raises(llm_client.cli.MissingPathError, match="no cache directory"):
         data_tools.cache(str(tmp_path / "nowhere"))
+
+
+# -- the plain HTTP client and the openai one ---------------------------------------------------------------
+
+
+def test_plain_http_reads_chunked_bodies_and_survives_connections_closed_while_idle(openai_server, caplog):
+    text = "chunked " * 60
+    openai_server.push(Reply(texts=[text], chunked=True, close_after=True), ok("after the close"),
+                       Reply(texts=["x" * 3000], chunked=True))
+
+    async def run() -> list[str]:
+        async with LLMEndpoint(api_type="completions", model_name="m", api_base=openai_server.url,
+                               max_response_bytes=2000) as endpoint:
+            assert endpoint.fleet.servers[0].pool is not None  # plain HTTP, not the openai client
+            first = await endpoint.complete(["p"], OpenAIDecodingArguments(max_tokens=5), "a")
+            second = await endpoint.complete(["p"], OpenAIDecodingArguments(max_tokens=5), "b")
+            return [first["choices"][0]["text"], second["choices"][0]["text"]]
+
+    with caplog.at_level(logging.WARNING, logger="llm_client"):
+        assert asyncio.run(run()) == [text, "after the close"]
+    assert not caplog.records  # the connection closed while idle was replaced without a retry
+    with pytest.raises(LLMError, match="longer than --max_response_bytes 2,000"):  # chunked: counted as it comes
+        complete(openai_server.url, sleeps=[], max_response_bytes=2000)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(openai_server):
+    url = openai_server.url.replace("http://", "http://alice:s%40cret@")
+    openai_server.push(ok("hi"))
+    complete(url)
+    assert openai_server.requests[0]["headers"]["authorization"] == "Basic YWxpY2U6c0BjcmV0"  # alice:s@cret
+
+
+@pytest.mark.parametrize("use_openai_client", [False, True])
+def test_both_transports_sort_errors_alike(openai_server, monkeypatch, use_openai_client):
+    monkeypatch.setattr(llm_client, "USE_OPENAI_CLIENT", use_openai_client)
+    openai_server.push(rate_limited(retry_after=0.01), server_error(), ok("fine"))
+    sleeps: list[float] = []
+    assert complete(openai_server.url, sleeps=sleeps)["choices"][0]["text"] == "fine" and len(sleeps) == 2
+    from openai_server import auth_error, model_not_found
+
+    openai_server.push(auth_error())
+    with pytest.raises(LLMError, match="refused the API key .*Error code: 401"):
+        complete(openai_server.url, sleeps=[])
+    openai_server.push(model_not_found("m"))
+    with pytest.raises(LLMError, match="does not know the model 'm'"):
+        complete(openai_server.url, sleeps=[])
+    openai_server.push(*[ok("word " * 400)] * 3)
+    with pytest.raises(LLMError, match="longer than --max_response_bytes 1,000"):
+        complete(openai_server.url, sleeps=[], max_response_bytes=1000)
+    with pytest.raises(LLMError, match="Could not reach the endpoint http://127.0.0.1:9/v1"):
+        complete("http://127.0.0.1:9/v1", sleeps=[])
+
+
+def test_a_server_behind_a_proxy_goes_through_the_openai_client(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert llm_client.behind_proxy("https://api.example.com/v1")
+    assert not llm_client.behind_proxy("http://api.example.com/v1") and not llm_client.behind_proxy(
+        "https://localhost:8000/v1")
+
+    async def run():
+        async with LLMEndpoint(api_base="https://api.example.com/v1,https://localhost:8000/v1") as endpoint:
+            return [(s.pool is None, s.client is not None) for s in endpoint.fleet.servers]
+
+    assert asyncio.run(run()) == [(True, True), (False, False)]
