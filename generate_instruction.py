@@ -50,6 +50,7 @@ from run_journal import (
     claimed_output_dir,
     interrupts_deferred,
     load_generated,
+    sync_journal,
     write_regen_json,
 )
 
@@ -506,6 +507,7 @@ def generate_instruction_following_data(
                 asyncio.run(generate())
         finally:
             progress_bar.close()
+            sync_journal(journal_path)
             if totals.requests or generated:  # an endpoint that never answered leaves no empty regen.json
                 write_regen_json(regen_path, generated)
             print(totals.summary(len(generated), regen_path))

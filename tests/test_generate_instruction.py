@@ -695,3 +695,19 @@ def test_a_real_transformers_serve_gets_one_prompt_per_request(tiny_model_dir, s
     assert len(cached) == 4 and all(isinstance(prompt, str) for prompt in cached)
     assert sum("sending one prompt per request" in r.getMessage() for r in caplog.records) == 1
     assert any("prompt must be a string" in r.getMessage() for r in caplog.records)
+
+
+def test_the_journal_is_flushed_per_line_and_forced_to_disk_once_a_second(tmp_path, monkeypatch):
+    synced, now = [], [100.0]
+    monkeypatch.setattr(run_journal.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(run_journal.time, "monotonic", lambda: now[0])
+    journal = str(tmp_path / run_journal.JOURNAL_NAME)
+    for i in range(10):
+        run_journal.append_journal(journal, {"request_index": i})
+        assert len(read_journal(tmp_path)) == i + 1  # with the OS at once: a killed process loses nothing
+    assert len(synced) == 1  # the first line; the next nine within the same second wait
+    now[0] += 1.0
+    run_journal.append_journal(journal, {"request_index": 10})
+    assert len(synced) == 2
+    run_journal.sync_journal(journal)  # the end of a run
+    assert len(synced) == 3
