@@ -30,6 +30,7 @@ from llm_client import (
     check_settings,
     complete_in_order,
 )
+from run_journal import sync_journal
 
 RATING_PROMPT = """You are checking one example of a data set that teaches an AI assistant to follow instructions. \
 Judge the response below: is it accurate (facts, arithmetic, code and reasoning are correct) and helpful (it does \
@@ -188,6 +189,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
     finally:
         progress.close()
+        sync_journal(paths["journal"])
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
     data_tools.write_records(output, rated)
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
