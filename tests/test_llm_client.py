@@ -470,3 +470,26 @@ def test_a_server_behind_a_proxy_goes_through_the_openai_client(monkeypatch):
             return [(s.pool is None, s.client is not None) for s in endpoint.fleet.servers]
 
     assert asyncio.run(run()) == [(True, True), (False, False)]
+
+
+def test_plain_http_speaks_tls_and_checks_the_certificate(openai_server, tmp_path, monkeypatch):
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    with OpenAIServer() as server:
+        server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+        url = server.url.replace("http://", "https://")
+        with pytest.raises(LLMError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted: refused, never sent
+            complete(url, sleeps=[], max_retries=1)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # now trusted
+        server.push(ok("over TLS"))
+        assert complete(url)["choices"][0]["text"] == "over TLS"
+        assert [r["json"]["prompt"] for r in server.requests] == [["p"]]
