@@ -814,7 +814,7 @@ class Fleet:
         share, extra = divmod(max_concurrency, len(urls))
         self.servers = [Server(url, redact_credentials(url), max(1, share + (i < extra))) for i, url in enumerate(urls)]
         self.clock = clock
-        self.changed = asyncio.Condition()
+        self.waiting: list[asyncio.Future] = []  # requests waiting for a server with room
 
     def pick(self, now: float) -> Server | None:
         """The server the next request goes to at time `now`, or None when every one is full or backed off."""
@@ -828,21 +828,28 @@ class Fleet:
 
     async def acquire(self) -> Server:
         """A server for one request, counted in flight until `release`; waits while none has room."""
-        async with self.changed:
-            while True:
-                server = self.pick(self.clock())
-                if server is not None:
-                    server.in_flight += 1
-                    return server
-                try:
-                    await asyncio.wait_for(self.changed.wait(), self.wait_seconds(self.clock()))
-                except TimeoutError:
-                    pass
+        while True:
+            server = self.pick(self.clock())
+            if server is not None:
+                server.in_flight += 1
+                return server
+            woken = asyncio.get_running_loop().create_future()
+            self.waiting.append(woken)
+            try:
+                await asyncio.wait_for(woken, self.wait_seconds(self.clock()))
+            except TimeoutError:
+                pass  # a backed-off server's time is up
+            finally:
+                if woken in self.waiting:
+                    self.waiting.remove(woken)
 
-    async def release(self, server: Server) -> None:
-        async with self.changed:
-            server.in_flight -= 1
-            self.changed.notify_all()
+    def release(self, server: Server) -> None:
+        """The request on `server` is over; wakes the waiting ones. Synchronous, so a cancelled request releases too."""
+        server.in_flight -= 1
+        for woken in self.waiting:
+            if not woken.done():
+                woken.set_result(None)
+        self.waiting.clear()
 
     def failed(self, server: Server, backoff: float) -> None:
         """Back `server` off for `backoff` seconds (longer if it already was), so new requests go elsewhere."""
@@ -1017,8 +1024,6 @@ class LLMEndpoint:
             try:
                 response = await self._post(sent, key, server)
             except Exception as error:  # noqa: BLE001 - sorted into shrink / retry / fatal below
-                if server:
-                    await self.fleet.release(server)
                 if self.token_limiter:
                     self.token_limiter.adjust(estimate)  # a failed request used no tokens
                 if is_context_length_error(error):
@@ -1058,7 +1063,6 @@ class LLMEndpoint:
                 await self.sleep(delay)
                 continue
             if server:
-                await self.fleet.release(server)
                 self.fleet.answered(server)
             self.succeeded = True
             if self.token_limiter:
@@ -1082,7 +1086,15 @@ class LLMEndpoint:
 
     async def _post(self, request: dict, key: str, server: Server | None = None) -> dict:
         """One HTTP request (or local generation), its body parsed and checked: MalformedResponse if unusable,
-        TimeoutError when the whole exchange takes longer than request_timeout."""
+        TimeoutError when the whole exchange takes longer than request_timeout. `server`, acquired from the fleet,
+        is released here however the request ends (cancelled included)."""
+        try:
+            return await self._post_to(request, key, server)
+        finally:
+            if server is not None:
+                self.fleet.release(server)
+
+    async def _post_to(self, request: dict, key: str, server: Server | None) -> dict:
         if self.api_type == "local":
             async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
                 response = await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))

@@ -2,6 +2,7 @@
 and the client's own speed, against real loopback servers (tests/openai_server.py)."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -493,3 +494,21 @@ def test_plain_http_speaks_tls_and_checks_the_certificate(openai_server, tmp_pat
         server.push(ok("over TLS"))
         assert complete(url)["choices"][0]["text"] == "over TLS"
         assert [r["json"]["prompt"] for r in server.requests] == [["p"]]
+
+
+def test_a_cancelled_request_gives_its_server_slot_back(openai_server):
+    openai_server.push(ok("late", delay=2.0))
+
+    async def run() -> int:
+        async with LLMEndpoint(api_type="completions", model_name="m",
+                               api_base=f"{openai_server.url},{openai_server.url.replace('127.0.0.1', 'localhost')}",
+                               max_concurrency=2) as endpoint:
+            task = asyncio.create_task(endpoint.complete(["p"], OpenAIDecodingArguments(max_tokens=5), "r"))
+            while sum(s.in_flight for s in endpoint.fleet.servers) == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return sum(s.in_flight for s in endpoint.fleet.servers)
+
+    assert asyncio.run(run()) == 0
