@@ -691,7 +691,9 @@ def test_a_real_transformers_serve_gets_one_prompt_per_request(tiny_model_dir, s
         server.wait(timeout=60)
     journal = read_journal(out)
     assert [r["request_index"] for r in journal] == [0, 1] and all(r["usage"]["completion_tokens"] for r in journal)
-    cached = [json.loads(path.read_text())["request"]["prompt"] for path in (out / "responses").iterdir()]
+    store = llm_client.ResponseCache(str(out / "responses"))
+    cached = [json.loads(record)["request"]["prompt"] for record in store.records()]
+    store.close()
     assert len(cached) == 4 and all(isinstance(prompt, str) for prompt in cached)
     assert sum("sending one prompt per request" in r.getMessage() for r in caplog.records) == 1
     assert any("prompt must be a string" in r.getMessage() for r in caplog.records)
