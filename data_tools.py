@@ -7,6 +7,7 @@ The code lives in alpaca/data/; docs/data_tools.md explains each command.
 """
 
 from alpaca.data.tools import (  # noqa: F401  (the 2023 names, importable from here)
+    cache,
     clean,
     contamination,
     convert,

@@ -69,9 +69,11 @@ def _check_hub_model(name: str, cache_dir: str | None) -> None:
     no_such_dir = f"There is no local model directory '{name}'"
     if isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir), str):
         return  # downloaded before: from_pretrained loads it from the cache, online or not
-    if any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-           for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        raise MissingPathError(f"{no_such_dir}, and the Hugging Face Hub is switched off (HF_HUB_OFFLINE is set) and "
+    # Name the variable that switched the Hub off: one that is set but empty switches nothing off.
+    offline = [v for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+               if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
+    if offline:
+        raise MissingPathError(f"{no_such_dir}, and the Hugging Face Hub is switched off ({offline[0]} is set) and "
                                "its cache does not hold it: pass the directory of a local checkpoint.")
     if not hub_reachable(constants.ENDPOINT):
         raise MissingPathError(f"{no_such_dir}, and the Hugging Face Hub ({constants.ENDPOINT}) could not be reached "

@@ -2,18 +2,20 @@
 a fleet of servers behind one endpoint.
 
     python bench/bench_generate.py [--num_prompts 200] [--latency 0.2] [--max_concurrency 16]
-    python bench/bench_generate.py --mode fleet [--servers 4] [--server_batch 4]
+    python bench/bench_generate.py --mode fleet [--fleet_sizes 1,2,4,8] [--server_batch 4] [--num_prompts 400]
 
 Every run sends the same prompts (one per request, --seed fixed) through the real openai client to loopback
 OpenAI-compatible servers (alpaca/testing/openai_server.py) that answer each request after `latency` seconds with a
 deterministic 16-task continuation. The response cache is off, so every request goes over HTTP. Prints the wall
 times, their ratios, and whether the regen.json files are identical (they must be).
 
---mode fleet models servers with a batch limit: each answers at most --server_batch requests at once (later ones
-wait, as in a continuous-batching server that is full). It compares one such server with --servers of them behind a
-router-like endpoint (a forwarding proxy written here as test scaffolding, sending each request to the least busy
-server, as LiteLLM's proxy with routing_strategy least-busy does), at --max_concurrency = one server's batch and =
-servers x batch.
+--mode fleet: servers of fixed capacity (each answers at most --server_batch requests at once, later ones wait, as
+in a continuous-batching server that is full), each in its own process (bench/loopback_servers.py). The same
+prompts go to N = 1, 2, 4, 8 of them given as one --api_base URL list, at --max_concurrency N x batch, and to all of
+them behind a router-like endpoint (a forwarding proxy written here as test scaffolding, sending each request to the
+least busy server, as LiteLLM's proxy with routing_strategy least-busy does). Prints each speed-up against N, whether
+every regen.json is identical, and beside them the client's ceiling: requests/s against an instant server at
+--max_concurrency 64, through the plain HTTP client, the openai client it replaced, and with the SQLite cache on.
 """
 
 import argparse
@@ -30,8 +32,10 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import loopback_servers  # bench/, beside this script
+
 from alpaca.generate import self_instruct as generate_instruction
-from alpaca.testing.openai_server import OpenAIServer, default_responder
+from alpaca.testing.openai_server import OpenAIServer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -47,26 +51,17 @@ def write_seed_tasks(path: pathlib.Path, count: int = 20) -> None:
             f.write(json.dumps(task) + "\n")
 
 
-def timed_run(server, output_dir: str, seeds: str, num_prompts: int, max_concurrency: int) -> float:
+def timed_run(server, output_dir: str, seeds: str, num_prompts: int, max_concurrency: int,
+              cache: bool = False) -> float:
+    """Seconds the generator takes for `num_prompts` requests to `server` (a server or a base URL, or a list)."""
+    api_base = server if isinstance(server, str) else server.url
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # per-request logs
         generate_instruction.generate_instruction_following_data(
             output_dir=output_dir, seed_tasks_path=seeds, num_instructions_to_generate=10**9,
-            request_batch_size=1, max_requests=num_prompts, max_concurrency=max_concurrency, api_base=server.url,
-            cache=False, num_cpus=1)
+            request_batch_size=1, max_requests=num_prompts, max_concurrency=max_concurrency, api_base=api_base,
+            cache=cache, num_cpus=1)
     return time.perf_counter() - start
-
-
-def batch_limited_server(latency: float, batch: int) -> OpenAIServer:
-    """A loopback server that works on at most `batch` requests at once, `latency` seconds each."""
-    slots = threading.BoundedSemaphore(batch)
-
-    def respond(endpoint: str, prompt: str, body: dict) -> tuple[str, str]:
-        with slots:
-            time.sleep(latency)
-        return default_responder(endpoint, prompt, body)
-
-    return OpenAIServer(responder=respond)
 
 
 class Router:
@@ -131,35 +126,51 @@ class Router:
         return Handler
 
 
+def ceilings(tmp: str, seeds: str, num_requests: int, max_concurrency: int) -> dict[str, float]:
+    """Requests/s against an instant server in its own process (no latency, no batch limit), side by side: the client
+    alone over plain HTTP (today), over the openai client (before), with the SQLite cache on, and the whole
+    generator (parsing, ROUGE-L filtering and journal included)."""
+    with loopback_servers.started(1, "tasks", 0.0, 0) as (url,), \
+            contextlib.redirect_stderr(io.StringIO()):  # the cache's size line
+        rate = loopback_servers.client_rate
+        rate(url, 100, max_concurrency)  # warm-up: connections, imports
+        return {"client, plain HTTP": rate(url, num_requests, max_concurrency),
+                "client, openai client (before)": rate(url, num_requests, max_concurrency, True),
+                "client, plain HTTP + SQLite cache": rate(url, num_requests, max_concurrency,
+                                                          cache_dir=os.path.join(tmp, "ceiling-cache")),
+                "whole generator": num_requests / timed_run(url, os.path.join(tmp, "ceiling"), seeds, num_requests,
+                                                            max_concurrency)}
+
+
 def run_fleet(args, tmp: str, seeds: str) -> bool:
-    """One batch-limited server vs --servers of them behind the router; True when every regen.json is identical."""
-    fleet_concurrency = args.servers * args.server_batch
+    """One server vs N of them given as a URL list (and behind a router); True when every regen.json is identical."""
+    sizes = [int(n) for n in args.fleet_sizes.split(",")]
     print(f"{args.num_prompts} prompts, 1 per request; each server answers at most {args.server_batch} requests at "
-          f"once, {args.latency * 1000:.0f} ms each (at most {args.server_batch / args.latency:.0f} requests/s)")
-    servers = [batch_limited_server(args.latency, args.server_batch) for _ in range(args.servers)]
-    with contextlib.ExitStack() as stack:
-        for server in servers:
-            stack.enter_context(server)
-        router = stack.enter_context(Router([server.url for server in servers]))
-        runs = [("one server", servers[0], fleet_concurrency),
-                (f"{args.servers} servers behind one endpoint", router, args.server_batch),
-                (f"{args.servers} servers behind one endpoint", router, fleet_concurrency)]
-        seconds = []
-        for index, (name, endpoint, concurrency) in enumerate(runs):
-            seconds.append(timed_run(endpoint, os.path.join(tmp, f"run{index}"), seeds, args.num_prompts,
-                                     concurrency))
-            print(f"{name:34s} --max_concurrency {concurrency:3d}: {seconds[-1]:7.2f} s, "
-                  f"{args.num_prompts / seconds[-1]:6.1f} requests/s")
-        outputs = [pathlib.Path(tmp, f"run{index}", "regen.json").read_bytes() for index in range(len(runs))]
-    with OpenAIServer() as instant:  # no latency, no batch limit: what the client side alone sustains here
-        ceiling = args.num_prompts / timed_run(instant, os.path.join(tmp, "ceiling"), seeds, args.num_prompts,
-                                               fleet_concurrency)
-    same = all(output == outputs[0] for output in outputs)
-    print(f"fleet at --max_concurrency {fleet_concurrency} (servers x batch) vs one server: "
-          f"{seconds[0] / seconds[2]:.1f}x (servers alone would allow {args.servers}x); vs the fleet at one server's "
-          f"batch: {seconds[1] / seconds[2]:.1f}x; identical regen.json: {'yes' if same else 'NO'}")
-    print(f"client ceiling on this machine (instant server, same concurrency): {ceiling:.1f} requests/s; the fleet "
-          f"is bounded by min(servers x batch / latency = {fleet_concurrency / args.latency:.0f}, that ceiling)")
+          f"once, {args.latency * 1000:.0f} ms each (at most {args.server_batch / args.latency:.0f} requests/s), "
+          f"--max_concurrency = servers x {args.server_batch}; every server in its own process")
+    outputs, seconds = {}, {}
+    with loopback_servers.started(max(sizes), "tasks", args.latency, args.server_batch) as urls:
+        timed_run(urls[0], os.path.join(tmp, "warm-up"), seeds, 8, args.server_batch)  # imports, ROUGE-L compile
+        for n in sizes:
+            out = os.path.join(tmp, f"fleet{n}")
+            seconds[n] = timed_run(",".join(urls[:n]), out, seeds, args.num_prompts, n * args.server_batch)
+            outputs[n] = pathlib.Path(out, "regen.json").read_bytes()
+            speedup = seconds[sizes[0]] / seconds[n] * sizes[0]
+            print(f"{n} server(s) by URL list: {seconds[n]:6.2f} s, {args.num_prompts / seconds[n]:6.1f} requests/s, "
+                  f"speed-up {speedup:4.2f}x of {n}x ideal ({speedup / n:.0%})")
+        with Router(urls) as router:
+            out = os.path.join(tmp, "router")
+            routed = timed_run(router.url, out, seeds, args.num_prompts, len(urls) * args.server_batch)
+            outputs["router"] = pathlib.Path(out, "regen.json").read_bytes()
+        print(f"{len(urls)} servers behind one proxy-like router (test scaffolding): {routed:6.2f} s, "
+              f"{args.num_prompts / routed:6.1f} requests/s")
+    rates = ceilings(tmp, seeds, args.ceiling_prompts, 64)
+    same = all(output == outputs[sizes[0]] for output in outputs.values())
+    print(f"identical regen.json across all runs: {'yes' if same else 'NO'}")
+    plain, before = rates["client, plain HTTP"], rates["client, openai client (before)"]
+    print(f"client ceiling (instant server in its own process, --max_concurrency 64, {args.ceiling_prompts} "
+          f"requests): " + "; ".join(f"{name} {rate:.0f} requests/s" for name, rate in rates.items())
+          + f"; plain HTTP vs the openai client: {plain / before:.1f}x")
     return same
 
 
@@ -170,8 +181,10 @@ def main() -> None:
     parser.add_argument("--num_prompts", type=int, default=200, help="prompts (= requests) per run")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the server takes per request")
     parser.add_argument("--max_concurrency", type=int, default=16, help="requests in flight in the fast run")
-    parser.add_argument("--servers", type=int, default=4, help="fleet mode: servers behind the router")
+    parser.add_argument("--fleet_sizes", default="1,2,4,8", help="fleet mode: numbers of servers to compare")
     parser.add_argument("--server_batch", type=int, default=4, help="fleet mode: requests a server works on at once")
+    parser.add_argument("--ceiling_prompts", type=int, default=2000,
+                        help="fleet mode: requests of each client-ceiling run (instant server)")
     args = parser.parse_args()
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     if args.mode == "fleet":

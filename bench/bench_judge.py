@@ -1,6 +1,7 @@
 """Judging concurrency: one request at a time vs --max_concurrency 16, against a judge that answers after 200 ms.
 
     python bench/bench_judge.py [--num_pairs 300] [--latency 0.2] [--max_concurrency 16] [--judge_mode swap]
+    python bench/bench_judge.py --mode fleet [--num_pairs 200] [--fleet_sizes 1,2,4,8] [--server_batch 4]
 
 Both runs judge the same 300 pairs (swap mode: 600 judgments) through the real openai client and a loopback
 OpenAI-compatible server (alpaca/testing/openai_server.py) that plays a judge with a fixed, hidden preference per
@@ -10,6 +11,13 @@ goes over HTTP. Prints both wall times (the whole command, and the part spent as
 whether the two results.json files are identical (they must be: the results depend on the verdicts, not on the
 order in which they arrive). The rest of the command (loading, the bootstrap refits of the length-controlled win
 rate, writing) is the same in both runs.
+
+--mode fleet: judges of fixed capacity (each answers at most --server_batch requests at once, --latency seconds
+each; later ones wait), each in its own process (bench/loopback_servers.py). The same pairs are judged through N = 1,
+2, 4, 8 of them given as one --api_base URL list, at --max_concurrency N x batch. Prints each speed-up against N,
+whether every results.json is identical, and beside them the client's ceiling against an instant judge at
+--max_concurrency 64: the client alone and the judge's asking (journal included), over plain HTTP and over the
+openai client it replaced.
 """
 
 import argparse
@@ -24,7 +32,10 @@ import sys
 import tempfile
 import time
 
+import loopback_servers  # bench/, beside this script
+
 from alpaca.evaluate import judge
+from alpaca.llm import client as llm_client
 from alpaca.testing.openai_server import OpenAIServer
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -55,9 +66,10 @@ def hidden_preference_judge(path: str, prompt: str, body: dict) -> tuple[str, st
     return f"Having compared both answers: {'[[A]]' if score_a > score_b else '[[B]]'}", "stop"
 
 
-def timed_run(server: OpenAIServer, model: str, reference: str, output_dir: str, max_concurrency: int,
+def timed_run(server: OpenAIServer | str, model: str, reference: str, output_dir: str, max_concurrency: int,
               judge_mode: str) -> tuple[float, float]:
-    """(seconds for the whole command, seconds of it spent asking the judge)."""
+    """(seconds for the whole command, seconds of it spent asking the judge); `server` a server or base URL(s)."""
+    api_base = server if isinstance(server, str) else server.url
     ask_judge, asking = judge.ask_judge, []
 
     async def timed_ask_judge(*args, **kwargs):
@@ -72,11 +84,48 @@ def timed_run(server: OpenAIServer, model: str, reference: str, output_dir: str,
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             judge.evaluate(model_outputs=model, reference_outputs=reference, output_dir=output_dir,
-                           judge_model="bench-judge", api_base=server.url, judge_mode=judge_mode,
+                           judge_model="bench-judge", api_base=api_base, judge_mode=judge_mode,
                            max_concurrency=max_concurrency, plot=False)
     finally:
         judge.ask_judge = ask_judge
     return time.perf_counter() - start, sum(asking)
+
+
+def run_fleet(args, tmp: str) -> bool:
+    """One judge vs N of them given as a URL list; True when every results.json is identical."""
+    sizes = [int(n) for n in args.fleet_sizes.split(",")]
+    model, reference = write_answers(pathlib.Path(tmp), args.num_pairs)
+    print(f"{args.num_pairs} pairs, swap mode ({2 * args.num_pairs} judgments); each judge answers at most "
+          f"{args.server_batch} requests at once, {args.latency * 1000:.0f} ms each; --max_concurrency = judges x "
+          f"{args.server_batch}; every judge in its own process")
+    outputs, asking = {}, {}
+    with loopback_servers.started(max(sizes), "judge", args.latency, args.server_batch) as urls:
+        for n in sizes:
+            out = os.path.join(tmp, f"fleet{n}")
+            whole, asking[n] = timed_run(",".join(urls[:n]), model, reference, out, n * args.server_batch, "swap")
+            outputs[n] = pathlib.Path(out, "results.json").read_bytes()
+            speedup = asking[sizes[0]] / asking[n] * sizes[0]
+            print(f"{n} judge(s) by URL list: {whole:6.2f} s whole command, {asking[n]:6.2f} s asking "
+                  f"({2 * args.num_pairs / asking[n]:6.1f} judgments/s), speed-up {speedup:4.2f}x of {n}x ideal")
+    same = all(output == outputs[sizes[0]] for output in outputs.values())
+    print(f"identical results.json across all runs: {'yes' if same else 'NO'}")
+    rates = {}
+    with loopback_servers.started(1, "judge", 0.0, 0) as (url,), \
+            loopback_servers.started(1, "tasks", 0.0, 0) as (tasks_url,):
+        for name, use_openai_client in (("plain HTTP", False), ("openai client (before)", True)):
+            rates[f"client alone, {name}"] = loopback_servers.client_rate(tasks_url, args.ceiling_requests, 64,
+                                                                          use_openai_client)
+            llm_client.USE_OPENAI_CLIENT = use_openai_client
+            try:
+                _, seconds = timed_run(url, model, reference, os.path.join(tmp, f"ceiling-{len(rates)}"), 64, "swap")
+            finally:
+                llm_client.USE_OPENAI_CLIENT = False
+            rates[f"judge asking, {name}"] = 2 * args.num_pairs / seconds
+    print("client ceiling (instant judge in its own process, --max_concurrency 64): "
+          + "; ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items())
+          + f"; client alone, plain HTTP vs the openai client: "
+            f"{rates['client alone, plain HTTP'] / rates['client alone, openai client (before)']:.1f}x")
+    return same
 
 
 def main() -> None:
@@ -85,8 +134,19 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="seconds the judge takes per request")
     parser.add_argument("--max_concurrency", type=int, default=16, help="requests in flight in the fast run")
     parser.add_argument("--judge_mode", default="swap", choices=judge.JUDGE_MODES, help="swap or logprobs")
+    parser.add_argument("--mode", choices=["concurrency", "fleet"], default="concurrency",
+                        help="concurrency: one request at a time vs --max_concurrency; fleet: one judge vs several")
+    parser.add_argument("--fleet_sizes", default="1,2,4,8", help="fleet mode: numbers of judges to compare")
+    parser.add_argument("--server_batch", type=int, default=4, help="fleet mode: requests a judge works on at once")
+    parser.add_argument("--ceiling_requests", type=int, default=2000,
+                        help="fleet mode: requests of the client-alone ceiling runs")
     args = parser.parse_args()
     os.environ["OPENAI_API_KEY"] = "sk-bench"
+    if args.mode == "fleet":
+        with tempfile.TemporaryDirectory() as tmp:
+            if not run_fleet(args, tmp):
+                sys.exit(1)
+        return
 
     def responder(path, prompt, body):
         text, reason = hidden_preference_judge(path, prompt, body)

@@ -20,6 +20,7 @@ from rouge_score import rouge_scorer
 from alpaca import cli
 from alpaca.generate import journal as run_journal
 from alpaca.generate import self_instruct as gi
+from alpaca.llm import client as llm_client
 from alpaca.testing.openai_server import WORDS, Reply, answer, auth_error, error_reply, fake_tasks, next_task_number, ok
 from conftest import REPO, task
 
@@ -443,9 +444,11 @@ def test_local_backend_runs_the_loop(tiny_model_dir, seeds, tmp_path):
     assert [r["request_index"] for r in journal] == [0, 1]
     assert journal[0]["usage"]["completion_tokens"] == 2 * 8  # a random tiny model never stops early
     assert json.loads((out / "regen.json").read_text()) == kept
-    cached = list((out / "responses").iterdir())
+    store = llm_client.ResponseCache(str(out / "responses"))
+    cached = store.records()
+    store.close()
     assert len(cached) == 2
-    response = json.loads(cached[0].read_text())["response"]
+    response = json.loads(cached[0])["response"]
     assert [c["finish_reason"] for c in response["choices"]] == ["length", "length"]
     shutil.rmtree(out)
 
@@ -688,7 +691,25 @@ def test_a_real_transformers_serve_gets_one_prompt_per_request(tiny_model_dir, s
         server.wait(timeout=60)
     journal = read_journal(out)
     assert [r["request_index"] for r in journal] == [0, 1] and all(r["usage"]["completion_tokens"] for r in journal)
-    cached = [json.loads(path.read_text())["request"]["prompt"] for path in (out / "responses").iterdir()]
+    store = llm_client.ResponseCache(str(out / "responses"))
+    cached = [json.loads(record)["request"]["prompt"] for record in store.records()]
+    store.close()
     assert len(cached) == 4 and all(isinstance(prompt, str) for prompt in cached)
     assert sum("sending one prompt per request" in r.getMessage() for r in caplog.records) == 1
     assert any("prompt must be a string" in r.getMessage() for r in caplog.records)
+
+
+def test_the_journal_is_flushed_per_line_and_forced_to_disk_once_a_second(tmp_path, monkeypatch):
+    synced, now = [], [100.0]
+    monkeypatch.setattr(run_journal.os, "fsync", lambda fd: synced.append(fd))
+    monkeypatch.setattr(run_journal.time, "monotonic", lambda: now[0])
+    journal = str(tmp_path / run_journal.JOURNAL_NAME)
+    for i in range(10):
+        run_journal.append_journal(journal, {"request_index": i})
+        assert len(read_journal(tmp_path)) == i + 1  # with the OS at once: a killed process loses nothing
+    assert len(synced) == 1  # the first line; the next nine within the same second wait
+    now[0] += 1.0
+    run_journal.append_journal(journal, {"request_index": 10})
+    assert len(synced) == 2
+    run_journal.sync_journal(journal)  # the end of a run
+    assert len(synced) == 3

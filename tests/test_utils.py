@@ -160,15 +160,23 @@ def test_self_hosted_server_needs_no_key(openai_server, monkeypatch):
     assert utils.openai_completion("p", args(), model_name="m", return_text=True) == "hi"
 
 
+def cached_records(cache_dir) -> list[str]:
+    """The JSON records in a response cache, as stored."""
+    store = llm_client.ResponseCache(str(cache_dir))
+    try:
+        return store.records()
+    finally:
+        store.close()
+
+
 def test_cache_stores_request_and_raw_response_and_replays(openai_server, tmp_path):
     cache = str(tmp_path / "responses")
     openai_server.push(ok("cached text"))
     first = utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, cache_dir=cache)
-    files = list((tmp_path / "responses").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".json"
-    record = json.loads(files[0].read_text())
+    (row,) = cached_records(cache)
+    record = json.loads(row)
     assert record["request"]["prompt"] == ["p"] and record["response"]["choices"][0]["text"] == "cached text"
-    assert "sk-test-key-123" not in files[0].read_text()
+    assert "sk-test-key-123" not in row
     second = utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, cache_dir=cache)
     assert second == first and len(openai_server.requests) == 1
     openai_server.push(ok("new"))  # another setting is another request
@@ -320,8 +328,8 @@ def test_a_malformed_200_is_retried_and_never_cached(openai_server, tmp_path, na
     assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
                                    cache_dir=str(cache), **FAST) == "fine"
     assert len(openai_server.requests) == 2
-    (entry,) = cache.iterdir()
-    assert json.loads(entry.read_text())["response"]["choices"][0]["text"] == "fine"
+    (entry,) = cached_records(cache)
+    assert json.loads(entry)["response"]["choices"][0]["text"] == "fine"
 
 
 @pytest.mark.parametrize("name", list(MALFORMED_BODIES))
@@ -332,7 +340,7 @@ def test_malformed_200s_end_in_one_sentence_saying_what_was_wrong(openai_server,
         utils.openai_completion("p", args(), model_name="m", api_base=openai_server.url, max_retries=2,
                                 cache_dir=str(tmp_path / "responses"), **FAST)
     assert f"malformed response ({problem})" in str(error.value)
-    assert not (tmp_path / "responses").exists()  # nothing was cached, so a re-run asks again
+    assert cached_records(tmp_path / "responses") == []  # nothing was cached, so a re-run asks again
 
 
 def test_a_non_json_200_is_reported_as_such_not_as_unreachable(openai_server):
@@ -346,8 +354,10 @@ def test_a_non_json_200_is_reported_as_such_not_as_unreachable(openai_server):
 def test_a_malformed_response_in_an_old_cache_is_asked_again(openai_server, tmp_path):
     cache = tmp_path / "responses"
     request = llm_client.build_request("completions", "m", ["p"], args())
-    key = llm_client.cache_key("completions", request, "request 0/0")
-    llm_client.cache_store(str(cache), key, {"request": request, "response": MALFORMED_BODIES["usage-string"][0]})
+    key = llm_client.cache_key("completions", request, "request 0/0", openai_server.url)
+    store = llm_client.ResponseCache(str(cache))
+    store.store(key, {"request": request, "response": MALFORMED_BODIES["usage-string"][0]})
+    store.close()
     openai_server.push(ok("fresh"))
     assert utils.openai_completion("p", args(), model_name="m", return_text=True, api_base=openai_server.url,
                                    cache_dir=str(cache)) == "fresh"

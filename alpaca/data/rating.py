@@ -20,8 +20,10 @@ from tqdm import tqdm
 from alpaca import files
 from alpaca.cli import UsageError, UserError
 from alpaca.data import tools as data_tools
+from alpaca.generate.journal import sync_journal
 from alpaca.generate.self_instruct import append_journal
 from alpaca.llm.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MODEL_NAMES,
     LLMEndpoint,
     LLMError,
@@ -95,7 +97,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                  min_score: float | None, seed: int, max_concurrency: int, requests_per_minute: float | None,
                  tokens_per_minute: float | None, max_retries: int, retry_base_delay: float, retry_max_delay: float,
                  request_timeout: float, max_tokens: int, temperature: float, score_retries: int, cache: bool,
-                 price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None) -> dict:
+                 price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
     """`data_tools.rate` (see its docstring for the arguments). Returns the run's counts."""
     from alpaca.data import plots as data_plots
 
@@ -110,7 +113,10 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         raise UsageError(f"--min_score must be between 0 and {MAX_SCORE:g}, not {min_score}.")
     judge_model = judge_model or DEFAULT_MODEL_NAMES.get(api_type)
     try:
-        check_settings(api_type, judge_model, api_base)
+        check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
+                       tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
+                       retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
+                       max_response_bytes=max_response_bytes)
     except LLMError as error:
         raise UserError(str(error)) from error
     paths = output_paths(output, min_score, 0)
@@ -144,7 +150,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                                tokens_per_minute=tokens_per_minute, max_retries=max_retries,
                                retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
                                request_timeout=request_timeout,
-                               cache_dir=paths["cache"] if cache else None) as endpoint:
+                               cache_dir=paths["cache"] if cache else None,
+                               max_response_bytes=max_response_bytes) as endpoint:
             for attempt in range(score_retries + 1):
                 todo = [i for i in range(len(records)) if scores[i] is None and attempts[i] == attempt]
                 if not todo:
@@ -182,6 +189,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
     finally:
         progress.close()
+        sync_journal(paths["journal"])
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
     data_tools.write_records(output, rated)
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)

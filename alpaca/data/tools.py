@@ -400,7 +400,8 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
          requests_per_minute: float | None = None, tokens_per_minute: float | None = None, max_retries: int = 8,
          retry_base_delay: float = 1.0, retry_max_delay: float = 60.0, request_timeout: float = 600.0,
          max_tokens: int = 512, temperature: float = 0.0, score_retries: int = 2, cache: bool = True,
-         price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None) -> dict:
+         price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
+         max_response_bytes: int = 16 * 2**20) -> dict:
     """Rate each example's answer 0-5 for accuracy and helpfulness with an LLM judge; optionally keep the best.
 
     The judge sees our prompt (rating.RATING_PROMPT: the instruction, input and output, then "end your reply
@@ -416,7 +417,7 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
         judge_model: the judge (e.g. gpt-4o-mini); a directory with --api_type local.
         api_type: "chat" (default), "completions", or "local" (a Hugging Face model directory, in-process).
         api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); the key comes
-            from OPENAI_API_KEY.
+            from OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
         min_score: also write NAME.min_score_X.json (the records scoring at least X; NAME.json is --output) and,
             beside it, NAME.random_N.json: N records drawn at random (with --seed) from the whole file, N the
             number kept, so that the two can be trained and judged against each other.
@@ -429,6 +430,7 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
         score_retries: times a reply without a parseable score is asked again.
         cache: keep raw responses in OUTPUT.responses/ (a re-run replays them).
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, for the cost line.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
     """
     arguments = dict(locals())
     from alpaca.data import rating
@@ -436,8 +438,32 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
     return rating.rate_records(**arguments)
 
 
+def cache(cache_dir: str, clear: bool = False) -> None:
+    """Show the size of a response cache (the generator's OUTPUT_DIR/responses, inference's OUTPUT.cache, rate's
+    OUTPUT.responses), or delete it with --clear. A run that finds no cache asks the endpoint again.
+
+    Arguments:
+        CACHE_DIR: the cache directory (it holds responses.sqlite3).
+        clear: delete the cache (the store, its log, and one-file-per-response entries of earlier versions).
+    """
+    from alpaca.llm import client as llm_client
+
+    if not os.path.isdir(cache_dir):
+        raise cli.MissingPathError(f"There is no cache directory {cache_dir}.")
+    if clear:
+        deleted = llm_client.clear_cache(cache_dir)
+        print(f"deleted {deleted} cache file(s) in {cache_dir}")
+        return
+    store = llm_client.ResponseCache(cache_dir)
+    try:
+        print(store.size_line())
+    finally:
+        store.close()
+
+
 def entry_point() -> None:
     """The command line of `python data_tools.py`."""
     cli.report_errors(lambda: cli.run_commands({"stats": stats, "clean": clean, "rate": rate,
-                                                "contamination": contamination, "convert": convert}),
+                                                "contamination": contamination, "convert": convert,
+                                                "cache": cache}),
                       "interrupted: re-run the same command (rate resumes from its journal).")

@@ -52,6 +52,7 @@ from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py
 )
 from alpaca.llm.client import (
     API_TYPES,
+    DEFAULT_MAX_RESPONSE_BYTES,
     LLMEndpoint,
     LLMError,
     OpenAIDecodingArguments,
@@ -355,7 +356,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
              temperature: float = 0.0, requests_per_minute: float | None = None,
              tokens_per_minute: float | None = None, request_timeout: float = 600.0,
              price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
-             plot: bool = True) -> dict:
+             plot: bool = True, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
     """Judge each model's answers against the reference's; write results.json, annotations.jsonl, win_rates.png.
 
     Arguments:
@@ -366,7 +367,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         output_dir: results, annotations, picture and the judgment cache (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
         api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
-            OPENAI_API_KEY.
+            OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
         api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
         judge_mode: "swap" (both orders, [[A]]/[[B]]/[[TIE]]) or "logprobs" (one call per pair, P(A) vs P(B);
             needs an endpoint that returns log-probabilities: OpenAI, vLLM, llama.cpp).
@@ -379,6 +380,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         request_timeout: seconds to wait for one response.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
         plot: write win_rates.png.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused.
     Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
     `python judge.py human_results --help` (blind human evaluation of the same pairs).
     """
@@ -409,7 +411,9 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
             raise cli.DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
                                 "'generator' field (inference.py --generator) or file name.")
     try:
-        check_settings(api_type, judge_model, api_base)
+        check_settings(api_type, judge_model, api_base, temperature=temperature,
+                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                       request_timeout=request_timeout, max_response_bytes=max_response_bytes)
     except LLMError as error:
         raise JudgeError(str(error)) from None
 
@@ -438,7 +442,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                        max_concurrency=max_concurrency, max_retries=max_retries,
                                        max_tokens=max_tokens, temperature=temperature,
                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                       request_timeout=request_timeout))
+                                       request_timeout=request_timeout, max_response_bytes=max_response_bytes))
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
@@ -504,7 +508,8 @@ def report_unjudged(results: dict, names: list[str], max_retries: int) -> None:
 async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
                     api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, max_retries: int,
                     max_tokens: int | None, temperature: float, requests_per_minute: float | None,
-                    tokens_per_minute: float | None, request_timeout: float) -> dict[str, str]:
+                    tokens_per_minute: float | None, request_timeout: float,
+                    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict[str, str]:
     """Judge `jobs`, journaling each verdict as it arrives (and adding it to `judgments`); returns the jobs' last
     replies that had no verdict. The endpoint's response cache is off: the journal is the cache, and a reply
     without a verdict must be asked again next run, not replayed."""
@@ -528,7 +533,7 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
         async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
-                               cache_dir=None) as endpoint:
+                               cache_dir=None, max_response_bytes=max_response_bytes) as endpoint:
             return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
     except LLMError as error:
         advice = " If it does not support log-probabilities, use --judge_mode swap." \

@@ -1,11 +1,12 @@
 """The generator's output directory: nothing lost on a crash, one run per directory.
 
 generate_instruction.py appends the instructions each request kept to `regen_journal.jsonl` as soon as the
-request is processed, one line forced to disk, so a kill, a crash or Ctrl-C loses no kept instruction, and a re-run
-resumes from the journal (or from a regen.json such as the original wrote, when there is no journal). `regen.json`
-is written from the journal's entries at the end, replaced atomically; one edited by hand is moved aside, not
-overwritten. One run at a time per directory: a second generator there would pay every request twice and journal
-each twice, so a run holds a lock file (an flock, which the OS releases when the process dies).
+request is processed (handed to the OS at once; forced to disk when a second has passed since the last time, and
+at the end of the run), so a kill, a crash or Ctrl-C loses no kept instruction, and a re-run resumes from the
+journal (or from a regen.json such as the original wrote, when there is no journal). `regen.json` is written from
+the journal's entries at the end, replaced atomically; one edited by hand is moved aside, not overwritten. One run
+at a time per directory: a second generator there would pay every request twice and journal each twice, so a run
+holds a lock file (an flock, which the OS releases when the process dies).
 """
 
 import contextlib
@@ -146,12 +147,30 @@ def keep_edited_regen_json(regen_path: str, journal_entries: list[dict]) -> None
           f"it was moved to {backup} and regen.json will be written again from the journal.", file=sys.stderr)
 
 
+# Seconds between forcing the journal to disk. Every line is written to the OS at once, so a killed or crashed process
+# loses nothing; only a power cut or an OS crash may lose the last second's lines, whose requests the next run asks
+# again. An fsync per line cost the generator a third of its time against a fast server (bench/bench_generate.py).
+JOURNAL_FSYNC_SECONDS = 1.0
+_last_fsync: dict[str, float] = {}
+
+
 def append_journal(journal_path: str, record: dict) -> None:
-    """Append one line and force it to disk, so a kill right after still finds it."""
+    """Append one line and hand it to the OS (a kill right after still finds it); force the file to disk when the
+    last time is JOURNAL_FSYNC_SECONDS ago, and always the first time."""
     with open(journal_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+        now = time.monotonic()
+        if now - _last_fsync.get(journal_path, -JOURNAL_FSYNC_SECONDS) >= JOURNAL_FSYNC_SECONDS:
+            os.fsync(f.fileno())
+            _last_fsync[journal_path] = now
+
+
+def sync_journal(journal_path: str) -> None:
+    """Force the journal to disk (at the end of a run: the lines since the last fsync)."""
+    with contextlib.suppress(FileNotFoundError), open(journal_path, "rb") as f:
         os.fsync(f.fileno())
+    _last_fsync.pop(journal_path, None)
 
 
 @contextlib.contextmanager

@@ -43,10 +43,12 @@ from alpaca.generate.journal import (
     claimed_output_dir,
     interrupts_deferred,
     load_generated,
+    sync_journal,
     write_regen_json,
 )
 from alpaca.generate.rouge_l import RougeLIndex, most_similar
 from alpaca.llm.client import (
+    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MODEL_NAMES,
     LLMEndpoint,
     OpenAIDecodingArguments,
@@ -486,7 +488,7 @@ def translated_seed_tasks(seed_tasks: list[dict], language: str, output_dir: str
         return translated
     prompts = [translation_prompt(task, language) for task in seed_tasks]
     batches = [prompts[i:i + request_batch_size] for i in range(0, len(prompts), request_batch_size)]
-    decoding_args = files.OpenAIDecodingArguments(temperature=0.0, n=1, max_tokens=1024, stop=["###"])
+    decoding_args = OpenAIDecodingArguments(temperature=0.0, n=1, max_tokens=1024, stop=["###"])
     replies: list[dict] = []
     usage = Counter()
     cost = totals.price_per_1k_prompt_tokens is not None or totals.price_per_1k_completion_tokens is not None
@@ -567,6 +569,7 @@ def generate_instruction_following_data(
     max_requests: int | None = None,
     language: str = "en",
     translate_seed_tasks: bool = False,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> list[dict]:
     """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
 
@@ -584,6 +587,7 @@ def generate_instruction_following_data(
         api_type: "completions" (Alpaca's batch decoding), "chat" (prompt as a user message) or "local".
         api_base: base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (default
             OPENAI_BASE_URL, else OpenAI). The key comes from OPENAI_API_KEY, the organisation from OPENAI_ORG.
+            Several servers of one model: comma-separated URLs, or @FILE with one URL a line (docs/fleet.md).
         max_concurrency: requests in flight at once; the output does not depend on it.
         requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
         max_retries: retries of a request on 429, 5xx, timeouts, dropped connections and malformed responses.
@@ -603,6 +607,7 @@ def generate_instruction_following_data(
         translate_seed_tasks: with --language, translate the seed tasks into it once through the same endpoint
             (one request per seed task at temperature 0; cost printed) and keep them in
             output_dir/seed_tasks.LANG.jsonl for later runs; without it the seed tasks are shown as given.
+        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
     Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
     10 requests in a row without a single task in the prompt's format.
     """
@@ -615,7 +620,10 @@ def generate_instruction_following_data(
                 max_concurrency=max_concurrency)
     logit_bias = parse_logit_bias(logit_bias)
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
-    check_settings(api_type, model_name, api_base)
+    check_settings(api_type, model_name, api_base, requests_per_minute=requests_per_minute,
+                   tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
+                   retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
+                   top_p=top_p, max_response_bytes=max_response_bytes)
     print(f"Loaded {len(seed_tasks)} human-written seed instructions")
     regen_path = os.path.join(output_dir, "regen.json")
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
@@ -623,7 +631,7 @@ def generate_instruction_following_data(
         api_type=api_type, model_name=model_name, api_base=api_base, max_concurrency=max_concurrency,
         requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, max_retries=max_retries,
         retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay, request_timeout=request_timeout,
-        cache_dir=os.path.join(output_dir, "responses") if cache else None)
+        cache_dir=os.path.join(output_dir, "responses") if cache else None, max_response_bytes=max_response_bytes)
     decoding_args = OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
                                                   stop=STOP_SEQUENCES)
     totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
@@ -675,6 +683,7 @@ def generate_instruction_following_data(
                 asyncio.run(generate())
         finally:
             progress_bar.close()
+            sync_journal(journal_path)
             if totals.requests or generated:  # an endpoint that never answered leaves no empty regen.json
                 write_regen_json(regen_path, generated)
             print(totals.summary(len(generated), regen_path))

@@ -335,7 +335,8 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
         async with LLMEndpoint(api_type=args.api_type, model_name=args.model_name, api_base=args.api_base,
                                max_concurrency=args.max_concurrency, requests_per_minute=args.requests_per_minute,
                                tokens_per_minute=args.tokens_per_minute, max_retries=args.max_retries,
-                               request_timeout=args.request_timeout, cache_dir=args.cache_dir) as endpoint:
+                               request_timeout=args.request_timeout, cache_dir=args.cache_dir,
+                               max_response_bytes=args.max_response_bytes) as endpoint:
 
             async def answer(index: int) -> tuple[int, dict]:
                 example = examples[index]
@@ -371,7 +372,10 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
 
 def usage_line(totals: dict, args: argparse.Namespace) -> str:
     """One line: requests sent and replayed from the cache, tokens paid for, and their cost when prices are given."""
-    line = (f"{totals['requests']} responses from {args.api_base} ({totals['cached']} from the cache); "
+    from alpaca.llm.client import redact_credentials
+
+    line = (f"{totals['requests']} responses from {redact_credentials(args.api_base)} "
+            f"({totals['cached']} from the cache); "
             f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens")
     if args.price_per_1k_prompt_tokens is None and args.price_per_1k_completion_tokens is None:
         return line
@@ -436,7 +440,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="allow model code shipped with the checkpoint to run (off by default)")
     endpoint = parser.add_argument_group("or a model behind an OpenAI-compatible endpoint (key: OPENAI_API_KEY)")
     endpoint.add_argument("--api_base", default=None,
-                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1")
+                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1; "
+                               "several servers of one model: comma-separated, or @FILE with one URL a line "
+                               "(docs/fleet.md)")
     endpoint.add_argument("--model_name", default=None,
                           help="the served model's name (for transformers serve and vLLM: the path it was given)")
     endpoint.add_argument("--api_type", default="chat", choices=["chat", "completions"],
@@ -449,6 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     endpoint.add_argument("--tokens_per_minute", type=float, default=None, help="client-side token rate limit")
     endpoint.add_argument("--cache_dir", default=None,
                           help="response cache (a re-run is free); default: OUTPUT_PATH.cache beside --output_path")
+    endpoint.add_argument("--max_response_bytes", type=int, default=16 * 2**20,
+                          help="the longest reply body read (default 16 MiB); a longer one is refused, not stored")
     endpoint.add_argument("--price_per_1k_prompt_tokens", type=float, default=None, help="dollars, for the cost line")
     endpoint.add_argument("--price_per_1k_completion_tokens", type=float, default=None,
                           help="dollars, for the cost line")
@@ -499,6 +507,13 @@ def main(argv: list[str] | None = None) -> None:
     for chatty in ("httpx", "httpx2"):  # a line per request would bury the progress bar
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # Everything the user gave is checked before a model loads or a request is sent.
+    if args.api_base is not None:
+        from alpaca.llm.client import check_settings
+
+        check_settings(args.api_type, args.model_name, args.api_base, max_concurrency=args.max_concurrency,
+                       max_retries=args.max_retries, request_timeout=args.request_timeout,
+                       requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+                       temperature=args.temperature, top_p=args.top_p, max_response_bytes=args.max_response_bytes)
     if args.output_path is not None:
         check_output_path(args.output_path)
     examples = files.load_alpaca_records(args.data_path, require_output=False) if args.data_path else None

@@ -4,27 +4,38 @@ Requests go to OpenAI, vLLM, Ollama or llama.cpp's server through the `openai` p
 own retries are off, ours are below), or to a causal LM generating in-process (`api_type="local"`, local_llm.py).
 `LLMEndpoint` keeps `max_concurrency` requests in flight with asyncio, stays under optional requests- and
 tokens-per-minute limits, retries 429s, 5xx, timeouts and dropped connections with exponential backoff and
-jitter honouring Retry-After, shrinks `max_tokens` by 20% when the context is exceeded (as the original
-did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw response
-with its request in a cache directory once it has been checked (a malformed 200 is retried like a 5xx, never
-cached). A completions server that refuses a list of prompts in one request (llama.cpp's server answers 500,
-`transformers serve` 400) is detected on the first request and sent one prompt per request from then on.
-`request_timeout` bounds a whole request, a body trickling in included. `complete_in_order` runs batches
-concurrently and hands results back strictly in request order. `utils.openai_completion` is the original's
-synchronous interface on top of it.
+jitter honouring Retry-After (capped at 60 s), shrinks `max_tokens` by 20% when the context is exceeded (as the
+original did), stops at once with one clear sentence on a bad key or an unknown model, and stores every raw
+response with its request in the cache directory's SQLite store (`ResponseCache`) once it has been checked (a
+malformed 200 gets two quick retries and is never cached). A completions server that refuses a list of prompts in
+one request (llama.cpp's server answers 500, `transformers serve` 400) is detected on the first request and sent
+one prompt per request from then on. `request_timeout` bounds a whole request, a body trickling in included.
+`api_base` may name several servers of one model (comma-separated, or `@FILE`): each request goes to the least
+busy one (`Fleet`), each within its share of `max_concurrency`, and a failing one is backed off while the others
+continue. `complete_in_order` runs batches concurrently and hands results back strictly in request order.
+`utils.openai_completion` is the original's synchronous interface on top of it.
 """
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import random
+import re
+import sqlite3
+import ssl
+import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
 from email.utils import parsedate_to_datetime
 
+import httpx2
 import openai
 
 from alpaca import cli
@@ -36,6 +47,17 @@ OPENAI_API_BASE = "https://api.openai.com/v1"
 # gpt-3.5-turbo-instruct is the model OpenAI still serves on the completions endpoint.
 DEFAULT_MODEL_NAMES = {"completions": "gpt-3.5-turbo-instruct", "chat": "gpt-4o-mini"}
 API_TYPES = ("completions", "chat", "local")
+# The longest wait a server's Retry-After may impose: a larger value (or `inf`) would stall the run for nothing.
+RETRY_AFTER_CAP = 60.0
+# Retries of a malformed HTTP 200 (an empty `choices`, a string `message`): a server that answers so once usually
+# answers so every time, so two quick retries are enough to rule out a glitch before the run stops.
+MALFORMED_RETRIES = 2
+MALFORMED_RETRY_DELAY = 0.5  # seconds before the first of them (doubled for the second)
+# The largest reply body read: a hostile or broken server must not fill memory and the journals. A completion of
+# a few thousand tokens with logprobs is well under 1 MB.
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20
+# Usage counts above this are not token counts (a server bug or a hostile reply): refused like a malformed reply.
+MAX_TOKEN_COUNT = 2**53
 
 # -- requests and responses -------------------------------------------------------------------------
 
@@ -61,6 +83,10 @@ class OpenAIDecodingArguments:
 class LLMError(cli.UserError, RuntimeError):
     """A failure that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries spent); the message
     says what to do. A user error: reported in one line, without a traceback."""
+
+
+class SettingError(LLMError, cli.UsageError):
+    """An endpoint setting that cannot work (a negative rate, a malformed base URL): a command-line mistake, exit 2."""
 
 
 class MalformedResponse(Exception):
@@ -144,7 +170,9 @@ def response_problem(response: object, api_type: str, expected_choices: int) -> 
             return f"a choice that is a {type(choice).__name__}, not an object"
         if "message" in choice:
             message = choice["message"]
-            text = message.get("content") if isinstance(message, dict) else message
+            if not isinstance(message, dict):
+                return f"a choice whose message is {'null' if message is None else repr(message)[:40]}, not an object"
+            text = message.get("content")
         else:
             text = choice.get("text")
         if text is not None and not isinstance(text, str):
@@ -152,13 +180,76 @@ def response_problem(response: object, api_type: str, expected_choices: int) -> 
         index = choice.get("index")
         if index is not None and (not isinstance(index, int) or isinstance(index, bool)):
             return f"a choice whose index is {index!r}"
+        problem = logprobs_problem(choice.get("logprobs"))
+        if problem:
+            return problem
     usage = response.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return f"'usage' is a {type(usage).__name__}, not an object"
     for name, count in (usage or {}).items():
-        if name in ("prompt_tokens", "completion_tokens", "total_tokens") and count is not None \
-                and (not isinstance(count, (int, float)) or isinstance(count, bool)):
-            return f"usage.{name} is {count!r}, not a number"
+        if name in ("prompt_tokens", "completion_tokens", "total_tokens") and count is not None:
+            if not is_number(count):
+                return f"usage.{name} is {count!r:.40}, not a number"
+            if not 0 <= count <= MAX_TOKEN_COUNT:  # NaN fails both comparisons; 1e400 is read as inf
+                return f"usage.{name} is {count!r}, not a token count"
+    return None
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (JSON true is no count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def logprobs_problem(logprobs: object) -> str | None:
+    """What makes a choice's `logprobs` unreadable, or None: absent, or the completions shape (`tokens`,
+    `token_logprobs`, `top_logprobs` lists, the latter of {token: logprob} or null) or the chat shape (`content`: a
+    list of {token, logprob, top_logprobs: [{token, logprob}]}). Only shapes and types are checked here: whether a
+    log-probability's value makes sense (finite, at most 0) is for the reader of it to judge."""
+    if logprobs is None:
+        return None
+    if not isinstance(logprobs, dict):
+        return f"'logprobs' is {logprobs!r:.40}, not an object"
+    if "content" in logprobs:  # chat
+        content = logprobs["content"]
+        if content is None:
+            return None
+        if not isinstance(content, list):
+            return f"logprobs.content is {content!r:.40}, not a list"
+        for item in content:
+            problem = token_logprob_problem(item, "logprobs.content")
+            if problem:
+                return problem
+            tops = item.get("top_logprobs")
+            if tops is not None and not isinstance(tops, list):
+                return f"logprobs.content[].top_logprobs is {tops!r:.40}, not a list"
+            for top in tops or []:
+                problem = token_logprob_problem(top, "logprobs.content[].top_logprobs")
+                if problem:
+                    return problem
+        return None
+    tokens, values, tops = (logprobs.get(k) for k in ("tokens", "token_logprobs", "top_logprobs"))
+    if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
+        return f"logprobs.tokens is {tokens!r:.40}, not a list of strings"
+    if values is not None and (not isinstance(values, list)
+                               or not all(v is None or is_number(v) for v in values)):
+        return f"logprobs.token_logprobs is {values!r:.40}, not a list of numbers"
+    if tops is not None and not isinstance(tops, list):
+        return f"logprobs.top_logprobs is {tops!r:.40}, not a list"
+    for top in tops or []:
+        if top is not None and (not isinstance(top, dict) or not all(isinstance(t, str) and is_number(v)
+                                                                       for t, v in top.items())):
+            return f"logprobs.top_logprobs holds {top!r:.40}, not a {{token: logprob}} object"
+    return None
+
+
+def token_logprob_problem(item: object, where: str) -> str | None:
+    """What is wrong with one chat {token, logprob} entry, or None."""
+    if not isinstance(item, dict):
+        return f"{where} holds {item!r:.40}, not an object"
+    if not isinstance(item.get("token"), str):
+        return f"{where} holds a token {item.get('token')!r:.40}, not a string"
+    if not is_number(item.get("logprob")):
+        return f"{where} holds a logprob {item.get('logprob')!r:.40}, not a number"
     return None
 
 
@@ -186,30 +277,35 @@ def is_context_length_error(error: Exception) -> bool:
 
 
 def retry_after_seconds(error: Exception) -> float | None:
-    """The wait a 429/503 asks for in its retry-after-ms or Retry-After header (seconds or an HTTP date)."""
+    """The wait a 429/503 asks for in its retry-after-ms or Retry-After header (seconds or an HTTP date), as the
+    server sent it: it may be huge or `inf`; `backoff_seconds` caps it at RETRY_AFTER_CAP. None when absent,
+    unreadable, negative or NaN."""
     response = getattr(error, "response", None)
     if response is None:
         return None
     headers = response.headers
     try:
         if headers.get("retry-after-ms"):
-            return float(headers["retry-after-ms"]) / 1000
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return float(value)
-        except ValueError:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+            seconds = float(headers["retry-after-ms"]) / 1000
+        else:
+            value = headers.get("retry-after")
+            if not value:
+                return None
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
         return None
+    return seconds if seconds >= 0 else None  # NaN and negative waits mean nothing
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter: base * 2**attempt capped at `cap`, scaled by a random factor in
-    [0.5, 1) so that parallel requests do not retry in lockstep; never shorter than the server's Retry-After."""
+    [0.5, 1) so that parallel requests do not retry in lockstep; never shorter than the server's Retry-After, which is
+    honoured up to RETRY_AFTER_CAP seconds."""
     delay = min(cap, base * 2**attempt) * (0.5 + random.random() / 2)
-    return max(delay, retry_after or 0.0)
+    return max(delay, min(retry_after or 0.0, RETRY_AFTER_CAP))
 
 
 def redact_api_key(error: Exception) -> str:
@@ -222,7 +318,24 @@ def redact_api_key(error: Exception) -> str:
     if body and body not in text and text.endswith(f"Error code: {error.status_code}"):
         text = f"{text} - {body}"
     key = os.environ.get("OPENAI_API_KEY", "")
+    text = redact_credentials(text)
     return text.replace(key, "<OPENAI_API_KEY>") if len(key) >= 4 else text
+
+
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the user and password of every URL in it masked (`http://***@host/v1`): a base URL may carry
+    them, and they must reach no log, message or file."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without user and password: the server's identity, as the response cache keys it."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
 def fatal_error_message(error: Exception, api_base: str, model_name: str) -> str | None:
@@ -275,15 +388,111 @@ class RateLimiter:
         self.level = min(self.per_minute, self.level + amount)
 
 
-def cache_key(api_type: str, request: dict, tag: str) -> str:
+def cache_key(api_type: str, request: dict, tag: str, api_base: str | None = None) -> str:
     """sha256 of the canonical JSON of everything that defines a request: endpoint kind, body (model,
-    prompts, decoding settings) and its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
-    equal prompts at different places keep their own responses. Never contains the API key."""
-    canonical = json.dumps({"api_type": api_type, "request": request, "tag": tag}, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    prompts, decoding settings), its place in the run (`tag`, e.g. "request 12, prompt 3"), so that two
+    equal prompts at different places keep their own responses, and the server (`api_base`, credentials stripped:
+    a model retrained and served under the same name elsewhere must not replay the old one's answers). Never
+    contains the API key."""
+    identity = {"api_type": api_type, "request": request, "tag": tag}
+    if api_base is not None:
+        identity["api_base"] = strip_credentials(api_base)
+    canonical = json.dumps(identity, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+CACHE_FILE = "responses.sqlite3"
+
+
+class ResponseCache:
+    """The response cache of one run's directory: one SQLite file, `DIR/responses.sqlite3`, with a row (key, record
+    JSON) per checked response. WAL mode and a 60 s busy timeout make it safe for two processes at once (a second
+    run, `data_tools.py cache`); every store is its own committed transaction, so a killed run loses at most the
+    response in hand (WAL with synchronous=NORMAL survives a killed process; only a power cut may drop the
+    latest commits, which are then asked again). Records are written with ASCII escapes, as checked JSON.
+
+    The per-file cache of earlier versions (`DIR/<sha256>.json`) did not record the server, so its entries cannot be
+    told apart by endpoint: it is not read, and the first open says so in one line. Nothing is created on disk until
+    the first response is stored, so a run that never got an answer leaves no cache behind."""
+
+    def __init__(self, cache_dir: str):
+        self.cache_dir = cache_dir
+        self.path = os.path.join(cache_dir, CACHE_FILE)
+        self._db: sqlite3.Connection | None = None
+        old = [name for name in os.listdir(cache_dir) if re.fullmatch(r"[0-9a-f]{64}\.json", name)] \
+            if os.path.isdir(cache_dir) else []
+        if old:
+            megabytes = sum(os.path.getsize(os.path.join(cache_dir, name)) for name in old) / 1e6
+            logger.warning("%s holds %d responses in the one-file-per-response cache of earlier versions, which did "
+                           "not record the server that answered; they are not used (delete %s/*.json to free "
+                           "%.1f MB).", cache_dir, len(old), cache_dir, megabytes)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open store, created (with its directory) on first use."""
+        if self._db is None:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, record TEXT NOT NULL)")
+        return self._db
+
+    def exists(self) -> bool:
+        return self._db is not None or os.path.exists(self.path)
+
+    def load(self, key: str) -> dict | None:
+        if not self.exists():
+            return None
+        row = self.db.execute("SELECT record FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except ValueError:  # not written by us: ask again
+            return None
+
+    def store(self, key: str, record: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO responses (key, record) VALUES (?, ?)", (key, json.dumps(record)))
+
+    def records(self) -> list[str]:
+        """Every stored record, as its JSON text (to inspect what a cache holds)."""
+        return [row[0] for row in self.db.execute("SELECT record FROM responses ORDER BY rowid")]
+
+    def size(self) -> tuple[int, int]:
+        """(responses stored, bytes on disk: the database with its write-ahead log)."""
+        (count,) = self.db.execute("SELECT COUNT(*) FROM responses").fetchone()
+        files = [self.path, self.path + "-wal"]
+        return count, sum(os.path.getsize(f) for f in files if os.path.exists(f))
+
+    def size_line(self) -> str:
+        count, size = self.size()
+        return (f"response cache {self.path}: {count:,} responses, {size / 1e6:.1f} MB (clear it with `python "
+                f"data_tools.py cache {os.path.dirname(self.path)} --clear`)")
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
+def clear_cache(cache_dir: str) -> int:
+    """Delete the response cache in `cache_dir` (the store, its log, and old per-file entries); returns the files
+    deleted. Leaves the directory and anything else in it."""
+    names = [CACHE_FILE, CACHE_FILE + "-wal", CACHE_FILE + "-shm"]
+    names += [name for name in os.listdir(cache_dir) if re.fullmatch(r"[0-9a-f]{64}\.json(\.tmp)?", name)]
+    deleted = 0
+    for name in names:
+        try:
+            os.remove(os.path.join(cache_dir, name))
+            deleted += 1
+        except FileNotFoundError:
+            pass
+    return deleted
 
 
 def cache_load(cache_dir: str | None, key: str) -> dict | None:
+    """An entry of the per-file cache of earlier versions (no longer read by LLMEndpoint; see ResponseCache)."""
     path = os.path.join(cache_dir, f"{key}.json") if cache_dir else None
     if path is None or not os.path.exists(path):
         return None
@@ -295,14 +504,177 @@ def cache_load(cache_dir: str | None, key: str) -> dict | None:
 
 
 def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
-    """Write one cache entry atomically (temp file + rename), so a kill never leaves half an entry."""
+    """Write one entry of the per-file cache of earlier versions atomically (temp file + rename)."""
     if not cache_dir:
         return
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"{key}.json")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f, ensure_ascii=False)
+        json.dump(record, f)  # ASCII escapes: a lone surrogate in a reply is stored, not a UnicodeEncodeError
     os.replace(path + ".tmp", path)
+
+
+# -- plain HTTP/1.1 --------------------------------------------------------------------------------
+#
+# Measured at --max_concurrency 64 against an instant loopback server (bench/bench_generate.py --mode fleet): the
+# `openai` client spends most of each request in its HTTP stack (httpx2 and httpcore2 poll every pooled connection
+# for every request, and each body goes through its type transforms); these few lines of asyncio streams do the
+# same JSON POST at several times the rate. The `openai` client still serves servers reached through a proxy
+# (HTTP(S)_PROXY: httpx honours them) and provides the error classes.
+
+
+class HTTPPool:
+    """Keep-alive HTTP/1.1 connections to one server for JSON POSTs: `post(path, body)` -> (status, headers, body).
+
+    http and https (the system's certificates); a reply body longer than `max_bytes` raises MalformedResponse as
+    soon as it is known to be; connection failures raise openai.APIConnectionError. A pooled connection that the
+    server closed while idle is retried once on a fresh one (nothing was read from it, so nothing is lost). A request
+    cancelled midway (the whole-request timeout) closes its connection instead of returning it to the pool."""
+
+    def __init__(self, url: str, headers: dict[str, str], max_bytes: int):
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.tls = parts.hostname, parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.base_path = parts.path.rstrip("/")
+        self.url = redact_credentials(url)
+        host_header = parts.netloc.rpartition("@")[2]
+        if parts.username is not None:  # credentials in the URL: HTTP basic auth, as httpx sends them
+            userinfo = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+            headers = {**headers, "Authorization": "Basic " + base64.b64encode(userinfo.encode()).decode()}
+        self.head = "".join(f"{name}: {value}\r\n" for name, value in {"Host": host_header, **headers}.items())
+        self.max_bytes = max_bytes
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.ssl = ssl.create_default_context() if self.tls else None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        request = (f"POST {self.base_path}{path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n"
+                   .encode("latin-1") + body)
+        while self.idle:
+            connection = self.idle.pop()
+            if connection[0].at_eof():
+                connection[1].close()
+                continue
+            try:
+                return await self._exchange(connection, request, path)
+            except _StaleConnection:
+                continue  # closed by the server while idle: try the next, or a new connection
+        try:
+            connection = await asyncio.open_connection(self.host, self.port, ssl=self.ssl,
+                                                       server_hostname=self.host if self.tls else None,
+                                                       limit=2**20)
+        except (OSError, ssl.SSLError) as error:
+            raise self._connection_error(path, error) from None
+        try:
+            return await self._exchange(connection, request, path)
+        except _StaleConnection as error:
+            raise self._connection_error(path, error.__cause__) from None
+
+    async def _exchange(self, connection, request: bytes, path: str) -> tuple[int, dict[str, str], bytes]:
+        reader, writer = connection
+        done = False
+        try:
+            try:
+                writer.write(request)
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError as error:
+                if error.partial:  # the server said something, then hung up: not a stale connection
+                    raise self._connection_error(path, error) from None
+                raise _StaleConnection() from ConnectionResetError("the server closed the connection")
+            except (OSError, ssl.SSLError) as error:
+                raise _StaleConnection() from error
+            try:
+                status, headers = _parse_head(head)
+                body = await self._read_body(reader, headers)
+            except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) \
+                    as error:
+                raise self._connection_error(path, error) from None
+            done = headers.get("connection", "").lower() != "close" and head.startswith(b"HTTP/1.1")
+            return status, headers, body
+        finally:
+            if done:
+                self.idle.append(connection)
+            else:
+                writer.close()
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        too_large = MalformedResponse(f"the server's reply is longer than --max_response_bytes {self.max_bytes:,}")
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks, size = [], 0
+            while True:
+                length = int((await reader.readline()).split(b";")[0].strip() or b"0", 16)
+                if length == 0:
+                    await _skip_trailers(reader)
+                    return b"".join(chunks)
+                size += length
+                if size > self.max_bytes:
+                    raise too_large
+                chunks.append(await reader.readexactly(length))
+                await reader.readexactly(2)
+        declared = headers.get("content-length")
+        if declared is not None:
+            if int(declared) > self.max_bytes:
+                raise too_large
+            return await reader.readexactly(int(declared))
+        body = await reader.read(self.max_bytes + 1)  # no length given: the body ends with the connection
+        while len(body) <= self.max_bytes:
+            more = await reader.read(self.max_bytes + 1 - len(body))
+            if not more:
+                return body
+            body += more
+        raise too_large
+
+    def _connection_error(self, path: str, error: BaseException | None) -> openai.APIConnectionError:
+        reason = f"{type(error).__name__}: {error}" if error is not None and str(error) else type(error).__name__
+        return openai.APIConnectionError(message=f"Connection error ({reason}).",
+                                         request=httpx2.Request("POST", f"{self.url}{path}"))
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+class _StaleConnection(Exception):
+    """A pooled connection failed before a byte of the reply arrived (the server closed it while idle)."""
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """(status code, {lower-case header name: value}) of a reply's status line and headers; ValueError when it is
+    not HTTP."""
+    status_line, _, header_block = head.decode("latin-1").partition("\r\n")
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP reply: {status_line[:40]!r}")
+    headers = {}
+    for line in header_block.split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+async def _skip_trailers(reader: asyncio.StreamReader) -> None:
+    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+        pass
+
+
+def status_error(client: openai.AsyncOpenAI, url: str, status: int, headers: dict[str, str],
+                 body: bytes) -> openai.APIStatusError:
+    """The `openai` exception (RateLimitError, NotFoundError, ...) the `openai` client raises for this reply, with
+    the same message and attributes, so that the retry rules above read both transports alike. (The client's
+    `_make_status_error_from_response` is private API; openai is pinned in requirements.txt.)"""
+    response = httpx2.Response(status, headers=headers, content=body, request=httpx2.Request("POST", url))
+    return client._make_status_error_from_response(response)
+
+
+def behind_proxy(url: str) -> bool:
+    """Whether the environment routes `url` through a proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, minus NO_PROXY)."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)
 
 
 # -- the endpoint -----------------------------------------------------------------------------------
@@ -310,6 +682,53 @@ def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
 
 def resolve_api_base(api_base: str | None) -> str:
     return (api_base or os.environ.get("OPENAI_BASE_URL") or OPENAI_API_BASE).rstrip("/")
+
+
+def check_base_url(url: str, flag: str = "--api_base") -> str:
+    """`url` without a trailing slash, or SettingError saying, in one sentence, why it is no base URL (the
+    credentials in it masked)."""
+    shown = redact_credentials(url)
+    example = "e.g. http://localhost:8000/v1"
+    if not url or any(c.isspace() for c in url):
+        return _bad_url(flag, shown, f"it is empty or holds a space ({example})")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return _bad_url(flag, shown, f"it must start with http:// or https:// ({example})")
+    try:
+        port = parts.port
+    except ValueError:
+        return _bad_url(flag, shown, "its port is not a number from 0 to 65535")
+    if not parts.hostname or (port is None and parts.netloc.rpartition("@")[2].endswith(":")):
+        return _bad_url(flag, shown, f"it names no host ({example})")
+    if parts.query or parts.fragment:
+        return _bad_url(flag, shown, "a base URL carries no query (?...) or fragment (#...)")
+    return url.rstrip("/")
+
+
+def _bad_url(flag: str, shown: str, why: str):
+    raise SettingError(f"{flag} {shown!r} is not a base URL: {why}.")
+
+
+def check_number_settings(**settings: float | None) -> None:
+    """SettingError, naming the flag, for a numeric endpoint or decoding setting that cannot work: a rate limit,
+    timeout or size that is not above 0 (a negative rate busy-loops, a zero timeout fails every request), a
+    negative temperature, a top_p outside [0, 1], fewer than one request in flight. None means "not set"."""
+    above_zero = ("requests_per_minute", "tokens_per_minute", "request_timeout", "max_response_bytes")
+    at_least = {"max_concurrency": 1, "max_retries": 0, "retry_base_delay": 0, "retry_max_delay": 0,
+                "temperature": 0}
+    for name, value in settings.items():
+        if value is None:
+            continue
+        if not is_number(value) or math.isnan(value):
+            raise SettingError(f"--{name} takes a number, not {value!r}.")
+        if name in above_zero and not value > 0:
+            raise SettingError(f"--{name} must be above 0, not {value:g}.")
+        if name in at_least and value < at_least[name]:
+            raise SettingError(f"--{name} must be at least {at_least[name]}, not {value:g}.")
+        if name in ("max_concurrency", "max_retries") and not math.isfinite(value):
+            raise SettingError(f"--{name} must be a whole number, not {value:g}.")
+        if name == "top_p" and not 0 <= value <= 1:
+            raise SettingError(f"--top_p must be between 0 and 1, not {value:g}.")
 
 
 def resolve_api_key(api_base: str) -> str:
@@ -323,17 +742,127 @@ def resolve_api_key(api_base: str) -> str:
     return "EMPTY"
 
 
-def check_settings(api_type: str, model_name: str | None, api_base: str | None) -> None:
+def check_settings(api_type: str, model_name: str | None, api_base: str | None, **settings: float | None) -> None:
     """Raise LLMError for settings that cannot work (unknown api_type, a local model that is not a directory, no
-    API key for OpenAI itself), so that a run fails in one sentence before it creates or touches any file."""
+    API key for OpenAI itself, a malformed base URL; `settings` such as requests_per_minute=-1 or top_p=2 by
+    `check_number_settings`), so that a run fails in one sentence before it creates or touches any file."""
     if api_type not in API_TYPES:
         raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
+    check_number_settings(**settings)
     if api_type == "local":
         if not model_name or not os.path.isdir(model_name):
             raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
                            f"{model_name!r} is not a directory.")
         return
-    resolve_api_key(resolve_api_base(api_base))
+    for url in parse_api_bases(api_base):
+        resolve_api_key(url)
+
+
+def parse_api_bases(api_base: str | None) -> list[str]:
+    """The base URLs `api_base` names (default OPENAI_BASE_URL, else OpenAI's), each checked by `check_base_url`:
+    one URL, several separated by commas, or `@FILE`, a file of URLs (one per line or comma-separated; blank lines
+    and lines starting with # are skipped). SettingError for a bad URL, a URL given twice, or an unreadable file."""
+    value = resolve_api_base(api_base)
+    source = "--api_base"
+    if value.startswith("@"):
+        source = f"the URL file {value[1:]}"
+        try:
+            with open(os.path.expanduser(value[1:]), encoding="utf-8") as f:
+                lines = [line for line in f if not line.lstrip().startswith("#")]
+        except (OSError, UnicodeDecodeError) as error:
+            raise SettingError(f"--api_base {value!r}: cannot read the URL file ({error.strerror or error}).") \
+                from None
+        value = ",".join(line.strip() for line in lines)
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise SettingError(f"{source} names no base URL; give one, e.g. http://localhost:8000/v1.")
+    urls = [check_base_url(item) for item in items]
+    identities = [strip_credentials(url) for url in urls]
+    twice = next((url for url, identity in zip(urls, identities, strict=True) if identities.count(identity) > 1), None)
+    if twice is not None:
+        raise SettingError(f"{source} names the server {redact_credentials(twice)} twice; give each server once "
+                           "(its share of --max_concurrency follows from the number of servers).")
+    return urls
+
+
+# The `openai` client for every server instead of HTTPPool: for comparing the two (bench/), or as a way out.
+USE_OPENAI_CLIENT = False
+
+
+@dataclasses.dataclass
+class Server:
+    """One model server behind an endpoint: its URL (credentials and all: requests go there), the URL as shown
+    (credentials masked), its share of max_concurrency, the requests it has in flight, and when its backoff ends."""
+
+    url: str
+    shown: str
+    capacity: int
+    in_flight: int = 0
+    healthy_after: float = 0.0  # monotonic seconds; before this it gets no new request (backed off)
+    failures: int = 0  # failures in a row, for its backoff
+    client: object = None  # the `openai` client, for a server behind a proxy
+    pool: "HTTPPool | None" = None  # plain HTTP, for every other server
+
+
+class Fleet:
+    """The servers behind one LLMEndpoint and the choice of a server for each request: the one with the fewest
+    requests in flight among those under their share of `max_concurrency` and not backed off (ties: the first
+    given). A server that fails is backed off (`failed`) while the others take the requests; one that answers is
+    healthy again. `clock` is monotonic seconds (tests pass their own)."""
+
+    def __init__(self, urls: Sequence[str], max_concurrency: int, clock: Callable[[], float] = time.monotonic):
+        share, extra = divmod(max_concurrency, len(urls))
+        self.servers = [Server(url, redact_credentials(url), max(1, share + (i < extra))) for i, url in enumerate(urls)]
+        self.clock = clock
+        self.waiting: list[asyncio.Future] = []  # requests waiting for a server with room
+
+    def pick(self, now: float) -> Server | None:
+        """The server the next request goes to at time `now`, or None when every one is full or backed off."""
+        ready = [s for s in self.servers if s.in_flight < s.capacity and s.healthy_after <= now]
+        return min(ready, key=lambda s: s.in_flight, default=None)
+
+    def wait_seconds(self, now: float) -> float | None:
+        """How long until a backed-off server with room is ready again (None: only a finishing request frees one)."""
+        waits = [s.healthy_after - now for s in self.servers if s.in_flight < s.capacity and s.healthy_after > now]
+        return max(0.0, min(waits)) if waits else None
+
+    async def acquire(self) -> Server:
+        """A server for one request, counted in flight until `release`; waits while none has room."""
+        while True:
+            server = self.pick(self.clock())
+            if server is not None:
+                server.in_flight += 1
+                return server
+            woken = asyncio.get_running_loop().create_future()
+            self.waiting.append(woken)
+            try:
+                await asyncio.wait_for(woken, self.wait_seconds(self.clock()))
+            except TimeoutError:
+                pass  # a backed-off server's time is up
+            finally:
+                if woken in self.waiting:
+                    self.waiting.remove(woken)
+
+    def release(self, server: Server) -> None:
+        """The request on `server` is over; wakes the waiting ones. Synchronous, so a cancelled request releases too."""
+        server.in_flight -= 1
+        for woken in self.waiting:
+            if not woken.done():
+                woken.set_result(None)
+        self.waiting.clear()
+
+    def failed(self, server: Server, backoff: float) -> None:
+        """Back `server` off for `backoff` seconds (longer if it already was), so new requests go elsewhere."""
+        server.failures += 1
+        server.healthy_after = max(server.healthy_after, self.clock() + backoff)
+
+    def answered(self, server: Server) -> None:
+        server.failures = 0
+
+    def any_other_ready(self, server: Server) -> bool:
+        """Whether a request that just failed on `server` can go to another server now."""
+        now = self.clock()
+        return any(s is not server and s.healthy_after <= now for s in self.servers)
 
 
 class LLMEndpoint:
@@ -347,8 +876,12 @@ class LLMEndpoint:
     def __init__(self, *, api_type: str = "completions", model_name: str | None = None, api_base: str | None = None,
                  max_concurrency: int = 1, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, max_retries: int = 8, retry_base_delay: float = 1.0,
-                 retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None):
-        check_settings(api_type, model_name, api_base)
+                 retry_max_delay: float = 60.0, request_timeout: float = 600.0, cache_dir: str | None = None,
+                 max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES):
+        check_settings(api_type, model_name, api_base, max_concurrency=max_concurrency,
+                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                       max_retries=max_retries, retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
+                       request_timeout=request_timeout, max_response_bytes=max_response_bytes)
         self.api_type = api_type
         self.model_name = model_name or DEFAULT_MODEL_NAMES[api_type]
         self.max_concurrency = max(1, int(max_concurrency))
@@ -357,8 +890,11 @@ class LLMEndpoint:
         self.token_limiter = RateLimiter(tokens_per_minute) if tokens_per_minute else None
         self.max_retries, self.retry_base_delay, self.retry_max_delay = max_retries, retry_base_delay, retry_max_delay
         self.request_timeout = request_timeout
+        self.max_response_bytes = int(max_response_bytes)
         self.cache_dir = cache_dir
+        self.cache: ResponseCache | None = None  # opened on entering, so that a failed start touches no file
         self.succeeded = False
+        self.sleep = asyncio.sleep  # how a retry waits; tests put a recorder here instead of waiting
         # Whether the server takes a list of prompts in one completions request: None until the first such
         # request tells; False switches to one prompt per request (llama.cpp's server, `transformers serve`).
         self.prompt_lists_accepted: bool | None = None
@@ -370,18 +906,39 @@ class LLMEndpoint:
             self.local_model = LocalCausalLM(self.model_name)
             self.local_lock = asyncio.Lock()
             return
-        self.api_base = resolve_api_base(api_base)
+        urls = parse_api_bases(api_base)
+        self.fleet = Fleet(urls, self.max_concurrency)
+        self.api_base = ", ".join(s.shown for s in self.fleet.servers)  # for messages: never a password in a URL
         # max_retries=0: the client must not retry on its own; we do, with backoff, Retry-After and logging.
         # Its timeout bounds each read; ours (asyncio.wait_for in _send) bounds the whole request.
-        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(self.api_base), base_url=self.api_base,
+        self.client = openai.AsyncOpenAI(api_key=resolve_api_key(urls[0]), base_url=urls[0],
                                          organization=os.environ.get("OPENAI_ORG") or None,
                                          timeout=request_timeout, max_retries=0)
+        headers = {"Authorization": f"Bearer {resolve_api_key(urls[0])}", "Content-Type": "application/json",
+                   "Accept": "application/json", "User-Agent": "alpaca-llm-client"}
+        if os.environ.get("OPENAI_ORG"):
+            headers["OpenAI-Organization"] = os.environ["OPENAI_ORG"]
+        for server in self.fleet.servers:
+            if USE_OPENAI_CLIENT or behind_proxy(server.url):  # with_options shares the client's connection pool
+                server.client = self.client.with_options(base_url=server.url)
+            else:
+                server.pool = HTTPPool(server.url, headers, self.max_response_bytes)
 
     async def __aenter__(self) -> "LLMEndpoint":
+        if self.cache_dir:
+            self.cache = ResponseCache(self.cache_dir)
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self.cache is not None:
+            if self.cache.exists():
+                print(self.cache.size_line(), file=sys.stderr)
+            self.cache.close()
+            self.cache = None
         if self.api_type != "local":
+            for server in self.fleet.servers:
+                if server.pool is not None:
+                    server.pool.close()
             await self.client.close()
 
     def calls_per_batch(self, num_prompts: int) -> int:
@@ -427,21 +984,29 @@ class LLMEndpoint:
 
     async def _call(self, request: dict, tag: str, probe_prompt_list: bool = False) -> tuple[dict, bool]:
         """One request: from the cache when it holds it, else sent, checked and stored before it is returned."""
-        key = cache_key(self.api_type, request, tag)
-        record = cache_load(self.cache_dir, key)
-        if record is not None and response_problem(record.get("response"), self.api_type,
-                                                   expected_choices(request)) is None:
-            return record["response"], True
+        # A response cached from any server of the fleet is one of this fleet's: servers given as one list serve
+        # the same model. One from a server not in the list is not (see cache_key).
+        servers = self.fleet.servers if self.api_type != "local" else [None]
+        keys = {id(server): cache_key(self.api_type, request, tag, server.url if server else None)
+                for server in servers}
+        for server in servers:
+            record = self.cache.load(keys[id(server)]) if self.cache else None
+            if isinstance(record, dict) and response_problem(record.get("response"), self.api_type,
+                                                             expected_choices(request)) is None:
+                return record["response"], True
         async with self.semaphore:
-            response, sent = await self._send(request, key, probe_prompt_list)
-        cache_store(self.cache_dir, key, {"api_type": self.api_type, "tag": tag, "request": request,
-                                          "sent_max_tokens": sent.get("max_tokens"), "response": response})
+            response, sent, server = await self._send(request, keys[id(servers[0])], probe_prompt_list)
+        if self.cache:
+            self.cache.store(keys[id(server)], {"api_type": self.api_type, "tag": tag, "request": request,
+                                                "sent_max_tokens": sent.get("max_tokens"), "response": response})
         return response, False
 
-    async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict]:
+    async def _send(self, request: dict, key: str, probe_prompt_list: bool = False) -> tuple[dict, dict, Server]:
         """Send until it works: backoff on transient errors, 20% less max_tokens on context-length errors.
-        With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once."""
-        attempt = 0
+        With `probe_prompt_list`, a 400/422/500 to a list of prompts raises PromptListRejected at once. Each attempt
+        goes to the fleet's least busy server; one that fails is backed off and the retry goes to another when one
+        is ready (one server: the retry waits its backoff, as always). Returns (response, what was sent, server)."""
+        attempt = malformed = 0
         max_tokens = request.get("max_tokens")
         while True:
             sent = {**request, "max_tokens": max_tokens} if max_tokens is not None else dict(request)
@@ -454,8 +1019,10 @@ class LLMEndpoint:
                 await self.request_limiter.acquire(1)
             if self.token_limiter:
                 await self.token_limiter.acquire(estimate)
+            server = await self.fleet.acquire() if self.api_type != "local" else None
+            shown = server.shown if server else self.api_base
             try:
-                response = await self._post(sent, key)
+                response = await self._post(sent, key, server)
             except Exception as error:  # noqa: BLE001 - sorted into shrink / retry / fatal below
                 if self.token_limiter:
                     self.token_limiter.adjust(estimate)  # a failed request used no tokens
@@ -463,51 +1030,82 @@ class LLMEndpoint:
                     max_tokens = int(max_tokens * 0.8) if max_tokens else 0
                     if max_tokens < 1:
                         raise LLMError(f"The prompt alone exceeds the context of model '{self.model_name}' at "
-                                       f"{self.api_base}; lower --num_prompt_instructions.") from error
+                                       f"{shown}; lower --num_prompt_instructions.") from error
                     logger.warning("%s: context length exceeded; retrying with max_tokens=%d",
-                                   self.api_base, max_tokens)
+                                   shown, max_tokens)
                     continue
                 if probe_prompt_list and isinstance(error, openai.APIStatusError) \
                         and error.status_code in (400, 422, 500):
                     raise PromptListRejected(error) from error
-                self._raise_if_fatal(error, attempt)
+                if isinstance(error, MalformedResponse):
+                    malformed += 1
+                    if malformed > MALFORMED_RETRIES:  # the same fault three times: it is the server, not chance
+                        raise LLMError(f"Gave up after {attempt + 1} attempts at {shown}: {error}; check "
+                                       f"that --api_base points at an OpenAI-compatible server.") from error
+                self._raise_if_fatal(error, attempt, shown)
                 retry_after = retry_after_seconds(error)
-                delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
+                if isinstance(error, MalformedResponse):  # quick: a glitch clears at once, a broken server never
+                    delay = backoff_seconds(malformed - 1, min(self.retry_base_delay, MALFORMED_RETRY_DELAY),
+                                            self.retry_max_delay)
+                else:
+                    delay = backoff_seconds(attempt, self.retry_base_delay, self.retry_max_delay, retry_after)
                 attempt += 1
-                logger.warning("%s: %s; retry %d of %d in %.1f s",
-                               self.api_base, redact_api_key(error), attempt, self.max_retries, delay)
-                await asyncio.sleep(delay)
+                capped = (f" (the server asked for {retry_after:g} s; waits are capped at {RETRY_AFTER_CAP:g} s)"
+                          if retry_after is not None and retry_after > RETRY_AFTER_CAP else "")
+                if server and len(self.fleet.servers) > 1:
+                    self.fleet.failed(server, delay)
+                    if self.fleet.any_other_ready(server):  # the others continue; this one is backed off
+                        logger.warning("%s: %s; backed off %.1f s, retry %d of %d on another server%s", shown,
+                                       redact_api_key(error), delay, attempt, self.max_retries, capped)
+                        continue
+                logger.warning("%s: %s; retry %d of %d in %.1f s%s",
+                               shown, redact_api_key(error), attempt, self.max_retries, delay, capped)
+                await self.sleep(delay)
                 continue
+            if server:
+                self.fleet.answered(server)
             self.succeeded = True
             if self.token_limiter:
                 self.token_limiter.adjust(estimate - usage_of(response)["total_tokens"])
-            return response, sent
+            return response, sent, server
 
-    def _raise_if_fatal(self, error: Exception, attempt: int) -> None:
+    def _raise_if_fatal(self, error: Exception, attempt: int, shown: str) -> None:
         retryable_own = isinstance(error, (MalformedResponse, TimeoutError))
         if not isinstance(error, openai.OpenAIError) and not retryable_own:  # LLMError, a local model's failure
             raise error
-        message = fatal_error_message(error, self.api_base, self.model_name)
+        message = fatal_error_message(error, shown, self.model_name)
         if message:
             raise LLMError(message) from error
         unreachable = isinstance(error, openai.APIConnectionError) and not isinstance(error, openai.APITimeoutError)
         if unreachable and not self.succeeded and attempt >= 2:  # never answered: say so now, not after 8 tries
-            raise LLMError(f"Could not reach the endpoint {self.api_base} ({redact_api_key(error)}); check that the "
+            raise LLMError(f"Could not reach the endpoint {shown} ({redact_api_key(error)}); check that the "
                            "server is running and that --api_base is right (it usually ends in /v1).") from error
         if attempt >= self.max_retries:
-            raise LLMError(f"Gave up after {attempt + 1} attempts at {self.api_base}: {redact_api_key(error)}. "
+            raise LLMError(f"Gave up after {attempt + 1} attempts at {shown}: {redact_api_key(error)}. "
                            "Everything kept so far is saved; re-run the same command to resume.") from error
 
-    async def _post(self, request: dict, key: str) -> dict:
+    async def _post(self, request: dict, key: str, server: Server | None = None) -> dict:
         """One HTTP request (or local generation), its body parsed and checked: MalformedResponse if unusable,
-        TimeoutError when the whole exchange takes longer than request_timeout."""
+        TimeoutError when the whole exchange takes longer than request_timeout. `server`, acquired from the fleet,
+        is released here however the request ends (cancelled included)."""
+        try:
+            return await self._post_to(request, key, server)
+        finally:
+            if server is not None:
+                self.fleet.release(server)
+
+    async def _post_to(self, request: dict, key: str, server: Server | None) -> dict:
         if self.api_type == "local":
             async with self.local_lock:  # one generate() at a time; the seed makes it reproducible
                 response = await asyncio.to_thread(self.local_model.generate, request, int(key[:8], 16))
         else:
-            create = self.client.chat.completions if self.api_type == "chat" else self.client.completions
             try:
-                raw = await asyncio.wait_for(self._post_raw(create, request), self.request_timeout)
+                if server.pool is not None:
+                    raw = await asyncio.wait_for(self._post_http(server, request), self.request_timeout)
+                else:
+                    create = server.client.chat.completions if self.api_type == "chat" else server.client.completions
+                    raw = await asyncio.wait_for(self._post_raw(create, request, self.max_response_bytes),
+                                                 self.request_timeout)
             except TimeoutError:
                 raise TimeoutError(f"no complete response within --request_timeout {self.request_timeout:g} s") \
                     from None
@@ -522,11 +1120,30 @@ class LLMEndpoint:
             raise MalformedResponse(f"the server answered HTTP 200 with a malformed response ({problem})")
         return response
 
+    async def _post_http(self, server: Server, request: dict) -> str:
+        """The body of one request over plain HTTP as text; the `openai` client's exception for a non-2xx reply."""
+        path = "/chat/completions" if self.api_type == "chat" else "/completions"
+        status, headers, body = await server.pool.post(path, json.dumps(request).encode("utf-8"))
+        if not 200 <= status < 300:
+            raise status_error(self.client, f"{server.shown}{path}", status, headers, body)
+        return body.decode("utf-8", errors="replace")
+
     @staticmethod
-    async def _post_raw(create, request: dict) -> str:
-        """The body of one request as text, read to the end (the client raises APIStatusError on non-2xx)."""
-        raw = await create.with_raw_response.create(**request)
-        return raw.http_response.text
+    async def _post_raw(create, request: dict, max_bytes: int) -> str:
+        """The body of one request as text, read to the end (the client raises APIStatusError on non-2xx), or
+        MalformedResponse as soon as it is longer than `max_bytes`."""
+        too_large = MalformedResponse(f"the server's reply is longer than --max_response_bytes {max_bytes:,}")
+        async with create.with_streaming_response.create(**request) as response:
+            declared = response.headers.get("content-length") or ""
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise too_large
+            chunks, size = [], 0
+            async for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise too_large
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int], list[str]],

@@ -60,6 +60,8 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0  # seconds between the body's bytes: a server that streams its answer very slowly
     use_responder: bool = False  # answer as the server would without a script (after `delay`)
+    chunked: bool = False  # send the body with Transfer-Encoding: chunked (in 100-byte chunks) instead of a length
+    close_after: bool = False  # close the connection after answering without saying so (an idle keep-alive timeout)
     logprobs: list[dict[str, float] | None] | None = None  # per text: top log-probabilities of its first token
 
 
@@ -158,6 +160,7 @@ def count_tokens(text: str) -> int:
 
 
 class QuietHTTPServer(ThreadingHTTPServer):
+    request_queue_size = 256  # listen backlog: socketserver's 5 resets connections when 64 clients connect at once
     def handle_error(self, request, client_address):
         # A client that gave up (a timeout test, a killed generator) resets its connection: not an error here.
         if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
@@ -173,7 +176,7 @@ class OpenAIServer:
     `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
     request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
     string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
-    (monotonic seconds).
+    (monotonic seconds). `in_flight` counts the POSTs being answered now and `max_in_flight` the most at once.
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
@@ -185,6 +188,7 @@ class OpenAIServer:
         self.max_context = max_context
         self.context_style = context_style
         self.requests: list[dict] = []
+        self.in_flight = self.max_in_flight = 0
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
         self._httpd = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -270,9 +274,16 @@ class OpenAIServer:
                 if not (self.path.endswith("/completions")):
                     self._send(404, json.dumps({"error": {"message": f"Unknown path {self.path}", "type": "x"}}))
                     return
-                reply = server._reply_for(self.path, body)
-                if reply.delay:
-                    time.sleep(reply.delay)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    reply = server._reply_for(self.path, body)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
                 if reply.raw is not None:
                     payload = reply.raw
                 elif reply.texts is not None:
@@ -281,9 +292,24 @@ class OpenAIServer:
                 else:
                     payload = json.dumps(reply.body)
                 try:
-                    self._send(reply.status, payload, reply.headers, reply.trickle)
+                    if reply.chunked:
+                        self._send_chunked(reply.status, payload)
+                    else:
+                        self._send(reply.status, payload, reply.headers, reply.trickle)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
+                if reply.close_after:
+                    self.close_connection = True
+
+            def _send_chunked(self, status: int, payload: str):
+                data = payload.encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), 100):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data[i:i + 100]), data[i:i + 100]))
+                self.wfile.write(b"0\r\n\r\n")
 
             def _send(self, status: int, payload: str, headers: dict | None = None, trickle: float = 0.0):
                 data = payload.encode("utf-8")
