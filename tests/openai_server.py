@@ -172,14 +172,19 @@ class OpenAIServer:
     answer; `max_context`, when set, answers a context-length error to any request whose prompt words plus
     `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
     request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
-    string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
+    string"). `n` choices are answered per prompt, each from the responder, as OpenAI and vLLM do; `reject_n`,
+    when set, refuses a request with n > 1 as `transformers serve` does on completions (HTTP 400); `ignore_n`
+    answers one choice whatever n asks, as `transformers serve` does on chat. `requests` holds every request
+    received: dicts with path, headers (lower-case names), json and time
     (monotonic seconds).
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
                  delay: float = 0.0, max_context: int | None = None, context_style: str = "openai",
-                 reject_prompt_lists: str | None = None):
+                 reject_prompt_lists: str | None = None, reject_n: bool = False,
+                 ignore_n: bool = False):
         self.responder = responder
+        self.reject_n, self.ignore_n = reject_n, ignore_n
         self.reject_prompt_lists = reject_prompt_lists
         self.delay = delay
         self.max_context = max_context
@@ -235,7 +240,10 @@ class OpenAIServer:
             requested = int(body.get("max_tokens") or 0)
             if prompt_tokens + requested > self.max_context:
                 return context_length_error(self.max_context, prompt_tokens, requested, self.context_style)
-        answers = [self.responder(path, p, body) for p in prompts]
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
+        if self.reject_n and n > 1:
+            return Reply(status=400, body={"detail": f"n={n} is not supported; send one request per completion"})
+        answers = [self.responder(path, p, body) for p in prompts for _ in range(n)]
         delay = scripted.delay if scripted is not None else self.delay
         return Reply(texts=[a[0] for a in answers], finish_reasons=[a[1] for a in answers], delay=delay,
                      logprobs=[a[2] if len(a) > 2 else None for a in answers])
