@@ -182,7 +182,7 @@ class OpenAIServer:
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
                  delay: float = 0.0, max_context: int | None = None, context_style: str = "openai",
                  reject_prompt_lists: str | None = None, reject_n: bool = False,
-                 ignore_n: bool = False):
+                 ignore_n: bool = False, port: int = 0):
         self.responder = responder
         self.reject_n, self.ignore_n = reject_n, ignore_n
         self.reject_prompt_lists = reject_prompt_lists
@@ -192,7 +192,7 @@ class OpenAIServer:
         self.requests: list[dict] = []
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
-        self._httpd = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = QuietHTTPServer(("127.0.0.1", port), self._handler_class())  # port 0: any free one
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -354,3 +354,26 @@ def success_body(path: str, body: dict, texts: list[str], finish_reasons: list[s
                for i, (t, r, lp) in enumerate(zip(texts, finish_reasons, sent, strict=True))]
     return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": model,
             "choices": choices, "usage": usage}
+
+
+def preferring_judge(text: str) -> Callable[[str, str, dict], tuple[str, str]]:
+    """A judge with a hidden preference: the answer in which `text` occurs more often wins, [[TIE]] when equal."""
+    def responder(path: str, prompt: str, body: dict) -> tuple[str, str]:
+        found = re.search(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", prompt, flags=re.S)
+        if not found:
+            return "No two answers to compare.", "stop"
+        a, b = (answer.count(text) for answer in found.groups())
+        return f"A has {a}, B has {b}. " + ("[[A]]" if a > b else "[[B]]" if b > a else "[[TIE]]"), "stop"
+    return responder
+
+
+if __name__ == "__main__":  # a toy judge for docs/preferences.md: python tests/openai_server.py --port P --prefer e
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A loopback judge that prefers answers with more of a string.")
+    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 to serve /v1 on")
+    parser.add_argument("--prefer", required=True, help="the answer with more occurrences of this string wins")
+    options = parser.parse_args()
+    toy = OpenAIServer(responder=preferring_judge(options.prefer), port=options.port).start()
+    print(f"toy judge at {toy.url}, preferring answers with more {options.prefer!r}", flush=True)
+    toy._thread.join()
