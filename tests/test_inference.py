@@ -381,3 +381,67 @@ def test_cli_mistakes_print_one_line(repo_dir, tmp_path):
     result = _run_cli(repo_dir, "--model_name_or_path", str(tmp_path / "no-such-model"), "--instruction", "Hi.")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: Could not load a model from '{tmp_path}")
+
+
+# ----------------------------------------------------------------------------- several samples per instruction
+
+def test_num_samples_writes_k_answers_per_record_reproducibly(tmp_path, tiny_model_dir):
+    data = tmp_path / "eval.json"
+    data.write_text(json.dumps(EXAMPLES[:3]))
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--data_path", str(data), "--max_new_tokens", "8",
+            "--do_sample", "True", "--temperature", "1.5", "--top_k", "0", "--num_samples", "3", "--batch_size", "4",
+            "--device", "cpu"]
+    inference.main([*argv, "--output_path", str(tmp_path / "a.json")])
+    inference.main([*argv, "--output_path", str(tmp_path / "b.json")])
+    written = json.loads((tmp_path / "a.json").read_text())
+    assert written == json.loads((tmp_path / "b.json").read_text())  # the seed makes the samples reproducible
+    assert [r["instruction"] for r in written] == [ex["instruction"] for ex in EXAMPLES[:3]]
+    assert all(len(r["outputs"]) == 3 and r["output"] == r["outputs"][0] for r in written)
+    assert all(len(set(r["outputs"])) > 1 for r in written)  # three draws, not one answer three times
+    single = tmp_path / "single.json"
+    one = argv.index("--num_samples")
+    inference.main([*argv[:one], *argv[one + 2:], "--output_path", str(single)])  # without --num_samples
+    assert "outputs" not in json.loads(single.read_text())[0]
+
+
+def test_num_samples_needs_sampling():
+    with pytest.raises(cli.UsageError, match="--num_samples 4 needs --do_sample True"):
+        inference.parse_args(["--model_name_or_path", "m", "--instruction", "x", "--num_samples", "4"])
+    with pytest.raises(cli.UsageError, match="--num_samples must be at least 1"):
+        inference.parse_args(["--model_name_or_path", "m", "--instruction", "x", "--num_samples", "0"])
+
+
+def _numbered_answers():
+    """A responder whose every answer is new: answer 1, answer 2, ... (a sampling server)."""
+    count = iter(range(1, 10**6))
+    return lambda path, prompt, body: (f"answer {next(count)}", "stop")
+
+
+@pytest.mark.parametrize("server", ["takes n", "rejects n", "ignores n"])
+@pytest.mark.parametrize("api_type", ["chat", "completions"])
+def test_num_samples_through_an_endpoint_uses_n_or_k_requests(tmp_path, monkeypatch, api_type, server):
+    from alpaca.testing.openai_server import OpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key-123")
+    data = tmp_path / "eval.json"
+    data.write_text(json.dumps(EXAMPLES[:3]))
+    argv = ["--model_name", "served-alpaca", "--api_type", api_type, "--data_path", str(data),
+            "--output_path", str(tmp_path / "samples.json"), "--do_sample", "True", "--num_samples", "3",
+            "--max_concurrency", "2"]
+    server_takes_n = server == "takes n"
+    with OpenAIServer(responder=_numbered_answers(), reject_n=server == "rejects n",
+                      ignore_n=server == "ignores n") as server:
+        inference.main(["--api_base", server.url, *argv])
+        bodies = server.bodies()
+        written = json.loads((tmp_path / "samples.json").read_text())
+        if server_takes_n:  # one request per record, asking for 3 answers
+            assert len(bodies) == 3 and all(b["n"] == 3 for b in bodies)
+        else:  # the refused probe, then 3 requests per record
+            assert [b["n"] for b in bodies].count(3) == 1 and len(bodies) == 1 + 3 * 3
+        assert all(len(r["outputs"]) == 3 and r["output"] == r["outputs"][0] for r in written)
+        answers = [a for r in written for a in r["outputs"]]
+        assert len(set(answers)) == 9 and all(a.startswith("answer ") for a in answers)
+        (tmp_path / "samples.json").unlink()
+        inference.main(["--api_base", server.url, *argv])  # a re-run: every answer from the cache, in place
+        assert len(server.bodies()) == len(bodies) + (0 if server_takes_n else 1)  # (the probe is asked again)
+        assert json.loads((tmp_path / "samples.json").read_text()) == written

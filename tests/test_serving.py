@@ -371,3 +371,21 @@ def test_the_generator_runs_against_the_served_checkpoint(served, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "from 2 requests" in result.stdout + result.stderr
     assert isinstance(json.loads((tmp_path / "gen" / "regen.json").read_text()), list)
+
+
+@pytest.mark.slow
+def test_num_samples_through_transformers_serve_falls_back_to_k_requests(served, tmp_path):
+    """transformers serve ignores `n` on chat (one choice): inference.py --num_samples asks K requests per
+    instruction. It also ignores the temperature unless the checkpoint's generation_config.json says do_sample:
+    inference.py says so when the answers come back identical."""
+    api_base, model_dir = served
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(example) + "\n" for example in SERVED_EXAMPLES))
+    result = _run(["inference.py", "--api_base", api_base, "--model_name", str(model_dir), "--api_type", "chat",
+                   "--data_path", str(data), "--output_path", str(tmp_path / "samples.json"), "--max_new_tokens",
+                   str(NEW_TOKENS), "--do_sample", "True", "--temperature", "1.5", "--num_samples", "3"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "did not answer n=3 in one request" in result.stderr and "6 responses from" in result.stderr
+    written = json.loads((tmp_path / "samples.json").read_text())
+    assert all(len(r["outputs"]) == 3 and r["output"] == r["outputs"][0] for r in written)
+    assert all(len(set(r["outputs"])) == 1 for r in written) and "does not seem to sample" in result.stderr

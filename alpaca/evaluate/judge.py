@@ -22,7 +22,9 @@ prompt (which holds both answers): a re-run makes no calls and gives the same re
 anew, a killed run loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
 length-controlled win rate, counts, lengths, per category; paired differences between models), `annotations.jsonl`
 (every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
-win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs.
+win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs;
+`python judge.py preferences` (alpaca/evaluate/preferences.py) judges K sampled answers per instruction against
+each other and writes the preference pairs train_dpo.py trains on.
 """
 
 import asyncio
@@ -350,6 +352,31 @@ def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, 
     return lines
 
 
+def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, judge_mode: str,
+                         max_concurrency: int, max_retries: int, max_tokens: int | None,
+                         check_endpoint: bool = True) -> str:
+    """Refuse, before any file is read or call made, judge flags that cannot work (a UsageError, or a JudgeError
+    for endpoint settings when `check_endpoint`); returns the judge model's name as a string."""
+    if judge_mode not in JUDGE_MODES:
+        raise cli.UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
+    if api_type not in API_TYPES:
+        raise cli.UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
+    if api_type == "local" and judge_mode == "logprobs":
+        raise cli.UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
+    for flag, value, least in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0),
+                               ("max_tokens", max_tokens if max_tokens is not None else 1, 1)):
+        if value < least:
+            raise cli.UsageError(f"--{flag} must be at least {least}, not {value}.")
+    if not judge_model or not str(judge_model).strip():
+        raise cli.UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
+    if check_endpoint:
+        try:
+            check_settings(api_type, str(judge_model), api_base)
+        except LLMError as error:
+            raise JudgeError(str(error)) from None
+    return str(judge_model)
+
+
 def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: str, output_dir: str,
              judge_model: str, api_base: str | None = None, api_type: str = "chat", judge_mode: str = "swap",
              max_concurrency: int = 4, seed: int = 42, max_retries: int = 2, max_tokens: int | None = None,
@@ -384,19 +411,8 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
     `python judge.py human_results --help` (blind human evaluation of the same pairs).
     """
-    if judge_mode not in JUDGE_MODES:
-        raise cli.UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
-    if api_type not in API_TYPES:
-        raise cli.UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
-    if api_type == "local" and judge_mode == "logprobs":
-        raise cli.UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
-    for flag, value, least in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0),
-                               ("max_tokens", max_tokens if max_tokens is not None else 1, 1)):
-        if value < least:
-            raise cli.UsageError(f"--{flag} must be at least {least}, not {value}.")
-    if not judge_model or not str(judge_model).strip():
-        raise cli.UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
-    judge_model = str(judge_model)
+    judge_model = check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency, max_retries,
+                                       max_tokens, check_endpoint=False)
     paths = split_model_outputs(model_outputs, more_model_outputs)
     if not paths:
         raise cli.UsageError("--model_outputs names no file.")
@@ -547,8 +563,10 @@ def main(argv: list[str] | None = None) -> object:
     from alpaca.evaluate import (
         human as human_eval,  # the blind human evaluation (its web server is imported only when used)
     )
+    from alpaca.evaluate.preferences import preferences  # preference pairs for train_dpo.py (imports judge.py)
 
-    commands = {"evaluate": evaluate, "human": human_eval.human, "human_results": human_eval.human_results}
+    commands = {"evaluate": evaluate, "human": human_eval.human, "human_results": human_eval.human_results,
+                "preferences": preferences}
     return cli.run_commands(commands, argv=argv, prog="python judge.py", default="evaluate")
 
 

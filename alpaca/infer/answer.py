@@ -30,6 +30,12 @@ prompt with the checkpoint's chat template (see `prompts.py`). Decoding is greed
     python inference.py --model_name_or_path output/alpaca --instruction "Write a haiku." \
         --do_sample --temperature 0.7 --top_p 0.9 --seed 42
 
+    # K sampled answers per instruction, for `judge.py preferences`: each record gets "outputs" (the K answers)
+    # and "output" (the first, so the file still feeds judge.py); an endpoint is asked for n=K in one request,
+    # or, where the server refuses n (transformers serve), K requests
+    python inference.py --model_name_or_path output/alpaca --data_path eval.jsonl --output_path samples.json \
+        --do_sample True --temperature 1.0 --num_samples 4
+
 A prompt that does not fit the model's context together with --max_new_tokens is refused before anything is
 generated (the error names each such record); nothing is truncated. Through an endpoint, the server's own limit
 applies.
@@ -319,10 +325,14 @@ def chat_messages(example: dict) -> list[dict]:
     return messages
 
 
-async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespace, progress: bool) -> list[str]:
-    """Responses of the endpoint to `examples`, in order: one request per example (servers such as transformers
-    serve and llama.cpp take one prompt per completions request), `--max_concurrency` in flight, every response
-    cached before it is used, a usage (and cost) line at the end."""
+async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespace,
+                                   progress: bool) -> list[list[str]]:
+    """Responses of the endpoint to `examples`, in order, `--num_samples` per example: one request per example
+    (servers such as transformers serve and llama.cpp take one prompt per completions request) asking for n
+    answers, or n requests where the server refuses `n` (transformers serve: HTTP 400); `--max_concurrency` in
+    flight, every response cached before it is used, a usage (and cost) line at the end."""
+    import dataclasses
+
     from tqdm.auto import tqdm
 
     from alpaca.llm.client import LLMEndpoint, LLMError, OpenAIDecodingArguments
@@ -330,36 +340,60 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
     decoding = OpenAIDecodingArguments(max_tokens=args.max_new_tokens,
                                        temperature=args.temperature if args.do_sample else 0.0,
                                        top_p=args.top_p if args.do_sample else 1.0)
+    samples = getattr(args, "num_samples", 1)
     totals = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    try:
-        async with LLMEndpoint(api_type=args.api_type, model_name=args.model_name, api_base=args.api_base,
-                               max_concurrency=args.max_concurrency, requests_per_minute=args.requests_per_minute,
-                               tokens_per_minute=args.tokens_per_minute, max_retries=args.max_retries,
-                               request_timeout=args.request_timeout, cache_dir=args.cache_dir,
-                               max_response_bytes=args.max_response_bytes) as endpoint:
+    takes_n = samples == 1  # whether one request may carry n=samples: the first example finds out
+    settings = dict(api_type=args.api_type, model_name=args.model_name, api_base=args.api_base,
+                    requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
+                    request_timeout=args.request_timeout, cache_dir=args.cache_dir,
+                    max_response_bytes=args.max_response_bytes)
 
-            async def answer(index: int) -> tuple[int, dict]:
+    async def ask(endpoint: LLMEndpoint, example: dict, n: int, tag: str) -> dict:
+        decoding_n = dataclasses.replace(decoding, n=n)
+        if args.api_type == "chat":  # the messages replace the one user message build_request would send
+            return await endpoint.complete([example["instruction"]], decoding_n, tag, messages=chat_messages(example))
+        prompt = format_prompt(example["instruction"], example["input"])
+        # The prompt as a string, not the one-element list build_request makes: transformers serve and llama.cpp's
+        # server reject lists.
+        return await endpoint.complete([prompt], decoding_n, tag, prompt=prompt)
+
+    try:
+        if not takes_n and examples:
+            # One request for n answers, not retried, tells whether the server takes n: transformers serve refuses
+            # it on completions (HTTP 400) and ignores it on chat (one choice). Any failure means n requests per
+            # example, which also meet (with retries) whatever else went wrong.
+            try:
+                async with LLMEndpoint(**settings, max_retries=0) as probe:
+                    await ask(probe, examples[0], samples, "")
+                takes_n = True
+            except LLMError as error:
+                logger.warning("%s did not answer n=%d in one request (%s); asking for the %d answers of each "
+                               "example in %d requests instead.", args.api_base, samples, error, samples, samples)
+        async with LLMEndpoint(**settings, max_concurrency=args.max_concurrency,
+                               max_retries=args.max_retries) as endpoint:
+
+            async def answer(index: int) -> tuple[int, list[dict]]:
                 example = examples[index]
-                if args.api_type == "chat":  # the messages replace the one user message build_request would send
-                    return index, await endpoint.complete([example["instruction"]], decoding,
-                                                          messages=chat_messages(example))
-                prompt = format_prompt(example["instruction"], example["input"])
-                # The prompt as a string, not the one-element list build_request makes: transformers serve and
-                # llama.cpp's server reject lists.
-                return index, await endpoint.complete([prompt], decoding, prompt=prompt)
+                if takes_n:
+                    return index, [await ask(endpoint, example, samples, "")]
+                # One answer per request, each its own place in the cache (a sampled answer is not a replay).
+                return index, list(await asyncio.gather(*(ask(endpoint, example, 1, f"sample {j}")
+                                                          for j in range(samples))))
 
             tasks = [asyncio.create_task(answer(index)) for index in range(len(examples))]
-            responses = [""] * len(examples)
+            responses: list[list[str]] = [[] for _ in examples]
             try:
                 for finished in tqdm(asyncio.as_completed(tasks), total=len(tasks), desc="answering",
                                      unit="example", disable=not progress):
-                    index, result = await finished
-                    responses[index] = result["choices"][0]["text"].strip() if result["choices"] else ""
-                    totals["requests"] += 1
-                    totals["cached"] += result["cached"]
-                    if not result["cached"]:
-                        totals["prompt_tokens"] += result["usage"]["prompt_tokens"]
-                        totals["completion_tokens"] += result["usage"]["completion_tokens"]
+                    index, results = await finished
+                    for result in results:
+                        responses[index] += [choice["text"].strip() for choice in result["choices"]]
+                        totals["requests"] += 1
+                        totals["cached"] += result["cached"]
+                        if not result["cached"]:
+                            totals["prompt_tokens"] += result["usage"]["prompt_tokens"]
+                            totals["completion_tokens"] += result["usage"]["completion_tokens"]
+                    responses[index] = (responses[index] + [""] * samples)[:samples]  # a server with no choice
             finally:
                 for task in tasks:
                     task.cancel()
@@ -367,6 +401,11 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
     except LLMError as error:  # a bad key, an unknown model, retries spent: the client's sentence says what to do
         raise cli.UserError(str(error)) from error
     logger.info("%s", usage_line(totals, args))
+    repeated = sum(len(set(answers)) == 1 for answers in responses) if samples > 1 else 0
+    if repeated * 2 > len(responses):
+        logger.warning("%d of %d examples got %d identical answers: the server does not seem to sample. "
+                       "transformers serve samples only when the checkpoint's generation_config.json says "
+                       "\"do_sample\": true, whatever the temperature.", repeated, len(responses), samples)
     return responses
 
 
@@ -423,7 +462,7 @@ def interactive(answer) -> None:
             example_input = input("Input (optional, Enter to skip): ").strip()
         except EOFError:
             return
-        print(answer([{"instruction": instruction, "input": example_input}])[0], flush=True)
+        print("\n\n".join(answer([{"instruction": instruction, "input": example_input}])[0]), flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -478,6 +517,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gen.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (with --do_sample)")
     gen.add_argument("--top_k", type=int, default=50, help="sample from the k likeliest tokens (local, --do_sample)")
     gen.add_argument("--seed", type=int, default=42, help="random seed, for reproducible sampling")
+    gen.add_argument("--num_samples", type=int, default=1,
+                     help="answers per instruction (with --do_sample); above 1, each record gets them all in "
+                          "'outputs' and the first in 'output' (the input of `judge.py preferences`)")
     args = parser.parse_args(argv)
     problems = [
         ((args.model_name_or_path is None) == (args.api_base is None),
@@ -490,8 +532,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (args.instruction is not None and args.data_path is not None, "give either --instruction or --data_path"),
         ((args.data_path is None) != (args.output_path is None),
          "--data_path and --output_path go together: where to read the examples and where to write them"),
-        (min(args.batch_size, args.max_new_tokens, args.max_concurrency) < 1,
-         "--batch_size, --max_new_tokens and --max_concurrency must be at least 1"),
+        (min(args.batch_size, args.max_new_tokens, args.max_concurrency, args.num_samples) < 1,
+         "--batch_size, --max_new_tokens, --max_concurrency and --num_samples must be at least 1"),
+        (args.num_samples > 1 and not args.do_sample,
+         f"--num_samples {args.num_samples} needs --do_sample True: greedy decoding writes the same answer every "
+         "time"),
     ]
     for failed, message in problems:
         if failed:
@@ -522,8 +567,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.api_base is not None and args.api_type == "chat":
         check_served_template(args.model_name)
 
+    samples = args.num_samples
     if args.api_base is not None:
-        def answer(batch: list[dict], progress: bool = False) -> list[str]:
+        def answer(batch: list[dict], progress: bool = False) -> list[list[str]]:
             return asyncio.run(_answer_through_endpoint(batch, args, progress))
     else:
         from transformers import set_seed
@@ -534,20 +580,27 @@ def main(argv: list[str] | None = None) -> None:
         generation_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample,
                                  temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
 
-        def answer(batch: list[dict], progress: bool = False) -> list[str]:
-            return generate_responses(model, tokenizer, batch, batch_size=args.batch_size, progress=progress,
-                                      **generation_kwargs)
+        def answer(batch: list[dict], progress: bool = False) -> list[list[str]]:
+            # Each example `samples` times in a row: generate_responses keeps equal prompts in one batch, and every
+            # row of a sampled batch draws its own answer.
+            responses = generate_responses(model, tokenizer, [ex for ex in batch for _ in range(samples)],
+                                           batch_size=args.batch_size, progress=progress, **generation_kwargs)
+            return [responses[i:i + samples] for i in range(0, len(responses), samples)]
 
     if args.instruction is not None:
-        print(answer([{"instruction": args.instruction, "input": args.input}])[0])
+        print("\n\n".join(answer([{"instruction": args.instruction, "input": args.input}])[0]))
     elif examples is not None:
         generator = generator_name(args)
         if any(args.output_field in record or "generator" in record for record in examples):
             logger.warning("Some records already have %r or 'generator'; they are overwritten (see --output_field).",
                            args.output_field)
         responses = answer(examples, progress=True)
-        answered = [{**record, args.output_field: response, "generator": generator}
-                    for record, response in zip(examples, responses, strict=True)]
+        answered = []
+        for record, answers in zip(examples, responses, strict=True):
+            answered.append({**record, args.output_field: answers[0]})
+            if samples > 1:  # "outputs": all K answers; "output" keeps the first, for judge.py
+                answered[-1][f"{args.output_field}s"] = answers
+            answered[-1]["generator"] = generator
         write_outputs(answered, args.output_path)
         logger.info("wrote %d responses from %s to %s", len(responses), generator, args.output_path)
     else:

@@ -175,14 +175,19 @@ class OpenAIServer:
     answer; `max_context`, when set, answers a context-length error to any request whose prompt words plus
     `max_tokens` exceed it; `reject_prompt_lists` ("llama.cpp" or "transformers"), when set, refuses a completions
     request whose `prompt` is a list, even of one, as those servers do (HTTP 500 / HTTP 400 "prompt must be a
-    string"). `requests` holds every request received: dicts with path, headers (lower-case names), json and time
-    (monotonic seconds). `in_flight` counts the POSTs being answered now and `max_in_flight` the most at once.
+    string"). `n` choices are answered per prompt, each from the responder, as OpenAI and vLLM do; `reject_n`,
+    when set, refuses a request with n > 1 as `transformers serve` does on completions (HTTP 400); `ignore_n`
+    answers one choice whatever n asks, as `transformers serve` does on chat. `requests` holds every request
+    received: dicts with path, headers (lower-case names), json and time (monotonic seconds). `in_flight` counts the
+    POSTs being answered now and `max_in_flight` the most at once.
     """
 
     def __init__(self, responder: Callable[[str, str, dict], tuple[str, str]] = default_responder,
                  delay: float = 0.0, max_context: int | None = None, context_style: str = "openai",
-                 reject_prompt_lists: str | None = None):
+                 reject_prompt_lists: str | None = None, reject_n: bool = False,
+                 ignore_n: bool = False, port: int = 0):
         self.responder = responder
+        self.reject_n, self.ignore_n = reject_n, ignore_n
         self.reject_prompt_lists = reject_prompt_lists
         self.delay = delay
         self.max_context = max_context
@@ -191,7 +196,7 @@ class OpenAIServer:
         self.in_flight = self.max_in_flight = 0
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
-        self._httpd = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._httpd = QuietHTTPServer(("127.0.0.1", port), self._handler_class())  # port 0: any free one
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -239,7 +244,10 @@ class OpenAIServer:
             requested = int(body.get("max_tokens") or 0)
             if prompt_tokens + requested > self.max_context:
                 return context_length_error(self.max_context, prompt_tokens, requested, self.context_style)
-        answers = [self.responder(path, p, body) for p in prompts]
+        n = 1 if self.ignore_n else int(body.get("n") or 1)
+        if self.reject_n and n > 1:
+            return Reply(status=400, body={"detail": f"n={n} is not supported; send one request per completion"})
+        answers = [self.responder(path, p, body) for p in prompts for _ in range(n)]
         delay = scripted.delay if scripted is not None else self.delay
         return Reply(texts=[a[0] for a in answers], finish_reasons=[a[1] for a in answers], delay=delay,
                      logprobs=[a[2] if len(a) > 2 else None for a in answers])
@@ -372,3 +380,26 @@ def success_body(path: str, body: dict, texts: list[str], finish_reasons: list[s
                for i, (t, r, lp) in enumerate(zip(texts, finish_reasons, sent, strict=True))]
     return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": model,
             "choices": choices, "usage": usage}
+
+
+def preferring_judge(text: str) -> Callable[[str, str, dict], tuple[str, str]]:
+    """A judge with a hidden preference: the answer in which `text` occurs more often wins, [[TIE]] when equal."""
+    def responder(path: str, prompt: str, body: dict) -> tuple[str, str]:
+        found = re.search(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", prompt, flags=re.S)
+        if not found:
+            return "No two answers to compare.", "stop"
+        a, b = (answer.count(text) for answer in found.groups())
+        return f"A has {a}, B has {b}. " + ("[[A]]" if a > b else "[[B]]" if b > a else "[[TIE]]"), "stop"
+    return responder
+
+
+if __name__ == "__main__":  # a toy judge for docs/preferences.md: python tests/openai_server.py --port P --prefer e
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A loopback judge that prefers answers with more of a string.")
+    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 to serve /v1 on")
+    parser.add_argument("--prefer", required=True, help="the answer with more occurrences of this string wins")
+    options = parser.parse_args()
+    toy = OpenAIServer(responder=preferring_judge(options.prefer), port=options.port).start()
+    print(f"toy judge at {toy.url}, preferring answers with more {options.prefer!r}", flush=True)
+    toy._thread.join()

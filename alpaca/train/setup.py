@@ -39,8 +39,8 @@ class ArgumentParser(transformers.HfArgumentParser, cli.ArgumentParser):
     """HfArgumentParser whose mistakes raise cli.UsageError (one `error:` line, not argparse's page of usage) and
     whose booleans are read by cli.parse_bool, as in every other script."""
 
-    def __init__(self, dataclass_types):
-        super().__init__(dataclass_types, prog="python train.py")
+    def __init__(self, dataclass_types, prog: str = "python train.py"):
+        super().__init__(dataclass_types, prog=prog)
         for action in self._actions:
             if action.type is string_to_bool:
                 action.type = _argparse_bool
@@ -54,9 +54,12 @@ class ArgumentParser(transformers.HfArgumentParser, cli.ArgumentParser):
         return UsageError(f"unknown flag {', '.join(hints)}; `{self.prog} --help` lists the flags.")
 
 
-def parse_args(dataclass_types: tuple[type, type, type], argv: list[str] | None = None) -> tuple:
-    """The three argument groups (model, data, training: train.py's dataclasses) from argv (old flags translated),
-    and the translation notices.
+def parse_args(dataclass_types: tuple[type, type, type], argv: list[str] | None = None,
+               prog: str = "python train.py",
+               data_description: str = "a JSON list or JSONL of {instruction, input, output} records") -> tuple:
+    """The three argument groups (model, data, training: train.py's dataclasses, or train_dpo.py's) from argv (old
+    flags translated), and the translation notices. `prog` and `data_description` (what --data_path holds) word the
+    errors for the script that parses.
 
     Every mistake is a UsageError, printed after the notices (a translation may explain it)."""
     argv, notices = translate_legacy_flags(sys.argv[1:] if argv is None else argv)
@@ -66,7 +69,7 @@ def parse_args(dataclass_types: tuple[type, type, type], argv: list[str] | None 
             print("".join(f"legacy flag: {notice}\n" for notice in notices), end="", file=sys.stderr)
         return UsageError(message)
 
-    parser = ArgumentParser(dataclass_types)
+    parser = ArgumentParser(dataclass_types, prog=prog)
     try:
         model_args, data_args, training_args, remaining = parser.parse_args_into_dataclasses(
             args=argv, return_remaining_strings=True)
@@ -75,8 +78,7 @@ def parse_args(dataclass_types: tuple[type, type, type], argv: list[str] | None 
     if remaining:
         raise refuse(str(parser.unknown_flags(remaining)))
     problems = [
-        (data_args.data_path is None, "--data_path is required: a JSON list or JSONL of {instruction, input, output} "
-                                      "records."),
+        (data_args.data_path is None, f"--data_path is required: {data_description}."),
         (training_args.lora_r < 0, f"--lora_r must be >= 0 (0 turns LoRA off), got {training_args.lora_r}."),
         (bool(training_args.fsdp) and training_args.parallel_mode != ParallelMode.DISTRIBUTED,
          "--fsdp shards the model across processes: launch with torchrun --nproc_per_node=N (N GPUs)."),

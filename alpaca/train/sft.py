@@ -434,7 +434,19 @@ def safe_save_model_for_hf_trainer(trainer: Trainer, output_dir: str) -> None:
 
 def add_lora(model, training_args: TrainingArguments):
     """Wrap the model with LoRA adapters; only they train."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
+
+    model = get_peft_model(model, lora_config(model, training_args))
+    if training_args.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
+    model.print_trainable_parameters()
+    return model
+
+
+def lora_config(model, training_args: TrainingArguments):
+    """The peft LoraConfig of --lora_r, --lora_alpha, --lora_dropout, --lora_target_modules (train_dpo.py hands it
+    to TRL, which wraps the model itself); warns about target modules the model lacks."""
+    from peft import LoraConfig
 
     target_modules = training_args.lora_target_modules
     if target_modules != ["all-linear"]:
@@ -445,14 +457,9 @@ def add_lora(model, training_args: TrainingArguments):
                              if isinstance(module, torch.nn.Linear)})
             logger.warning(f"--lora_target_modules {' '.join(missing)}: no such module in this model, so no adapter "
                            f"there. Its linear layers are: {' '.join(linear)} (or pass all-linear).")
-    config = LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
-                        lora_dropout=training_args.lora_dropout, task_type="CAUSAL_LM",
-                        target_modules="all-linear" if target_modules == ["all-linear"] else target_modules)
-    model = get_peft_model(model, config)
-    if training_args.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    model.print_trainable_parameters()
-    return model
+    return LoraConfig(r=training_args.lora_r, lora_alpha=training_args.lora_alpha,
+                      lora_dropout=training_args.lora_dropout, task_type="CAUSAL_LM",
+                      target_modules="all-linear" if target_modules == ["all-linear"] else target_modules)
 
 
 def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArguments, adapter_dir: str,

@@ -153,7 +153,9 @@ class ThroughputCallback(TrainerCallback):
                         f"{d_attn} x sequence length; {peak}")
 
     def _count(self, module, args, kwargs):
-        if not module.training:  # evaluation forwards are not training throughput
+        # Evaluation forwards are not training throughput, nor are forwards without gradients (DPO's reference
+        # log-probabilities, computed by the same model with its LoRA adapter switched off).
+        if not module.training or not torch.is_grad_enabled():
             return
         counts = batch_token_counts(kwargs)
         if counts is not None:

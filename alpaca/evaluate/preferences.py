@@ -1,0 +1,172 @@
+r"""Preference pairs for DPO from K sampled answers per instruction, judged by judge.py's judge.
+
+    python inference.py --model_name_or_path output/alpaca --data_path instructions.json \
+        --output_path samples.json --do_sample True --temperature 1.0 --num_samples 4
+    python judge.py preferences --samples samples.json --output_dir prefs --judge_model gpt-4o-mini
+    python train_dpo.py --model_name_or_path output/alpaca --data_path prefs/preferences.jsonl ...
+
+The pairing rule is a round robin: every two distinct answers of an instruction, (i, j) with i < j, are judged
+against each other with the judge's prompt, in both orders in swap mode (K(K-1) calls per instruction) or in one
+order in logprobs mode (K(K-1)/2); identical answers are a tie without a call. A pair's preference for answer i (1 a
+win, 0 a loss, 0.5 a tie or a disagreement between the two orders; P(i better) in logprobs mode) adds to i's wins,
+its complement to j's. The best answer has the most wins (the earlier sample on a tie), the worst the fewest (the
+later sample on a tie). An instruction becomes a preference pair only when the judge separated the two: the best
+has more wins than the worst AND the judge preferred it in their own pair, so `chosen` is always an answer the judge
+preferred to `rejected`. An instruction with a pair still unjudged after the retries is skipped this run (never
+counted from part of its verdicts) and asked again on the next.
+
+Every verdict goes to output_dir/judgments.jsonl (judge.py's journal: the cache, safe against a kill), so a re-run
+makes no calls. Output: output_dir/preferences.jsonl, one line per separated instruction: `prompt` (the exact Alpaca
+prompt training uses), `chosen`, `rejected`, `instruction`, `input`, `wins` (per sample), `chosen_index`,
+`rejected_index`, `judge_model`, `judge_mode`.
+"""
+
+import asyncio
+import json
+import os
+from itertools import combinations
+
+from alpaca import cli, files
+from alpaca.evaluate import judge
+from alpaca.prompts.alpaca import format_prompt
+
+OUTPUT_NAME = "preferences.jsonl"
+
+
+def load_samples(path: str) -> list[dict]:
+    """The records of an answers file written by `inference.py --num_samples K`: each with `outputs`, a list of at
+    least two answer strings (K may differ between records). A record without them is a DataError naming it."""
+    records = files.load_alpaca_records(path, require_output=False)
+    for index, record in enumerate(records):
+        outputs = record.get("outputs")
+        where = f"{path}, record {index}"
+        if outputs is None:
+            raise cli.DataError(f"{where}: field 'outputs' is missing; write the samples with inference.py "
+                                "--do_sample True --num_samples K (K >= 2).")
+        if not isinstance(outputs, list) or not all(isinstance(answer, str) for answer in outputs):
+            raise cli.DataError(f"{where}: field 'outputs' must be a list of answer strings.")
+        if len(outputs) < 2:
+            raise cli.DataError(f"{where}: 'outputs' holds {len(outputs)} answer; a preference needs at least two "
+                                "(inference.py --num_samples K, K >= 2).")
+    return records
+
+
+def round_robin(record: dict) -> list[dict]:
+    """The pairs of one record's answers, (i, j) for i < j, as judge.py's pairs: answer i plays the 'model', j the
+    'reference'."""
+    return [{"instruction": record["instruction"], "input": record["input"], "i": i, "j": j,
+             "model_output": record["outputs"][i], "reference_output": record["outputs"][j]}
+            for i, j in combinations(range(len(record["outputs"])), 2)]
+
+
+def choose_pair(record: dict, pairs: list[dict], preference_of: dict) -> tuple[str, dict | None]:
+    """("written", the preference record), or ("unjudged" / "not_separated", None), by the module's rule.
+
+    `preference_of` maps each pair's (i, j) to its preference for answer i (None: unjudged)."""
+    if any(preference_of[(p["i"], p["j"])] is None for p in pairs):
+        return "unjudged", None
+    answers = record["outputs"]
+    wins = [0.0] * len(answers)
+    for (i, j), p in preference_of.items():
+        wins[i] += p
+        wins[j] += 1 - p
+    best = max(range(len(answers)), key=lambda k: (wins[k], -k))
+    worst = min(range(len(answers)), key=lambda k: (wins[k], -k))
+    head_to_head = preference_of[(best, worst)] if best < worst else 1 - preference_of[(worst, best)]
+    if wins[best] <= wins[worst] or head_to_head <= 0.5:
+        return "not_separated", None
+    return "written", {"prompt": format_prompt(record["instruction"], record["input"]),
+                       "chosen": answers[best], "rejected": answers[worst],
+                       "instruction": record["instruction"], "input": record["input"],
+                       "wins": [round(w, 6) for w in wins], "chosen_index": best, "rejected_index": worst}
+
+
+def preferences(samples: str, output_dir: str, judge_model: str, api_base: str | None = None,
+                api_type: str = "chat", judge_mode: str = "swap", max_concurrency: int = 4, seed: int = 42,
+                max_retries: int = 2, max_tokens: int | None = None, temperature: float = 0.0,
+                requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
+                request_timeout: float = 600.0, price_per_1k_prompt_tokens: float | None = None,
+                price_per_1k_completion_tokens: float | None = None) -> dict:
+    """Judge each instruction's sampled answers against each other (a round robin) and write the best and worst
+    as a preference pair for train_dpo.py: output_dir/preferences.jsonl.
+
+    Arguments:
+        samples: answers file from `inference.py --do_sample True --num_samples K` (records with `outputs`).
+        output_dir: preferences.jsonl and the judgment journal (judgments.jsonl); re-runs reuse it.
+        judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
+        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
+            OPENAI_API_KEY.
+        api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
+        judge_mode: "swap" (both orders of every pair) or "logprobs" (one order, P(A) vs P(B)).
+        max_concurrency: requests in flight; the pairs do not depend on it.
+        seed: in logprobs mode, which answer of each instruction's pairs is shown first.
+        max_retries: times a reply without a verdict is asked again; then the pair, and its instruction, is
+            unjudged this run.
+        max_tokens: tokens the judge may write (default 512 in swap mode, 3 in logprobs mode).
+        temperature: the judge's sampling temperature on the first attempt.
+        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
+        request_timeout: seconds to wait for one response.
+        price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
+    Returns counts: instructions, written, not_separated, unjudged, judge_calls.
+    """
+    judge_model = judge.check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency,
+                                             max_retries, max_tokens)
+    records = load_samples(samples)
+    os.makedirs(output_dir, exist_ok=True)
+    journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
+    judgments = judge.load_judgments(journal_path)
+    pairs_of = [round_robin(record) for record in records]
+    jobs: dict[tuple[int, int, int, bool], dict] = {}
+    to_send: dict[str, dict] = {}
+    for r, pairs in enumerate(pairs_of):
+        for pair in pairs:
+            if judge.identical(pair):
+                continue
+            for first in judge.orders_of(pair, judge_mode, seed):
+                job = judge.order_job(pair, first, judge_model, judge_mode)
+                jobs[(r, pair["i"], pair["j"], first)] = job
+                if job["key"] not in judgments:
+                    to_send[job["key"]] = job
+    sizes = sorted({len(record["outputs"]) for record in records})
+    print(f"Preferences from {len(records)} instructions x {'/'.join(map(str, sizes))} samples, judged by "
+          f"{judge_model} ({judge_mode} mode) in a round robin: {len(jobs)} judgments needed, "
+          f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
+    spent = {"prompt_tokens": 0, "completion_tokens": 0}
+    if to_send:
+        asyncio.run(judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
+                                    api_type=api_type, api_base=api_base, judge_mode=judge_mode,
+                                    max_concurrency=max_concurrency, max_retries=max_retries, max_tokens=max_tokens,
+                                    temperature=temperature, requests_per_minute=requests_per_minute,
+                                    tokens_per_minute=tokens_per_minute, request_timeout=request_timeout))
+
+    counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
+              "judge_calls": len(to_send)}
+    lines = []
+    for r, (record, pairs) in enumerate(zip(records, pairs_of, strict=True)):
+        preference_of = {}
+        for pair in pairs:
+            if judge.identical(pair):
+                preference_of[(pair["i"], pair["j"])] = 0.5
+                continue
+            orders = []
+            for first in judge.orders_of(pair, judge_mode, seed):
+                judgment = judgments.get(jobs[(r, pair["i"], pair["j"], first)]["key"])
+                orders.append(None if judgment is None else judge.model_preference(judgment, first, judge_mode))
+            preference_of[(pair["i"], pair["j"])] = judge.pair_preference(orders)
+        outcome, line = choose_pair(record, pairs, preference_of)
+        counts[outcome] += 1
+        if line is not None:
+            lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode},
+                                    ensure_ascii=False))
+    output_path = os.path.join(output_dir, OUTPUT_NAME)
+    judge.write_atomically(output_path, "".join(line + "\n" for line in lines))
+    print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "
+          f"instructions whose best and worst answers the judge did not separate"
+          + (f" and {counts['unjudged']} with pairs still unjudged after {max_retries} retries (not counted; a "
+             "re-run asks again)" if counts["unjudged"] else "") + ".")
+    priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
+    cost = (spent["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
+            + spent["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
+    print(f"Judging cost of this run: {len(to_send)} judgments asked, {spent['prompt_tokens']:,} prompt + "
+          f"{spent['completion_tokens']:,} completion tokens" + (f", ${cost:.4f}" if priced else "") + ".")
+    return counts

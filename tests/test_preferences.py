@@ -1,0 +1,171 @@
+"""judge.py preferences against the loopback server as the judge: a judge with a hidden preference (more of a
+marker word is better) ranks K sampled answers per instruction in a round robin; the pairs it writes follow it."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alpaca import cli
+from alpaca.evaluate import judge
+from alpaca.prompts.alpaca import format_prompt
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = "river"
+
+
+def answers_of(prompt: str) -> tuple[str, str]:
+    found = re.search(r"<answer_a>\n(.*?)\n</answer_a>\n\n<answer_b>\n(.*?)\n</answer_b>", prompt, flags=re.S)
+    assert found, "the judge prompt must hold both answers between their markers"
+    return found.group(1), found.group(2)
+
+
+def marker_judge(path, prompt, body):
+    """Prefers the answer that says MARKER more often; a tie when both say it equally often."""
+    a, b = (answer.split().count(MARKER) for answer in answers_of(prompt))
+    return ("Compared. " + ("[[A]]" if a > b else "[[B]]" if b > a else "[[TIE]]")), "stop"
+
+
+def write_samples(tmp_path, outputs_per_record: list[list[str]]) -> str:
+    records = [{"instruction": f"Describe thing {i}.", "input": "with care" if i == 2 else "",
+                "output": outputs[0], "outputs": outputs, "generator": "sft"}
+               for i, outputs in enumerate(outputs_per_record)]
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def run(server, samples, output_dir, *extra: str) -> dict:
+    return judge.main(["preferences", "--samples", samples, "--output_dir", str(output_dir), "--judge_model",
+                       "judge-test", "--api_base", server.url, "--max_concurrency", "4", *extra])
+
+
+def read_pairs(output_dir) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "preferences.jsonl").read_text().splitlines()]
+
+
+SAMPLES = [
+    ["stone", "river stone", "river river", "lantern"],  # river river best; the later of stone / lantern worst
+    ["a", "a", "a"],                                      # all the same: nothing to prefer, no call
+    ["river x", "y river", "z"],                          # the two with river tie; z worst
+    ["meadow", "copper"],                                  # the judge cannot separate them
+]
+
+
+def test_chosen_is_the_judges_preference_and_unseparated_instructions_are_skipped(openai_server, tmp_path, capsys):
+    openai_server.responder = marker_judge
+    samples = write_samples(tmp_path, SAMPLES)
+    counts = run(openai_server, samples, tmp_path / "prefs")
+    out = capsys.readouterr().out
+    # Round robin in both orders: K(K-1) calls per instruction, none for identical answers.
+    expected_calls = 4 * 3 + 0 + 3 * 2 + 2 * 1
+    assert f"{expected_calls} judgments needed, 0 found" in out and f"{expected_calls} judge calls to make" in out
+    assert len(openai_server.requests) == expected_calls
+    assert counts == {"instructions": 4, "written": 2, "not_separated": 2, "unjudged": 0,
+                      "judge_calls": expected_calls}
+    assert "skipped 2 instructions whose best and worst answers the judge did not separate" in out
+    assert re.search(r"Judging cost of this run: 20 judgments asked, [\d,]+ prompt \+ [\d,]+ completion tokens", out)
+    pairs = read_pairs(tmp_path / "prefs")
+    first, third = pairs
+    assert (first["chosen"], first["rejected"], first["chosen_index"], first["rejected_index"]) == \
+        ("river river", "lantern", 2, 3)
+    assert first["wins"] == [0.5, 2.0, 3.0, 0.5]  # a tie is half a win each
+    assert first["prompt"] == format_prompt("Describe thing 0.") and first["instruction"] == "Describe thing 0."
+    assert (third["chosen"], third["rejected"]) == ("river x", "z") and third["input"] == "with care"
+    assert third["prompt"] == format_prompt("Describe thing 2.", "with care")
+    assert all(p["judge_model"] == "judge-test" and p["judge_mode"] == "swap" for p in pairs)
+    for pair in pairs:  # chosen is always the answer the judge prefers
+        assert pair["chosen"].split().count(MARKER) > pair["rejected"].split().count(MARKER)
+
+    # A re-run makes no call and writes the same file.
+    before = (tmp_path / "prefs" / "preferences.jsonl").read_text()
+    run(openai_server, samples, tmp_path / "prefs")
+    assert len(openai_server.requests) == expected_calls and "0 judge calls to make" in capsys.readouterr().out
+    assert (tmp_path / "prefs" / "preferences.jsonl").read_text() == before
+
+
+def test_the_pairs_train_dpo_reads_are_the_pairs_written(openai_server, tmp_path):
+    from alpaca.train.dpo import load_preferences
+
+    openai_server.responder = marker_judge
+    run(openai_server, write_samples(tmp_path, SAMPLES), tmp_path / "prefs")
+    assert load_preferences(str(tmp_path / "prefs" / "preferences.jsonl")) == read_pairs(tmp_path / "prefs")
+
+
+def test_a_judge_that_prefers_the_worse_answer_head_to_head_is_not_written(openai_server, tmp_path):
+    """A cycle: c beats a and b on wins, but loses to the worst answer a in their own pair; not a clean preference."""
+    order = {"a": 0, "b": 1, "c": 2}
+
+    def cyclic_judge(path, prompt, body):
+        x, y = answers_of(prompt)
+        beats = {("a", "b"), ("b", "c"), ("c", "a")}  # a > b > c > a: every answer wins once
+        return ("[[A]]" if (x, y) in beats else "[[B]]"), "stop"
+
+    openai_server.responder = cyclic_judge
+    counts = run(openai_server, write_samples(tmp_path, [list(order)]), tmp_path / "prefs")
+    assert counts["not_separated"] == 1 and read_pairs(tmp_path / "prefs") == []
+
+
+def test_unjudged_pairs_skip_their_instruction_and_are_asked_again(openai_server, tmp_path, capsys):
+    replies = {"count": 0}
+
+    def flaky(path, prompt, body):
+        replies["count"] += 1
+        if "river river" in prompt and body.get("temperature", 0) == 0:
+            return "I cannot decide.", "stop"  # no verdict on the first attempt of these pairs
+        return marker_judge(path, prompt, body)
+
+    openai_server.responder = flaky
+    samples = write_samples(tmp_path, SAMPLES[:1])
+    counts = run(openai_server, samples, tmp_path / "prefs", "--max_retries", "0")
+    assert counts["unjudged"] == 1 and counts["written"] == 0 and read_pairs(tmp_path / "prefs") == []
+    assert "with pairs still unjudged after 0 retries (not counted; a re-run asks again)" in capsys.readouterr().out
+    asked = len(openai_server.requests)
+    counts = run(openai_server, samples, tmp_path / "prefs", "--temperature", "0.5")  # the judge now answers
+    assert counts["written"] == 1 and len(openai_server.requests) - asked == 6  # only the unjudged orders
+    assert read_pairs(tmp_path / "prefs")[0]["chosen"] == "river river"
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"instruction": "x", "output": "a"}, "record 0: field 'outputs' is missing"),
+    ({"instruction": "x", "outputs": "a b"}, "record 0: field 'outputs' must be a list"),
+    ({"instruction": "x", "outputs": ["a"]}, "record 0: 'outputs' holds 1 answer"),
+])
+def test_bad_samples_are_one_sentence_before_any_call(openai_server, tmp_path, record, message):
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps([record]))
+    with pytest.raises(cli.DataError, match=message):
+        run(openai_server, str(path), tmp_path / "prefs")
+    assert openai_server.requests == [] and not (tmp_path / "prefs").exists()
+
+
+@pytest.mark.slow
+def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
+    openai_server.responder = marker_judge
+    openai_server.delay = 0.1
+    samples = write_samples(tmp_path, [[f"river {'x ' * i}", *(f"word{i}{j}" for j in range(4))] for i in range(4)])
+    out = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "judge.py", "preferences", "--samples", samples, "--output_dir", str(out), "--judge_model",
+         "judge-test", "--api_base", openai_server.url, "--max_concurrency", "2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    journal = out / judge.JOURNAL_NAME
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    time.sleep(0.5)
+    kept = judge.load_judgments(str(journal))
+    total = 4 * 5 * 4  # 4 instructions, K = 5: K(K-1) orders each
+    assert 5 <= len(kept) < total, "the run must be killed mid-way"
+    sent_before_kill = len(openai_server.requests)
+    openai_server.delay = 0.0
+    counts = run(openai_server, samples, out)
+    assert len(openai_server.requests) - sent_before_kill == total - len(kept)  # nothing judged is asked again
+    assert counts["written"] == 4 and all(p["chosen"].startswith("river") for p in read_pairs(out))
