@@ -4,7 +4,8 @@
 - `run_commands`: fire-style subcommands (`python weight_diff.py recover --path_raw A ...`) whose flags are checked
   against the function's signature, and converted (booleans by the default's or annotation's type), before the
   function runs: a typo fails in a second, not after an hour of work.
-- `UserError` and its subclasses: every "your input is wrong" error (a flag, a data record, a file, an endpoint).
+- The errors themselves live in alpaca/errors.py (`UserError` and its subclasses), so that library code can raise
+  them without importing the command line.
 - `report_errors`: prints a `UserError` as one `error: <sentence>` line (once, on rank 0 under torchrun) and exits
   1, or 2 for command-line usage, 130 for Ctrl-C; any other exception is a bug and keeps its traceback.
 """
@@ -19,32 +20,16 @@ from typing import NoReturn, get_args
 
 from fire.parser import DefaultParseValue
 
+from alpaca.errors import (  # noqa: F401  (re-exported: the command line reports them)
+    DataError,
+    MissingPathError,
+    OutputExistsError,
+    UsageError,
+    UserError,
+)
+
 _TRUE = {"true", "1", "yes", "y", "t", "on"}
 _FALSE = {"false", "0", "no", "n", "f", "off"}
-
-
-class UserError(Exception):
-    """Something the user can fix (a flag, a path, a data record, an endpoint): reported in one line, exit 1."""
-
-    exit_code = 1
-
-
-class UsageError(UserError):
-    """A command-line mistake: an unknown flag, a value of the wrong kind, a missing required flag. Exit 2."""
-
-    exit_code = 2
-
-
-class DataError(UserError, ValueError):
-    """An input file or record that cannot be used; the message names the file and the record or line."""
-
-
-class MissingPathError(UserError, FileNotFoundError):
-    """A path the user gave that does not exist (or is not the kind of file it must be)."""
-
-
-class OutputExistsError(UserError, FileExistsError):
-    """An output that would overwrite something the user has not asked us to overwrite."""
 
 
 def parse_bool(value: bool | int | str | None, flag: str = "value") -> bool:

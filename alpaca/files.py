@@ -14,7 +14,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 
-from alpaca.cli import DataError, MissingPathError
+from alpaca.errors import DataError, MissingPathError
 
 logger = logging.getLogger(__name__)
 

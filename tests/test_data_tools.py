@@ -11,6 +11,7 @@ import sys
 import pytest
 from rouge_score import rouge_scorer
 
+from alpaca import errors
 from alpaca.cli import DataError, MissingPathError, UsageError
 from alpaca.data import rating, verb_objects
 from alpaca.data import tools as data_tools
@@ -492,7 +493,7 @@ def test_rate_checks_its_settings_before_writing(tmp_path, monkeypatch):
     data = write_json(tmp_path / "d.json", RATE_RECORDS)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    with pytest.raises(data_tools.cli.UserError, match="OPENAI_API_KEY is not set"):
+    with pytest.raises(errors.UserError, match="OPENAI_API_KEY is not set"):
         data_tools.rate(data, output=str(tmp_path / "out" / "rated.json"))
     with pytest.raises(UsageError, match="--min_score must be between 0 and 5"):
         data_tools.rate(data, output=str(tmp_path / "out" / "rated.json"), min_score=9.0)

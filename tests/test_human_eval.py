@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 
+from alpaca import errors
 from alpaca.evaluate import human as human_eval
 from alpaca.evaluate import judge, win_rates
 
@@ -85,7 +86,7 @@ def test_a_directory_holding_another_comparison_is_refused(tmp_path):
     human_eval.prepare_pairs(model, reference, str(tmp_path / "out"))
     changed = [PAIRS[0][:3] + ("A better answer.",) + PAIRS[0][4:], *PAIRS[1:]]
     other_model, _ = write_answer_files(tmp_path / "changed", changed)
-    with pytest.raises(human_eval.cli.DataError, match="another comparison.*new --output_dir"):
+    with pytest.raises(errors.DataError, match="another comparison.*new --output_dir"):
         human_eval.prepare_pairs(other_model, reference, str(tmp_path / "out"))
 
 
@@ -96,11 +97,11 @@ def test_help_and_bad_flags(tmp_path, capsys):
                                                   "host", "port", "seed"))
     model, reference = write_answer_files(tmp_path)
     common = ["human", "--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(tmp_path / "o")]
-    with pytest.raises(human_eval.cli.UsageError, match="--annotator must be a name of 1 to 64 printable"):
+    with pytest.raises(errors.UsageError, match="--annotator must be a name of 1 to 64 printable"):
         judge.main([*common, "--annotator", "  "])
-    with pytest.raises(human_eval.cli.UsageError, match="--port must be between 0 and 65535"):
+    with pytest.raises(errors.UsageError, match="--port must be between 0 and 65535"):
         judge.main([*common, "--annotator", "alice", "--port", "70000"])
-    with pytest.raises(human_eval.cli.UserError, match="cannot listen on 192.0.2.1:0.*--host"):
+    with pytest.raises(errors.UserError, match="cannot listen on 192.0.2.1:0.*--host"):
         judge.main([*common, "--annotator", "alice", "--host", "192.0.2.1"])  # an address this machine lacks
 
 
@@ -183,7 +184,7 @@ def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
     model, reference = write_answer_files(tmp_path / "files")
     out = tmp_path / "out"
     stored = human_eval.prepare_pairs(model, reference, str(out))
-    with pytest.raises(human_eval.cli.DataError, match="holds no verdicts yet"):
+    with pytest.raises(errors.DataError, match="holds no verdicts yet"):
         human_eval.human_results(str(out))
     human_eval.append_annotation(str(out / human_eval.ANNOTATIONS_NAME),
                                  human_eval.verdict_record(stored[0], "carol", 42, "A"))

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from alpaca import errors
 from alpaca.evaluate import judge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -345,10 +346,10 @@ def test_paired_difference_is_paired():
 
 def test_a_model_named_like_the_reference_or_another_model_is_refused(openai_server, tmp_path):
     model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"], name="reference")
-    with pytest.raises(judge.cli.DataError, match="is named 'reference', as is the reference"):
+    with pytest.raises(errors.DataError, match="is named 'reference', as is the reference"):
         run(openai_server, model, reference, tmp_path / "out")
     model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"])
-    with pytest.raises(judge.cli.DataError, match="is named 'model', as is another model file"):
+    with pytest.raises(errors.DataError, match="is named 'model', as is another model file"):
         run(openai_server, [model, model], reference, tmp_path / "out")
     assert not openai_server.requests and not (tmp_path / "out").exists()
 
@@ -368,7 +369,7 @@ def test_mismatched_sets_are_named(openai_server, tmp_path):
     records[1]["instruction"] = "An instruction the reference never had."
     with open(model, "w") as f:
         json.dump(records, f)
-    with pytest.raises(judge.cli.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
         run(openai_server, model, reference, tmp_path / "out")
     message = str(error.value)
     assert "1 of the reference's instructions are missing (e.g. 'Do task number 1.')" in message
@@ -390,7 +391,7 @@ def test_bad_files_are_one_line_errors_before_any_call(openai_server, tmp_path, 
         json.dump(records, f)
     expected = {"missing output": r"model\.json, record 1: field 'output' is missing",
                 "empty file": r"model\.json holds no examples", "duplicate": r"record 1: the same instruction"}
-    with pytest.raises(judge.cli.DataError, match=expected[problem]):
+    with pytest.raises(errors.DataError, match=expected[problem]):
         run(openai_server, model, reference, tmp_path / "out")
     assert not openai_server.requests and not (tmp_path / "out").exists()
 
@@ -449,7 +450,7 @@ def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp
     out = capsys.readouterr().out
     if results["n_unjudged"]:  # an untrained model writes no verdict: the report says so
         assert "unjudged" in out
-    with pytest.raises(judge.cli.UsageError, match="local judge returns no log-probabilities"):
+    with pytest.raises(errors.UsageError, match="local judge returns no log-probabilities"):
         judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(tmp_path / "x"),
                     "--judge_model", str(tiny_model_dir), "--api_type", "local", "--judge_mode", "logprobs"])
 

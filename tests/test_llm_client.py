@@ -13,6 +13,7 @@ import threading
 import pytest
 
 import utils
+from alpaca import errors
 from alpaca.evaluate import judge
 from alpaca.generate import self_instruct as generate_instruction
 from alpaca.infer import answer as inference
@@ -170,7 +171,7 @@ def test_every_command_refuses_a_bad_rate_before_any_work(openai_server, tmp_pat
     answers, reference = tmp_path / "a.json", tmp_path / "ref.json"
     answers.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hi."}]))
     reference.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "Hello."}]))
-    with pytest.raises(llm_client.cli.UserError, match="--request_timeout must be above 0, not 0"):
+    with pytest.raises(errors.UserError, match="--request_timeout must be above 0, not 0"):
         judge.evaluate(model_outputs=str(answers), reference_outputs=str(reference), output_dir=str(tmp_path / "j"),
                        judge_model="m", api_base=openai_server.url, request_timeout=0.0, plot=False)
     assert not (tmp_path / "j").exists()
@@ -236,7 +237,7 @@ def test_the_cache_tells_endpoints_apart_and_holds_no_credentials(tmp_path, monk
 def test_hf_hub_offline_set_but_empty_is_not_reported_as_set(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    with pytest.raises(llm_client.cli.MissingPathError) as error:
+    with pytest.raises(errors.MissingPathError) as error:
         utils.check_local_weights("org/not-there", cache_dir=str(tmp_path))
     assert "(TRANSFORMERS_OFFLINE is set)" in str(error.value) and "HF_HUB_OFFLINE" not in str(error.value)
 
@@ -403,7 +404,7 @@ def test_each_run_ends_with_the_cache_size_and_data_tools_clears_it(openai_serve
     assert not (cache / "responses.sqlite3").exists()
     openai_server.push(ok("asked again"))
     assert complete(openai_server.url, cache_dir=str(cache))["choices"][0]["text"] == "asked again"
-    with pytest.raises(llm_client.cli.MissingPathError, match="no cache directory"):
+    with pytest.raises(errors.MissingPathError, match="no cache directory"):
         data_tools.cache(str(tmp_path / "nowhere"))
 
 

@@ -18,8 +18,8 @@ from contextlib import aclosing
 from tqdm import tqdm
 
 from alpaca import files
-from alpaca.cli import UsageError, UserError
 from alpaca.data import tools as data_tools
+from alpaca.errors import UsageError, UserError
 from alpaca.generate.journal import sync_journal
 from alpaca.generate.self_instruct import append_journal
 from alpaca.llm.client import (

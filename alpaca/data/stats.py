@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from alpaca.cli import MissingPathError
 from alpaca.data.tools import FIELDS, has_input, task_of
+from alpaca.errors import MissingPathError
 from alpaca.generate import language as languages
 from alpaca.generate.rouge_l import RougeLIndex
 from alpaca.generate.self_instruct import SIMILARITY_THRESHOLD, clean_drop_reason, filter_drop_reason

@@ -23,8 +23,8 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from alpaca import cli, files
-from alpaca.cli import DataError, MissingPathError, UsageError
+from alpaca import cli, errors, files
+from alpaca.errors import DataError, MissingPathError, UsageError
 from alpaca.generate.language import check_language
 from alpaca.generate.rouge_l import RougeLIndex
 from alpaca.generate.self_instruct import (
@@ -449,7 +449,7 @@ def cache(cache_dir: str, clear: bool = False) -> None:
     from alpaca.llm import client as llm_client
 
     if not os.path.isdir(cache_dir):
-        raise cli.MissingPathError(f"There is no cache directory {cache_dir}.")
+        raise errors.MissingPathError(f"There is no cache directory {cache_dir}.")
     if clear:
         deleted = llm_client.clear_cache(cache_dir)
         print(f"deleted {deleted} cache file(s) in {cache_dir}")

@@ -41,7 +41,7 @@ import urllib.parse
 
 import numpy as np
 
-from alpaca import REPO_ROOT, cli, files
+from alpaca import REPO_ROOT, errors, files
 from alpaca.evaluate import judge, win_rates
 
 ANNOTATIONS_NAME = "human_annotations.jsonl"
@@ -75,7 +75,7 @@ def prepare_pairs(model_outputs: str, reference_outputs: str, output_dir: str) -
     if os.path.exists(path):
         stored = load_pair_set(output_dir)
         if [p["key"] for p in stored] != [p["key"] for p in pairs]:
-            raise cli.DataError(
+            raise errors.DataError(
                 f"{path} records another comparison ({stored[0]['model_generator']} vs "
                 f"{stored[0]['reference_generator']}, {len(stored)} pairs) than {model_outputs} vs {reference_outputs}"
                 " (other instructions or answers). Annotate these files in a new --output_dir; human verdicts on "
@@ -89,7 +89,7 @@ def prepare_pairs(model_outputs: str, reference_outputs: str, output_dir: str) -
 def load_pair_set(output_dir: str) -> list[dict]:
     path = os.path.join(output_dir, PAIRS_NAME)
     if not os.path.exists(path):
-        raise cli.MissingPathError(f"{path} does not exist: start an annotation with `python judge.py human "
+        raise errors.MissingPathError(f"{path} does not exist: start an annotation with `python judge.py human "
                                    f"--model_outputs ... --reference_outputs ... --output_dir {output_dir} "
                                    "--annotator NAME` first.")
     with open(path, encoding="utf-8") as f:
@@ -110,7 +110,7 @@ def model_shown_first(seed: int, annotator: str, instruction: str, input: str) -
 def check_annotator(annotator: str) -> str:
     name = str(annotator).strip()
     if not name or len(name) > 64 or any(unicodedata.category(c).startswith("C") for c in name):
-        raise cli.UsageError(f"--annotator must be a name of 1 to 64 printable characters, not {annotator!r}.")
+        raise errors.UsageError(f"--annotator must be a name of 1 to 64 printable characters, not {annotator!r}.")
     return name
 
 
@@ -144,7 +144,7 @@ def read_annotations(path: str) -> list[dict]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
-                raise cli.DataError(f"{path}, line {line_number}: not valid JSON ({error.msg}); the file is "
+                raise errors.DataError(f"{path}, line {line_number}: not valid JSON ({error.msg}); the file is "
                                     "append-only, so remove or repair that line by hand.") from None
     return records
 
@@ -312,7 +312,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as error:
-        raise cli.UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --port "
+        raise errors.UserError(f"cannot listen on {host}:{port} ({error.strerror or error}); choose another --port "
                             "(0 takes any free one) or --host.") from None
     sock.listen(64)
     return sock
@@ -338,7 +338,7 @@ def human(model_outputs: str, reference_outputs: str, output_dir: str, annotator
 
     annotator = check_annotator(annotator)
     if not 0 <= port <= 65535:
-        raise cli.UsageError(f"--port must be between 0 and 65535, not {port}.")
+        raise errors.UsageError(f"--port must be between 0 and 65535, not {port}.")
     pairs = prepare_pairs(model_outputs, reference_outputs, output_dir)
     token = None if host in LOOPBACK_HOSTS else secrets.token_urlsafe(24)
     app = make_app(pairs, output_dir, annotator, seed, token)
@@ -439,7 +439,7 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
     stacks = standing_verdicts(read_annotations(os.path.join(output_dir, ANNOTATIONS_NAME)))
     annotators = sorted(name for name, stack in stacks.items() if stack)
     if not annotators:
-        raise cli.DataError(f"{os.path.join(output_dir, ANNOTATIONS_NAME)} holds no verdicts yet; annotate with "
+        raise errors.DataError(f"{os.path.join(output_dir, ANNOTATIONS_NAME)} holds no verdicts yet; annotate with "
                             "`python judge.py human ...` first.")
     model_lengths = [len(p["model_output"]) for p in pairs]
     reference_lengths = [len(p["reference_output"]) for p in pairs]

@@ -42,6 +42,7 @@ from contextlib import aclosing
 from tqdm.auto import tqdm
 
 from alpaca import cli, files
+from alpaca.errors import DataError, UsageError, UserError
 from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py's public interface too (human_eval.py uses them)
     DIFFERENCES_KEY,
     compute_results,
@@ -92,7 +93,7 @@ VERDICT_PATTERN = re.compile(r"\[\[\s*(A|B|TIE)\s*\]\]", re.IGNORECASE)
 PREFERENCE_FOR_A = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # by verdict
 
 
-class JudgeError(cli.UserError):
+class JudgeError(UserError):
     """A judge or an endpoint that cannot give verdicts as asked; the message says what to do."""
 
 
@@ -171,7 +172,7 @@ def load_outputs(path: str) -> tuple[str, dict[tuple[str, str], dict]]:
     for index, record in enumerate(records):
         key = record_key(record)
         if key in by_key:
-            raise cli.DataError(f"{path}, record {index}: the same instruction and input as record {first_index[key]} "
+            raise DataError(f"{path}, record {index}: the same instruction and input as record {first_index[key]} "
                                 f"({short(key)}); records are matched on (instruction, input), so each must be unique.")
         by_key[key], first_index[key] = record, index
     names = {record.get("generator") for record in records}
@@ -183,7 +184,7 @@ def load_pairs(model_path: str, reference_path: str) -> list[dict]:
     """The model's and the reference's answers to the same instructions, in the reference file's order: dicts with
     instruction, input, category, model_output, reference_output, model_generator, reference_generator.
 
-    Raises cli.DataError naming the instructions one file has and the other lacks (a silent subset would change
+    Raises DataError naming the instructions one file has and the other lacks (a silent subset would change
     what the win rate means)."""
     model_name, model = load_outputs(model_path)
     reference_name, reference = load_outputs(reference_path)
@@ -193,7 +194,7 @@ def load_pairs(model_path: str, reference_path: str) -> list[dict]:
         parts = [f"{len(missing)} of the reference's instructions are missing (e.g. {short(missing[0])})"] if missing \
             else []
         parts += [f"{len(extra)} are not in the reference (e.g. {short(extra[0])})"] if extra else []
-        raise cli.DataError(f"{model_path} does not answer the instructions of {reference_path}: {'; '.join(parts)}. "
+        raise DataError(f"{model_path} does not answer the instructions of {reference_path}: {'; '.join(parts)}. "
                             "Records are matched on (instruction, input); answer the same file with both models.")
     pairs = []
     for key, ref in reference.items():
@@ -358,17 +359,17 @@ def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, 
     """Refuse, before any file is read or call made, judge flags that cannot work (a UsageError, or a JudgeError
     for endpoint settings when `check_endpoint`); returns the judge model's name as a string."""
     if judge_mode not in JUDGE_MODES:
-        raise cli.UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
+        raise UsageError(f"--judge_mode must be one of {', '.join(JUDGE_MODES)}, not {judge_mode!r}.")
     if api_type not in API_TYPES:
-        raise cli.UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
+        raise UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
     if api_type == "local" and judge_mode == "logprobs":
-        raise cli.UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
+        raise UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
     for flag, value, least in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0),
                                ("max_tokens", max_tokens if max_tokens is not None else 1, 1)):
         if value < least:
-            raise cli.UsageError(f"--{flag} must be at least {least}, not {value}.")
+            raise UsageError(f"--{flag} must be at least {least}, not {value}.")
     if not judge_model or not str(judge_model).strip():
-        raise cli.UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
+        raise UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
     if check_endpoint:
         try:
             check_settings(api_type, str(judge_model), api_base)
@@ -415,7 +416,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                        max_tokens, check_endpoint=False)
     paths = split_model_outputs(model_outputs, more_model_outputs)
     if not paths:
-        raise cli.UsageError("--model_outputs names no file.")
+        raise UsageError("--model_outputs names no file.")
     # Every input is read and checked, and the endpoint settings too, before any file is written or call made.
     runs = [load_pairs(path, reference_outputs) for path in paths]
     names = [pairs[0]["model_generator"] for pairs in runs]
@@ -424,7 +425,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         clash = "another model file" if names.count(name) > 1 else "the reference" if name == reference_name else \
             "a key of results.json" if name == DIFFERENCES_KEY else None
         if clash:
-            raise cli.DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
+            raise DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
                                 "'generator' field (inference.py --generator) or file name.")
     try:
         check_settings(api_type, judge_model, api_base, temperature=temperature,

@@ -26,7 +26,7 @@ import json
 import os
 from itertools import combinations
 
-from alpaca import cli, files
+from alpaca import errors, files
 from alpaca.evaluate import judge
 from alpaca.prompts.alpaca import format_prompt
 
@@ -41,12 +41,12 @@ def load_samples(path: str) -> list[dict]:
         outputs = record.get("outputs")
         where = f"{path}, record {index}"
         if outputs is None:
-            raise cli.DataError(f"{where}: field 'outputs' is missing; write the samples with inference.py "
+            raise errors.DataError(f"{where}: field 'outputs' is missing; write the samples with inference.py "
                                 "--do_sample True --num_samples K (K >= 2).")
         if not isinstance(outputs, list) or not all(isinstance(answer, str) for answer in outputs):
-            raise cli.DataError(f"{where}: field 'outputs' must be a list of answer strings.")
+            raise errors.DataError(f"{where}: field 'outputs' must be a list of answer strings.")
         if len(outputs) < 2:
-            raise cli.DataError(f"{where}: 'outputs' holds {len(outputs)} answer; a preference needs at least two "
+            raise errors.DataError(f"{where}: 'outputs' holds {len(outputs)} answer; a preference needs at least two "
                                 "(inference.py --num_samples K, K >= 2).")
     return records
 

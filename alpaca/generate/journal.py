@@ -20,13 +20,13 @@ import sys
 import time
 from collections.abc import Iterator
 
-from alpaca import cli, files
+from alpaca import errors, files
 
 JOURNAL_NAME = "regen_journal.jsonl"
 LOCK_NAME = ".generate_instruction.lock"
 
 
-class OutputDirError(cli.UserError):
+class OutputDirError(errors.UserError):
     """--output_dir cannot be used: a file, in use by another run, or holding a damaged journal or regen.json."""
 
 

@@ -23,7 +23,7 @@ import re
 import threading
 import unicodedata
 
-from alpaca.cli import UsageError
+from alpaca.errors import UsageError
 
 # ISO 639-1 codes lingua knows (its 75 languages); a --language outside them cannot be checked.
 SUPPORTED_LANGUAGES = frozenset(

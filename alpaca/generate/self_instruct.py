@@ -35,7 +35,7 @@ from contextlib import aclosing
 import numpy as np
 import tqdm
 
-from alpaca import REPO_ROOT, cli, files
+from alpaca import REPO_ROOT, cli, errors, files
 from alpaca.generate import language as languages
 from alpaca.generate.journal import (
     JOURNAL_NAME,
@@ -71,15 +71,15 @@ TRANSLATED_SEEDS_NAME = "seed_tasks.{language}.jsonl"  # --translate_seed_tasks'
 INTERRUPTED = "interrupted: every instruction kept so far is saved; re-run the same command to resume."
 
 
-class SeedTaskError(cli.DataError):
+class SeedTaskError(errors.DataError):
     """The seed tasks file cannot be used; the message names the file and the line."""
 
 
-class FlagError(cli.UsageError):
+class FlagError(errors.UsageError):
     """A command-line flag with a value that cannot work; the message names it."""
 
 
-class FruitlessRunError(cli.UserError):
+class FruitlessRunError(errors.UserError):
     """Request after request yielded no task in the prompt's format; the message says what the server returned."""
 
 
@@ -253,7 +253,7 @@ def load_seed_tasks(seed_tasks_path: str) -> list[dict]:
         raise SeedTaskError(f"Seed tasks file {seed_tasks_path} does not exist; pass --seed_tasks_path.")
     try:
         lines = list(files.read_jsonl(seed_tasks_path))
-    except cli.DataError as error:  # not UTF-8, not JSON: the message already names the file and the line
+    except errors.DataError as error:  # not UTF-8, not JSON: the message already names the file and the line
         raise SeedTaskError(str(error)) from None
     seed_instruction_data = []
     for line_number, task in lines:

@@ -50,6 +50,7 @@ import pathlib
 import sys
 
 from alpaca import cli, files
+from alpaca.errors import DataError, MissingPathError, UsageError, UserError
 from alpaca.prompts.alpaca import INPUT_ROLE, format_prompt, is_alpaca_chat_template
 
 # torch and transformers are imported where a model is loaded: a mistyped flag or a bad data file is reported in
@@ -79,7 +80,7 @@ def resolve_dtype(torch_dtype, device):
     if torch_dtype == "auto":
         return "auto" if device.type != "cpu" else torch.float32
     if torch_dtype not in DTYPES:
-        raise cli.UsageError(f"Unknown --torch_dtype {torch_dtype!r}: use one of auto, {', '.join(DTYPES)}.")
+        raise UsageError(f"Unknown --torch_dtype {torch_dtype!r}: use one of auto, {', '.join(DTYPES)}.")
     return getattr(torch, torch_dtype)
 
 
@@ -92,13 +93,13 @@ def check_lora_adapter(lora_path: str) -> None:
     """Refuse, before loading anything, an adapter directory that is not one or that holds only pickled weights."""
     adapter = pathlib.Path(lora_path)
     if not is_lora_adapter(adapter):
-        raise cli.MissingPathError(
+        raise MissingPathError(
             f"--lora_path '{lora_path}' is not a LoRA adapter directory (no adapter_config.json in it). "
             "Pass the directory that train.py wrote with --lora_r, or drop --lora_path for a full checkpoint.")
     if not (adapter / "adapter_model.safetensors").is_file():
         found = "adapter_model.bin, a pickle that can run code when loaded" if (
             adapter / "adapter_model.bin").is_file() else "no adapter weights"
-        raise cli.MissingPathError(
+        raise MissingPathError(
             f"The LoRA adapter '{lora_path}' has no adapter_model.safetensors (found {found}); we load safetensors "
             "only: re-save it with peft's `model.save_pretrained(dir)`, which writes safetensors.")
 
@@ -137,7 +138,7 @@ def load_model(
             trust_remote_code=trust_remote_code,
         )
     except OSError as error:
-        raise cli.MissingPathError(
+        raise MissingPathError(
             f"Could not load a model from '{model_name_or_path}': it is not a local checkpoint directory and could not "
             f"be fetched from the Hugging Face Hub. Pass the --output_dir that train.py wrote. ({error})"
         ) from error
@@ -145,7 +146,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:  # ValueError: a directory with no tokenizer files at all
-        raise cli.MissingPathError(
+        raise MissingPathError(
             f"Could not load a tokenizer from '{tokenizer_source}'. train.py saves one next to the weights; copy the "
             f"tokenizer files of the model you fine-tuned into that directory. ({error})"
         ) from error
@@ -187,7 +188,7 @@ def _pad_token_id(tokenizer) -> int:
     for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if token_id is not None:
             return token_id
-    raise cli.UsageError("The tokenizer has no pad, eos or unk token to pad batches with; use --batch_size 1.")
+    raise UsageError("The tokenizer has no pad, eos or unk token to pad batches with; use --batch_size 1.")
 
 
 def _eos_token_ids(model, tokenizer) -> list[int]:
@@ -216,7 +217,7 @@ def check_prompt_lengths(lengths: list[int], context: int, max_new_tokens: int) 
         return
     shown = ", ".join(f"record {index} ({n:,} prompt tokens)" for index, n in too_long[:5])
     more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
-    raise cli.DataError(
+    raise DataError(
         f"{len(too_long)} prompt(s) do not fit the model's context of {context:,} tokens with --max_new_tokens "
         f"{max_new_tokens}: {shown}{more}. Nothing was generated; shorten or remove them, or lower --max_new_tokens.")
 
@@ -306,7 +307,7 @@ def check_served_template(model_name: str) -> None:
         return
     template = saved_chat_template(model_name)
     if template is None:
-        raise cli.UserError(
+        raise UserError(
             f"'{model_name}' has no chat template, so the server cannot turn chat requests into Alpaca prompts "
             f"(transformers serve answers HTTP 500). Add it with `{CHAT_TEMPLATE_FIX} {model_name}` and restart the "
             "server, or use --api_type completions.")
@@ -399,7 +400,7 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
     except LLMError as error:  # a bad key, an unknown model, retries spent: the client's sentence says what to do
-        raise cli.UserError(str(error)) from error
+        raise UserError(str(error)) from error
     logger.info("%s", usage_line(totals, args))
     repeated = sum(len(set(answers)) == 1 for answers in responses) if samples > 1 else 0
     if repeated * 2 > len(responses):
@@ -436,10 +437,10 @@ def check_output_path(path: str) -> None:
     """An output path that cannot be written is refused before any work."""
     target = pathlib.Path(path)
     if target.is_dir():
-        raise cli.UserError(f"--output_path '{path}' is a directory; give a file name, e.g. {target / 'answers.json'}.")
+        raise UserError(f"--output_path '{path}' is a directory; give a file name, e.g. {target / 'answers.json'}.")
     parent = next((p for p in target.absolute().parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise cli.UserError(f"--output_path '{path}' cannot be created: '{parent}' is a file, not a directory.")
+        raise UserError(f"--output_path '{path}' cannot be created: '{parent}' is a file, not a directory.")
 
 
 def generator_name(args: argparse.Namespace) -> str:

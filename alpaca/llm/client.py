@@ -38,7 +38,7 @@ from email.utils import parsedate_to_datetime
 import httpx2
 import openai
 
-from alpaca import cli
+from alpaca import errors
 
 logger = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ class OpenAIDecodingArguments:
     echo: bool = False  # completions endpoint only; only if set
 
 
-class LLMError(cli.UserError, RuntimeError):
+class LLMError(errors.UserError, RuntimeError):
     """A failure that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries spent); the message
     says what to do. A user error: reported in one line, without a traceback."""
 
 
-class SettingError(LLMError, cli.UsageError):
+class SettingError(LLMError, errors.UsageError):
     """An endpoint setting that cannot work (a negative rate, a malformed base URL): a command-line mistake, exit 2."""
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from trl import DPOConfig
 
 from alpaca import files
-from alpaca.cli import DataError, UsageError
+from alpaca.errors import DataError, UsageError
 from alpaca.train import setup as train_setup
 from alpaca.train import sft as train
 from alpaca.train import throughput
@@ -66,7 +66,7 @@ class DPOTrainingArguments(train.TrainingArguments, DPOConfig):
 def parse_args(argv: list[str] | None = None) -> tuple[train.ModelArguments, DPODataArguments, DPOTrainingArguments,
                                                       list[str]]:
     """The three argument groups from argv (old flags translated) and the translation notices, as train.py does;
-    every mistake is a cli.UsageError."""
+    every mistake is a errors.UsageError."""
     return train_setup.parse_args((train.ModelArguments, DPODataArguments, DPOTrainingArguments), argv,
                                   prog="python train_dpo.py", data_description=DATA_DESCRIPTION)
 

@@ -18,7 +18,8 @@ substituted:
 import json
 import os
 
-from alpaca.cli import DataError, MissingPathError, UsageError, parse_bool
+from alpaca.cli import parse_bool
+from alpaca.errors import DataError, MissingPathError, UsageError
 
 # `--fsdp` words that map onto fsdp_config keys for FSDP2 (transformers 5's default); others pass through untouched.
 _FSDP_WORDS = {"full_shard": ("reshard_after_forward", True), "shard_grad_op": ("reshard_after_forward", False),

@@ -18,7 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.training_args import ParallelMode
 
 from alpaca import cli
-from alpaca.cli import MissingPathError, OutputExistsError, UsageError
+from alpaca.errors import MissingPathError, OutputExistsError, UsageError
 from alpaca.train.legacy_flags import translate_legacy_flags
 
 # What a finished or interrupted run leaves in output_dir (besides *.safetensors and checkpoint-N directories).
@@ -36,7 +36,7 @@ def _argparse_bool(value: str) -> bool:
 
 
 class ArgumentParser(transformers.HfArgumentParser, cli.ArgumentParser):
-    """HfArgumentParser whose mistakes raise cli.UsageError (one `error:` line, not argparse's page of usage) and
+    """HfArgumentParser whose mistakes raise errors.UsageError (one `error:` line, not argparse's page of usage) and
     whose booleans are read by cli.parse_bool, as in every other script."""
 
     def __init__(self, dataclass_types, prog: str = "python train.py"):

@@ -33,7 +33,7 @@ from transformers import DataCollatorWithFlattening, Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from alpaca import cli, files
-from alpaca.cli import DataError, MissingPathError, UsageError
+from alpaca.errors import DataError, MissingPathError, UsageError
 from alpaca.prompts.alpaca import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
 from alpaca.train import setup as train_setup
 from alpaca.train import throughput
@@ -478,7 +478,7 @@ def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArg
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments, list[str]]:
     """The three argument groups from argv (old flags translated), and the translation notices; every mistake is a
-    cli.UsageError (train_setup.parse_args)."""
+    errors.UsageError (train_setup.parse_args)."""
     return train_setup.parse_args((ModelArguments, DataArguments, TrainingArguments), argv)
 
 

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from alpaca import cli
+from alpaca import cli, errors
 from alpaca.weights.raw import (
     MANIFEST_DTYPES,
     TOKENIZER_FILES,
@@ -104,7 +104,7 @@ def model_file_names(model_dir: pathlib.Path) -> list[str]:
     templates = model_dir / CHAT_TEMPLATE_DIR
     if present(templates):
         if templates.is_symlink() or not templates.is_dir():
-            raise cli.DataError(f"{templates} is not a directory (or is a symbolic link); it must hold the named "
+            raise errors.DataError(f"{templates} is not a directory (or is a symbolic link); it must hold the named "
                                 "chat templates as NAME.jinja files.")
         names += sorted(f"{CHAT_TEMPLATE_DIR}/{path.name}" for path in templates.iterdir() if path.suffix == ".jinja")
     return names
@@ -115,14 +115,14 @@ def read_model_files(model_dir: pathlib.Path) -> dict[str, bytes]:
     are. Each must be a regular file, not a link (see `check_regular_file`); config.json and a tokenizer must be
     there. Read once, before any work: what is checked is what gets written."""
     if not model_dir.is_dir():
-        raise cli.MissingPathError(f"{model_dir} does not exist or is not a directory.")
+        raise errors.MissingPathError(f"{model_dir} does not exist or is not a directory.")
     names = model_file_names(model_dir)
     for name in names:
         check_regular_file(model_dir / name, follow_links=False)
     if "config.json" not in names:
-        raise cli.MissingPathError(f"{model_dir} has no config.json; it must be a Hugging Face model directory.")
+        raise errors.MissingPathError(f"{model_dir} has no config.json; it must be a Hugging Face model directory.")
     if not any(name in TOKENIZER_FILES for name in names):
-        raise cli.MissingPathError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+        raise errors.MissingPathError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
                                    "copy the tokenizer of the fine-tuned model into it.")
     return {name: (model_dir / name).read_bytes() for name in names}
 
@@ -149,13 +149,13 @@ def verify_model_files(files: dict[str, bytes], manifest: dict, path_diff: pathl
         return
     for name in sorted(set(files) | set(listed)):
         if name not in listed:
-            raise cli.DataError(f"{path_diff / name} is not listed in {MANIFEST_NAME}: it was added after the diff "
+            raise errors.DataError(f"{path_diff / name} is not listed in {MANIFEST_NAME}: it was added after the diff "
                                 "was made. Remove it, or copy the diff again.")
         if name not in files:
-            raise cli.MissingPathError(f"{path_diff / name} is listed in {MANIFEST_NAME} but missing: the diff is "
+            raise errors.MissingPathError(f"{path_diff / name} is listed in {MANIFEST_NAME} but missing: the diff is "
                                        "incomplete; copy it again.")
         if hashlib.sha256(files[name]).hexdigest() != listed[name]["sha256"]:
-            raise cli.DataError(f"{path_diff / name} does not match the SHA-256 recorded in {MANIFEST_NAME} when "
+            raise errors.DataError(f"{path_diff / name} does not match the SHA-256 recorded in {MANIFEST_NAME} when "
                                 "the diff was made: it was changed or damaged; copy the diff again.")
 
 
@@ -166,10 +166,10 @@ def check_output_free(final_dir: pathlib.Path | None) -> None:
     if final_dir is None or not present(final_dir):
         return
     if final_dir.is_symlink() or not final_dir.is_dir():
-        raise cli.OutputExistsError(f"{final_dir} already exists and is not a directory (or is a link to one); "
+        raise errors.OutputExistsError(f"{final_dir} already exists and is not a directory (or is a link to one); "
                                     "choose another output path.")
     if any(final_dir.iterdir()):
-        raise cli.OutputExistsError(f"{final_dir} already exists and is not empty; weight_diff.py never overwrites "
+        raise errors.OutputExistsError(f"{final_dir} already exists and is not empty; weight_diff.py never overwrites "
                                     "a model: remove it or choose another output path.")
 
 
@@ -214,7 +214,7 @@ def move_into_place(staging: pathlib.Path, final_dir: pathlib.Path) -> None:
     except OSError as error:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
             raise
-        raise cli.OutputExistsError(f"{final_dir} was filled or created by something else while this ran; "
+        raise errors.OutputExistsError(f"{final_dir} was filled or created by something else while this ran; "
                                     "nothing was written to it. Choose another output path.") from None
 
 
@@ -379,7 +379,7 @@ def plan_xor_recovery(path_raw: pathlib.Path, path_diff: pathlib.Path, manifest:
     added_tokens, vocab_size = (manifest["pad_token_resize"][key] for key in ("added_tokens", "vocab_size"))
     needed, _ = vocabulary_resize(path_raw, raw_config, path_diff, vocab_size)
     if needed != added_tokens:
-        raise cli.DataError(f"The diff was made against a raw model whose tokenizer needed {added_tokens} new "
+        raise errors.DataError(f"The diff was made against a raw model whose tokenizer needed {added_tokens} new "
                             f"token(s) in training, but the one in {path_raw} needs {needed}: wrong raw model.")
     sources = match_raw_tensors(raw_specs, targets, raw_config, added_tokens, vocab_size, path_raw)
 
@@ -405,7 +405,7 @@ def plan_float32_recovery(path_raw: pathlib.Path, path_diff: pathlib.Path) -> Re
           "(float32 tuned minus raw), recovered as raw + diff in float32.")
     diff_specs = checkpoint_tensors(path_diff, follow_links=False)
     if any(spec.dtype not in FLOATS for spec in diff_specs.values()):
-        raise cli.DataError(f"{path_diff} has integer tensors, as weight_diff.py's XOR diffs do, but no "
+        raise errors.DataError(f"{path_diff} has integer tensors, as weight_diff.py's XOR diffs do, but no "
                             f"{MANIFEST_NAME}: without it the diff cannot be applied. Copy the manifest too.")
     targets = {name: ("F32", spec.shape) for name, spec in sorted(diff_specs.items())}
     raw_specs = checkpoint_tensors(path_raw)
@@ -461,14 +461,14 @@ def read_manifest(path: pathlib.Path) -> dict:
     """The manifest, checked for the fields recover relies on: a damaged one is named, not a traceback."""
     manifest = read_json(path, follow_links=False)
     if manifest.get("format") != FORMAT_NAME or manifest.get("representation") != "xor":
-        raise cli.DataError(f"{path} is not a weight-diff manifest this script understands.")
+        raise errors.DataError(f"{path} is not a weight-diff manifest this script understands.")
     version = manifest.get("version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
-        raise cli.DataError(f"{path} has format version {version!r}; this script reads 1 to {FORMAT_VERSION}. "
+        raise errors.DataError(f"{path} has format version {version!r}; this script reads 1 to {FORMAT_VERSION}. "
                             "Update weight_diff.py, or copy the diff again.")
     problem = manifest_problem(manifest)
     if problem:
-        raise cli.DataError(f"{path} is damaged ({problem}); copy the diff again.")
+        raise errors.DataError(f"{path} is damaged ({problem}); copy the diff again.")
     return manifest
 
 
@@ -477,30 +477,30 @@ def check_diff_tensors(targets: dict, diff_specs: dict[str, TensorSpec], path_di
     for name, (dtype, shape) in targets.items():
         spec = diff_specs.get(name)
         if spec is None:
-            raise cli.DataError(f"The diff {path_diff} lacks tensor {name!r} listed in its manifest: it is "
+            raise errors.DataError(f"The diff {path_diff} lacks tensor {name!r} listed in its manifest: it is "
                                 "incomplete.")
         expected = DIFF_DTYPES[itemsize(dtype)]
         if spec.shape != shape or spec.dtype != expected:
-            raise cli.DataError(f"Tensor {name!r} in {spec.file} is {spec.dtype} {list(spec.shape)}; the manifest "
+            raise errors.DataError(f"Tensor {name!r} in {spec.file} is {spec.dtype} {list(spec.shape)}; the manifest "
                                 f"expects {expected} {list(shape)}: the diff is damaged.")
     extra = sorted(set(diff_specs) - set(targets))
     if extra:
-        raise cli.DataError(f"The diff {path_diff} has tensors its manifest does not list, e.g. {extra[:3]}.")
+        raise errors.DataError(f"The diff {path_diff} has tensors its manifest does not list, e.g. {extra[:3]}.")
 
 
 def check_tensor(name: str, entry: dict, digests: dict, source: RawSource, path_raw, path_diff) -> None:
     """Stop at the first tensor that does not match the manifest, saying which input is at fault."""
     if digests["diff_sha256"].hexdigest() != entry["diff_sha256"]:
-        raise cli.DataError(f"The diff is damaged: tensor {name!r} in {path_diff} does not match the SHA-256 "
+        raise errors.DataError(f"The diff is damaged: tensor {name!r} in {path_diff} does not match the SHA-256 "
                             "recorded when it was made. Download or copy the diff again.")
     if digests["raw_sha256"].hexdigest() != entry["raw_sha256"]:
         resized = " (or its [PAD] rows, the mean of the other rows, came out differently)" \
             if source.appended_row is not None else ""
-        raise cli.DataError(f"The raw model is not the one this diff was made from: tensor {source.name!r} in "
+        raise errors.DataError(f"The raw model is not the one this diff was made from: tensor {source.name!r} in "
                             f"{source.spec.file} differs{resized}. Pass the exact base model the diff was made "
                             f"against as --path_raw.")
     if digests["sha256"].hexdigest() != entry["sha256"]:
-        raise cli.DataError(f"Recovered tensor {name!r} does not match its SHA-256 in the manifest.")
+        raise errors.DataError(f"Recovered tensor {name!r} does not match its SHA-256 in the manifest.")
 
 
 # ----------------------------------------------------------------------------- the original's naive check
@@ -525,7 +525,7 @@ def legacy_buffer_sum(diff_specs: dict[str, TensorSpec], path_raw: pathlib.Path)
 def check_naive_sum(total: float, legacy: bool) -> None:
     if not math.isclose(total, ALPACA_7B_NAIVE_SUM, rel_tol=0, abs_tol=1e-2):
         hint = " If this diff is not Alpaca-7B's, pass --check_integrity_naively False." if legacy else ""
-        raise cli.DataError(f"Naive integrity check failed: the recovered weights sum to {total:.4f}, not "
+        raise errors.DataError(f"Naive integrity check failed: the recovered weights sum to {total:.4f}, not "
                             f"{ALPACA_7B_NAIVE_SUM} as Alpaca-7B's do.{hint}")
     print(f"recover: naive integrity check passed (sum of weights {total:.4f})")
 
@@ -536,12 +536,12 @@ def check_device(device: str, needs_gpu_now: bool = False) -> None:
     """Refuse a device that cannot work before any work is done. Only a run that will use a GPU (test_inference
     on cuda) imports torch to ask for one; the diff itself never needs it."""
     if str(device).split(":")[0] not in ("cpu", "cuda", "mps", "xpu", "auto"):
-        raise cli.UsageError(f"--device {device!r} is not a device: use cpu or cuda (or cuda:N).")
+        raise errors.UsageError(f"--device {device!r} is not a device: use cpu or cuda (or cuda:N).")
     if needs_gpu_now and str(device).startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise cli.UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu "
+            raise errors.UserError(f"--device {device} was asked for but no CUDA GPU is available; use --device cpu "
                                 "(or --test_inference False: the recovery itself runs on the CPU).")
 
 

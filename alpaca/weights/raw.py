@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alpaca import cli
+from alpaca.errors import DataError, MissingPathError
 from alpaca.weights.safetensors_stream import (
     FLOATS,
     TensorSpec,
@@ -102,7 +102,7 @@ def declared_special_tokens(model_dir: pathlib.Path) -> dict[str, str | None]:
     torch: more memory than the whole diff needs."""
     declared = [model_dir / name for name in ("tokenizer_config.json", "special_tokens_map.json")]
     if not any(present(path) for path in declared) and not any(present(model_dir / n) for n in TOKENIZER_FILES):
-        raise cli.MissingPathError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
+        raise MissingPathError(f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
                                    "the model directory must hold its tokenizer.")
     tokens = dict.fromkeys(SPECIAL_TOKEN_ROLES)
     for path in reversed(declared):  # tokenizer_config.json wins
@@ -123,19 +123,19 @@ def added_token_ids(model_dir: pathlib.Path) -> dict[str, int]:
         tokens = read_json(path).get("added_tokens", [])
         if not isinstance(tokens, list) or not all(
                 isinstance(t, dict) and isinstance(t.get("content"), str) and is_id(t.get("id")) for t in tokens):
-            raise cli.DataError(f"{path}: added_tokens is not a list of {{id, content}} objects; the file is damaged.")
+            raise DataError(f"{path}: added_tokens is not a list of {{id, content}} objects; the file is damaged.")
         ids.update({t["content"]: t["id"] for t in tokens})
     path = model_dir / "tokenizer_config.json"
     if present(path):
         decoder = read_json(path).get("added_tokens_decoder", {})
         if not isinstance(decoder, dict) or not all(str(i).isdigit() for i in decoder):
-            raise cli.DataError(f"{path}: added_tokens_decoder does not map token ids to tokens; the file is damaged.")
+            raise DataError(f"{path}: added_tokens_decoder does not map token ids to tokens; the file is damaged.")
         ids.update({t["content"]: int(i) for i, t in decoder.items() if isinstance(t, dict) and "content" in t})
     path = model_dir / "added_tokens.json"
     if present(path):
         added = read_json(path)
         if not all(is_id(i) for i in added.values()):
-            raise cli.DataError(f"{path} does not map tokens to ids; the file is damaged.")
+            raise DataError(f"{path} does not map tokens to ids; the file is damaged.")
         ids.update(added)
     return ids
 
@@ -176,7 +176,7 @@ def match_raw_tensors(
     resizing = isinstance(vocab_size, int) and (added_tokens > 0 or vocab_size != raw_rows)
     kept_rows = vocab_size - added_tokens if resizing else raw_rows
     if resizing and (raw_rows is None or kept_rows > raw_rows):
-        raise cli.DataError(f"{path_raw}: the raw embeddings have {raw_rows} rows, but the tuned model's vocabulary "
+        raise DataError(f"{path_raw}: the raw embeddings have {raw_rows} rows, but the tuned model's vocabulary "
                             f"has {vocab_size} tokens, {added_tokens} of them added in training: the tuned model was "
                             "not trained from this raw model.")
     embeddings = [name for name, spec in raw_specs.items()
@@ -191,17 +191,17 @@ def match_raw_tensors(
             elif skip_missing(name):
                 continue
             else:
-                raise cli.DataError(f"Tensor {name!r} is in the tuned model but not in the raw model {path_raw}: "
+                raise DataError(f"Tensor {name!r} is in the tuned model but not in the raw model {path_raw}: "
                                     "is it the base model this diff belongs to?")
         spec = raw_specs[raw_name]
         resized = resizing and raw_name in embeddings
         expected = (vocab_size, *spec.shape[1:]) if resized else spec.shape
         if tuple(shape) != tuple(expected):
-            raise cli.DataError(f"Tensor {name!r} has shape {list(shape)} in the tuned model but the raw model "
+            raise DataError(f"Tensor {name!r} has shape {list(shape)} in the tuned model but the raw model "
                                 f"{path_raw} gives {list(expected)}" + (" after the resize" if resized else "")
                                 + ": these are not the same architecture.")
         if (spec.dtype in FLOATS) != (dtype in FLOATS) or (dtype not in FLOATS and spec.dtype != dtype):
-            raise cli.DataError(f"Tensor {name!r} is {MANIFEST_DTYPES[dtype]} in the tuned model but "
+            raise DataError(f"Tensor {name!r} is {MANIFEST_DTYPES[dtype]} in the tuned model but "
                                 f"{MANIFEST_DTYPES[spec.dtype]} in {path_raw}.")
         if resized and added_tokens and raw_name not in means:
             means[raw_name] = mean_of_rows(spec, kept_rows)
@@ -210,7 +210,7 @@ def match_raw_tensors(
         used.add(raw_name)
     unused = sorted(set(raw_specs) - used - set(embeddings))
     if unused:
-        raise cli.DataError(f"The raw model {path_raw} has tensors the tuned model lacks, e.g. {unused[:3]}: "
+        raise DataError(f"The raw model {path_raw} has tensors the tuned model lacks, e.g. {unused[:3]}: "
                             "is it the base model this diff belongs to?")
     return sources
 

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from alpaca import cli
+from alpaca.errors import DataError, MissingPathError, UsageError
 
 ELEMENTS_PER_BLOCK = 1 << 20  # 1M elements (4 MB in float32) per piece of work bounds memory
 MAX_HEADER_BYTES = 100_000_000  # the reference implementation's limit on a header's size (100 MB)
@@ -61,18 +61,18 @@ def check_regular_file(path: pathlib.Path, follow_links: bool = True) -> None:
     never ends, and where links are not followed (a directory whose files are copied into a model: a diff, a
     tuned model) a link could bring a file from elsewhere (a key, /etc/passwd) into a model that gets shared."""
     if path.is_symlink() and not follow_links:
-        raise cli.DataError(f"{path} is a symbolic link (to {os.readlink(path)}); only regular files are read from "
+        raise DataError(f"{path} is a symbolic link (to {os.readlink(path)}); only regular files are read from "
                             f"{path.parent}, so that no file from elsewhere ends up in a model. If you trust its "
                             "target, replace the link with a copy of the file.")
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         dangling = " (a symbolic link to nowhere)" if path.is_symlink() else ""
-        raise cli.MissingPathError(f"{path} does not exist{dangling}.") from None
+        raise MissingPathError(f"{path} does not exist{dangling}.") from None
     if not stat.S_ISREG(mode):
         kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
                 else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
-        raise cli.DataError(f"{path} is {kind}, not a regular file; a model directory holds regular files only.")
+        raise DataError(f"{path} is {kind}, not a regular file; a model directory holds regular files only.")
 
 
 def read_json(path: pathlib.Path, follow_links: bool = True) -> dict:
@@ -81,13 +81,13 @@ def read_json(path: pathlib.Path, follow_links: bool = True) -> dict:
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise cli.DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): the file is damaged; "
+        raise DataError(f"{path} is not UTF-8 text (byte {error.start} cannot be decoded): the file is damaged; "
                             "get it again.") from None
     except json.JSONDecodeError as error:
-        raise cli.DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
+        raise DataError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): "
                             "the file is damaged; get it again.") from None
     if not isinstance(value, dict):
-        raise cli.DataError(f"{path} holds a JSON {type(value).__name__}, where a JSON object was expected: the file "
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, where a JSON object was expected: the file "
                             "is damaged or not what its name says.")
     return value
 
@@ -100,8 +100,8 @@ def _is_count(value: object) -> bool:
 
 def header_entry(file: pathlib.Path, name: str, entry: object) -> tuple[str, tuple[int, ...], int, int]:
     """(dtype, shape, begin, end) of one header entry, its fields checked as the format defines them."""
-    def damaged(what: str) -> cli.DataError:
-        return cli.DataError(f"{file} has a damaged safetensors header: tensor {name!r} {what}.")
+    def damaged(what: str) -> DataError:
+        return DataError(f"{file} has a damaged safetensors header: tensor {name!r} {what}.")
 
     if not isinstance(entry, dict):
         raise damaged(f"is described by a JSON {type(entry).__name__}, not an object")
@@ -109,7 +109,7 @@ def header_entry(file: pathlib.Path, name: str, entry: object) -> tuple[str, tup
     if not isinstance(dtype, str):
         raise damaged(f"has dtype {dtype!r}, not a name such as \"F32\"")
     if dtype not in STORAGE:
-        raise cli.DataError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported "
+        raise DataError(f"{file}: tensor {name!r} has dtype {dtype}, which is not supported "
                             f"(supported: {', '.join(STORAGE)}).")
     if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
         raise damaged(f"has shape {shape!r}, not a list of sizes (whole numbers, 0 or more)")
@@ -128,17 +128,17 @@ def check_byte_ranges(file: pathlib.Path, ranges: list[tuple[int, int, str]], da
     expected, previous = 0, None
     for begin, end, name in sorted(ranges):
         if begin < expected:
-            raise cli.DataError(f"{file} has a damaged safetensors header: the bytes of tensor {name!r} "
+            raise DataError(f"{file} has a damaged safetensors header: the bytes of tensor {name!r} "
                                 f"[{begin}, {end}) overlap those of tensor {previous!r}.")
         if begin > expected:
-            raise cli.DataError(f"{file} has a damaged safetensors header: bytes [{expected}, {begin}) before "
+            raise DataError(f"{file} has a damaged safetensors header: bytes [{expected}, {begin}) before "
                                 f"tensor {name!r} belong to no tensor.")
         expected, previous = end, name
     if expected > data_size:
-        raise cli.DataError(f"{file}: tensor {previous!r} does not fit in the file ({expected} bytes of data "
+        raise DataError(f"{file}: tensor {previous!r} does not fit in the file ({expected} bytes of data "
                             f"declared, {data_size} present): it is damaged or truncated.")
     if expected < data_size:
-        raise cli.DataError(f"{file} has {data_size - expected} bytes after its last tensor that its header does "
+        raise DataError(f"{file} has {data_size - expected} bytes after its last tensor that its header does "
                             "not account for: it is damaged or not a safetensors file.")
 
 
@@ -152,21 +152,21 @@ def read_safetensors_header(file: pathlib.Path, follow_links: bool = True) -> di
         prefix = handle.read(8)
         length = int.from_bytes(prefix, "little")
         if len(prefix) == 8 and length > MAX_HEADER_BYTES:
-            raise cli.DataError(f"{file} declares a safetensors header of {length} bytes, over the format's limit of "
+            raise DataError(f"{file} declares a safetensors header of {length} bytes, over the format's limit of "
                                 f"{MAX_HEADER_BYTES // 10**6} MB: it is damaged or not a safetensors file.")
         if len(prefix) < 8 or not 2 <= length <= size - 8:
-            raise cli.DataError(f"{file} is not a safetensors file (or is truncated): header length {length}, "
+            raise DataError(f"{file} is not a safetensors file (or is truncated): header length {length}, "
                                 f"file size {size} bytes.")
         text = handle.read(length)
     try:
         header = json.loads(text.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise cli.DataError(f"{file} has a damaged safetensors header ({error}).") from None
+        raise DataError(f"{file} has a damaged safetensors header ({error}).") from None
     if not isinstance(header, dict):
-        raise cli.DataError(f"{file} has a damaged safetensors header: a JSON {type(header).__name__}, not an object.")
+        raise DataError(f"{file} has a damaged safetensors header: a JSON {type(header).__name__}, not an object.")
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise cli.DataError(f"{file} has a damaged safetensors header: __metadata__ must map names to strings.")
+        raise DataError(f"{file} has a damaged safetensors header: __metadata__ must map names to strings.")
     specs, ranges = {}, []
     for name, entry in header.items():
         dtype, shape, begin, end = header_entry(file, name, entry)
@@ -181,10 +181,10 @@ def shard_files(index: pathlib.Path) -> dict[str, pathlib.Path]:
     name with a directory in it (`../../etc/passwd`, an absolute path) is refused before anything is opened."""
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise cli.DataError(f"{index} has no weight_map from tensor names to shard files: the index is damaged.")
+        raise DataError(f"{index} has no weight_map from tensor names to shard files: the index is damaged.")
     for shard in sorted(set(weight_map.values())):
         if pathlib.PurePath(shard).name != shard or shard in (".", "..") or "\\" in shard:
-            raise cli.DataError(f"{index} names the shard {shard!r}, which is not a file in {index.parent}; a "
+            raise DataError(f"{index} names the shard {shard!r}, which is not a file in {index.parent}; a "
                                 "checkpoint's shards lie next to its index. The index is damaged or hostile: get "
                                 "the checkpoint again.")
     return {name: index.parent / shard for name, shard in weight_map.items()}
@@ -195,7 +195,7 @@ def checkpoint_tensors(model_dir: pathlib.Path, follow_links: bool = True) -> di
 
     follow_links=False refuses symbolic links among the files (see `check_regular_file`)."""
     if not model_dir.is_dir():
-        raise cli.MissingPathError(f"{model_dir} does not exist or is not a directory.")
+        raise MissingPathError(f"{model_dir} does not exist or is not a directory.")
     index = model_dir / INDEX_NAME
     if present(index):
         check_regular_file(index, follow_links)
@@ -204,26 +204,26 @@ def checkpoint_tensors(model_dir: pathlib.Path, follow_links: bool = True) -> di
     elif present(model_dir / "model.safetensors"):
         listed, files = {}, [model_dir / "model.safetensors"]
     elif list(model_dir.glob("*.bin")):
-        raise cli.MissingPathError(
+        raise MissingPathError(
             f"{model_dir} holds PyTorch pickle weights (*.bin) but no safetensors; only safetensors are read, as "
             f"pickles can run code when loaded. If you trust the files, convert them once, tokenizer included: "
             f"`python -c \"from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; d = '{model_dir}'; "
             f"M.from_pretrained(d, dtype='auto').save_pretrained(d + '-safetensors'); "
             f"T.from_pretrained(d).save_pretrained(d + '-safetensors')\"`, and pass the new directory.")
     else:
-        raise cli.MissingPathError(f"{model_dir} has no model.safetensors or {INDEX_NAME}.")
+        raise MissingPathError(f"{model_dir} has no model.safetensors or {INDEX_NAME}.")
     specs = {}
     for file in files:
         if not present(file):
-            raise cli.MissingPathError(f"{file} is listed in {index} but missing: the checkpoint is incomplete.")
+            raise MissingPathError(f"{file} is listed in {index} but missing: the checkpoint is incomplete.")
         for name, spec in read_safetensors_header(file, follow_links).items():
             if name in specs:
-                raise cli.DataError(f"Tensor {name!r} is in both {specs[name].file} and {file}: the checkpoint is "
+                raise DataError(f"Tensor {name!r} is in both {specs[name].file} and {file}: the checkpoint is "
                                     "damaged.")
             specs[name] = spec
     for name, file in listed.items():
         if name not in specs or specs[name].file != file:
-            raise cli.DataError(f"{index} puts tensor {name!r} in {file.name}, which does not hold it: the "
+            raise DataError(f"{index} puts tensor {name!r} in {file.name}, which does not hold it: the "
                                 "checkpoint is damaged or incomplete.")
     return specs
 
@@ -237,7 +237,7 @@ def read_rows(spec: TensorSpec, start: int | None = None, stop: int | None = Non
         handle.seek(spec.offset + first * row_elements * itemsize(spec.dtype))
         data = np.fromfile(handle, dtype=STORAGE[spec.dtype], count=count)
     if data.size != count:
-        raise cli.DataError(f"{spec.file} ended before the data of a tensor did: the file is truncated.")
+        raise DataError(f"{spec.file} ended before the data of a tensor did: the file is truncated.")
     return data
 
 
@@ -288,7 +288,7 @@ def parse_size(size: int | str) -> int:
                 return int(float(text[: -len(unit)]) * factor)
         return int(text)
     except ValueError:
-        raise cli.UsageError(f"--max_shard_size {size!r}: give a size such as 2GB, 500MB, 4GiB or a number of bytes.") \
+        raise UsageError(f"--max_shard_size {size!r}: give a size such as 2GB, 500MB, 4GiB or a number of bytes.") \
             from None
 
 
