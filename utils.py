@@ -19,7 +19,6 @@ from alpaca.files import (  # noqa: F401  (re-exported)
     jload,
     load_alpaca_records,
     load_records,
-    read_complete_lines,
     read_jsonl,
 )
 

@@ -31,9 +31,9 @@ class OutputExistsError(UserError, FileExistsError):
     """An output that would overwrite something the user has not asked us to overwrite."""
 
 
-class OutputPathError(UserError):
+class OutputPathError(UsageError):
     """An output path that cannot be written as asked: a directory, a device or a link where a file should be,
-    a file where a directory should be, or an input of the same run."""
+    a file where a directory should be, or an input of the same run. A command-line mistake: exit 2."""
 
 
 class JournalError(UserError):

@@ -1,20 +1,30 @@
-"""Shared helpers of the Alpaca scripts: JSON files and the original's `openai_completion`.
+"""Files, one home for each rule: records (JSON and JSONL data files), atomic writes, journals and the lock of an
+output directory.
 
-The LLM client itself (endpoints, concurrency, retries, rate limits, the response cache, the local model)
-lives in llm_client.py; `openai_completion` below keeps the original's synchronous interface on top of it.
+- `load_records` / `load_alpaca_records`: the data files every stage reads, with errors naming file and record.
+- `write_atomically` / `write_json`: the one way an output file is replaced (unique temporary name, no symlink
+  followed, never a device or an input of the same run, nothing left behind on an error).
+- `append_journal` / `read_journal`: the one rule of every append-only journal a run resumes from.
+- `claimed_directory`: the lock that keeps a second run off an output directory in use.
 """
 
+import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
 import pathlib
+import shutil
 import socket
+import stat
+import tempfile
 import threading
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 
-from alpaca.errors import DataError, MissingPathError
+from alpaca.errors import BusyError, DataError, JournalError, MissingPathError, OutputPathError
 
 logger = logging.getLogger(__name__)
 
@@ -125,28 +135,6 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
                                 "JSONL file needs one JSON object per line; a JSON list must start with '['.") from None
 
 
-def read_complete_lines(path: str | os.PathLike) -> list:
-    """The JSON values of an append-only JSONL journal, up to the first line that is not whole (a kill while it
-    was written): that line and anything after it are cut off the file, so the next append starts clean.
-    A missing file has no values."""
-    if not os.path.exists(path):
-        return []
-    values, good_bytes = [], 0
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                values.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(line)
-    if good_bytes < os.path.getsize(path):
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
-    return values
-
-
 def load_records(path: str | os.PathLike) -> list:
     """The records of a JSON list or a JSONL file (one JSON value per line; blank lines skipped).
 
@@ -242,3 +230,237 @@ def jload(f, mode: str = "r"):
         return json.load(f)
     finally:
         f.close()
+
+
+# -- writing a file all at once -------------------------------------------------------------------------
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    return "a device, FIFO or socket, not a regular file"
+
+
+def check_output_file(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (), flag: str = "output") -> None:
+    """Refuse, before any work, an output path that a run must not replace: one that exists and is not a regular
+    file (a directory, a symbolic link, a device), one whose parent is a file, or one that is an input of the same
+    run (by any path: a link, `./`, a hard link)."""
+    path = os.fspath(path)
+    if os.path.lexists(path):
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise OutputPathError(f"{flag} {path} is {_kind_of(mode)}; give the path of a regular file to write.")
+    parent = next((p for p in pathlib.Path(path).absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputPathError(f"{flag} {path} cannot be created: {parent} is a file, not a directory.")
+    for source in inputs:
+        if os.path.exists(path) and os.path.exists(source) and os.path.samefile(path, source):
+            raise OutputPathError(f"{flag} {path} is the input file {os.fspath(source)}; write to another file so "
+                                  "that the input stays as it is.")
+
+
+def _encoded(data: str | bytes, path: str) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    try:
+        return data.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(f"cannot write {path}: the text holds {data[error.start:error.end]!r} at character "
+                        f"{error.start}, a lone UTF-16 surrogate that UTF-8 cannot encode (it came from an input "
+                        "written by a tool that splits characters); fix that text in the input.") from None
+
+
+def write_atomically(path: str | os.PathLike, data: str | bytes, inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Replace `path` with `data` (text is written as UTF-8) all at once: readers see the old file or the new one,
+    never a part. The data goes to a temporary file of a unique name in the target's directory, created exclusively
+    (so it never writes through a planted symbolic link), forced to disk and renamed over the target; the parent
+    directory is created when missing. Refused first, by `check_output_file`: a target that is not a regular file,
+    or that is one of `inputs`. On any error nothing is left behind."""
+    path = os.fspath(path)
+    check_output_file(path, inputs)
+    payload = _encoded(data, path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fchmod(f.fileno(), _new_file_mode(path))
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def _new_file_mode(path: str) -> int:
+    """The mode the file would get from a plain open(): the old file's, else 0o666 less the umask (mkstemp's
+    temporary files are 0o600)."""
+    with contextlib.suppress(FileNotFoundError):
+        return stat.S_IMODE(os.stat(path).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_directory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj: object, inputs: Sequence[str | os.PathLike] = (), indent: int = 4,
+               ensure_ascii: bool = True) -> None:
+    """`obj` as JSON (indent 4, as the Alpaca data files), written atomically. NaN and infinities are refused (they
+    are not JSON): a DataError naming the file."""
+    try:
+        text = json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False, default=str)
+    except ValueError as error:
+        raise DataError(f"cannot write {os.fspath(path)}: {error}; such a value (NaN or Infinity) is not JSON.") \
+            from None
+    write_atomically(path, text + ("\n" if indent is not None else ""), inputs)
+
+
+# -- journals: append-only JSONL files that a run resumes from -------------------------------------------
+#
+# The one rule, for every journal (the generator's, the judge's, the rater's, the annotations, the preference
+# stage's): a record is appended as one line and forced to disk before the run goes on; on reading, a last line
+# without its newline is what a kill mid-write leaves and is cut off (its work is done again), blank lines are
+# skipped, and any other damage is refused with the file and line number. Nothing else is ever deleted.
+
+
+def journal_line(record: dict) -> bytes:
+    """One journal line: JSON (NaN and infinities refused) and a newline. Text stays readable (no \\u escapes)
+    unless it holds a lone surrogate, which only the escaped form can carry."""
+    text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+    try:
+        return (text + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, allow_nan=False) + "\n").encode("ascii")
+
+
+# Seconds between forcing the journal to disk. Every line is written to the OS at once, so a killed or crashed process
+# loses nothing; only a power cut or an OS crash may lose the last second's lines, whose requests the next run asks
+# again. An fsync per line cost the generator a third of its time against a fast server (bench/bench_generate.py).
+JOURNAL_FSYNC_SECONDS = 1.0
+_last_fsync: dict[str, float] = {}
+
+
+def append_journal(path: str | os.PathLike, record: dict) -> None:
+    """Append one record as a line and hand it to the OS before returning, so that a killed run still finds it;
+    force the file to disk the first time and then at most every JOURNAL_FSYNC_SECONDS (a machine that loses power
+    loses at most that much; `sync_journal` at the end of a run forces the rest). A half-written last line (a kill
+    mid-write) is cut off first, so the record starts a line of its own."""
+    path = os.fspath(path)
+    line = journal_line(record)
+    with open(path, "ab") as f:
+        if f.tell() and _last_byte(f) != b"\n":
+            _cut_torn_tail(f)
+        f.write(line)
+        f.flush()
+        now = time.monotonic()
+        if now - _last_fsync.get(path, -JOURNAL_FSYNC_SECONDS) >= JOURNAL_FSYNC_SECONDS:
+            os.fsync(f.fileno())
+            _last_fsync[path] = now
+
+
+def sync_journal(path: str | os.PathLike) -> None:
+    """Force a journal to disk (at the end of a run: the lines since the last fsync)."""
+    path = os.fspath(path)
+    with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        os.fsync(f.fileno())
+    _last_fsync.pop(path, None)
+
+
+def _last_byte(f) -> bytes:
+    with open(f.name, "rb") as reader:
+        reader.seek(-1, os.SEEK_END)
+        return reader.read(1)
+
+
+def _cut_torn_tail(f) -> None:
+    with open(f.name, "rb") as reader:
+        data = reader.read()
+    f.truncate(data.rfind(b"\n") + 1)
+    f.seek(0, os.SEEK_END)
+
+
+def read_journal(path: str | os.PathLike, record_problem: Callable[[dict], str | None] | None = None,
+                 writer: str = "this run") -> list[dict]:
+    """The records of a journal (a missing file has none), by the one rule above. Each line must be a JSON object
+    that `record_problem` (when given) finds nothing wrong with; otherwise a JournalError names the file, the line
+    and the fault, and nothing is changed. Only a torn last line is cut off the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        lines = f.readlines()
+    records = []
+    for line_number, line in enumerate(lines, start=1):
+        if line_number == len(lines) and not line.endswith(b"\n"):
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) - len(line))
+            break
+        if not line.strip():
+            continue
+        problem = _line_problem(line, record_problem)
+        if problem:
+            raise JournalError(f"{path}, line {line_number} of {len(lines)}: {problem}. {writer} appends to this "
+                               "journal and resumes from it, and never writes such a line: repair or delete that "
+                               "line (nothing was removed from the file).")
+        records.append(json.loads(line))
+    return records
+
+
+def _line_problem(line: bytes, record_problem: Callable[[dict], str | None] | None) -> str | None:
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return "not valid JSON"
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    return record_problem(record) if record_problem else None
+
+
+# -- the lock of an output directory ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def claimed_directory(directory: str | os.PathLike, lock_name: str, what: str, flag: str = "--output_dir") \
+        -> Iterator[None]:
+    """Create `directory` if needed and hold its lock file `lock_name` for the block: a second run on the same
+    directory refuses at once, naming the first (it would pay every request twice and write each into the journal
+    twice). The lock is an flock, which the OS drops when its process dies, so a killed run never leaves it stuck.
+    A directory this run created and left empty (e.g. the server was unreachable) is removed again. `what` names
+    the kind of run in the message ("generator", "judge")."""
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise OutputPathError(f"{flag} {directory} is a file, not a directory; pass a directory (it is created when "
+                              "missing).")
+    created = not os.path.exists(directory)
+    os.makedirs(directory, exist_ok=True)
+    lock_path = os.path.join(directory, lock_name)
+    try:
+        with open(lock_path, "a+", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "a process that has not written its name yet"
+                raise BusyError(f"{directory} is in use by another {what} ({holder}); wait for it to finish or "
+                                f"stop it, or pass another {flag}.") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            lock.flush()
+            yield
+    finally:
+        if created and os.path.isdir(directory) and os.listdir(directory) == [lock_name]:
+            shutil.rmtree(directory)

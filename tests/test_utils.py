@@ -389,11 +389,3 @@ def test_a_server_refusing_prompt_lists_gets_one_prompt_per_request(openai_serve
     refusals = [r.getMessage() for r in caplog.records if "refused a list of 3 prompts" in r.getMessage()]
     switches = [r.getMessage() for r in caplog.records if "sending one prompt per request" in r.getMessage()]
     assert len(refusals) == 1 and len(switches) == 1  # said once, however many requests were in flight
-
-
-def test_read_complete_lines_cuts_a_half_written_tail_off_the_journal(tmp_path):
-    journal = tmp_path / "journal.jsonl"
-    assert utils.read_complete_lines(journal) == []
-    journal.write_bytes(b'{"key": 1}\n{"key": 2}\n{"key": 3, "half')
-    assert utils.read_complete_lines(journal) == [{"key": 1}, {"key": 2}]
-    assert journal.read_bytes() == b'{"key": 1}\n{"key": 2}\n'  # the next append starts on a clean line

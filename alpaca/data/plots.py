@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 
 import numpy as np
+
+from alpaca import files
 
 
 def _pyplot():
@@ -24,12 +26,12 @@ def _pyplot():
 
 
 def save_figure(figure, path: str) -> None:
-    """Write the figure as a PNG atomically (temp file + rename) and close it."""
+    """Write the figure as a PNG atomically (files.write_atomically) and close it."""
     plt = _pyplot()
-    tmp = f"{path}.tmp"
-    figure.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
-    os.replace(tmp, path)
+    files.write_atomically(path, buffer.getvalue())
 
 
 def _radial_label(ax, text: str, theta1: float, theta2: float, radius: float, size: float) -> None:

@@ -20,8 +20,6 @@ from tqdm import tqdm
 from alpaca import files
 from alpaca.data import tools as data_tools
 from alpaca.errors import UsageError, UserError
-from alpaca.generate.journal import sync_journal
-from alpaca.generate.self_instruct import append_journal
 from alpaca.llm.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MODEL_NAMES,
@@ -78,9 +76,17 @@ def record_key(record: dict) -> str:
     return hashlib.sha256(json.dumps([task[f] for f in data_tools.FIELDS]).encode("utf-8")).hexdigest()
 
 
+def rating_problem(entry: dict) -> str | None:
+    """Why a journal line is not a rating this rater writes, or None when it is."""
+    if not isinstance(entry.get("key"), str):
+        return f"not a rating (it has no 'key'; {json.dumps(entry)[:60]!r})"
+    return None
+
+
 def read_journal(path: str) -> list[dict]:
-    """The journal's entries; a half-written last line (a kill while writing) is cut off the file."""
-    return files.read_complete_lines(path)
+    """The journal's entries, read by the one journal rule (files.read_journal): a torn last line is cut off; any
+    other damaged line is refused with its number, and nothing is deleted."""
+    return files.read_journal(path, rating_problem, writer="The rater")
 
 
 def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[str, str]:
@@ -103,7 +109,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     from alpaca.data import plots as data_plots
 
     (records,) = data_tools.load_inputs([data_path])
-    data_tools.check_output_path(output, [data_path])
+    beside = output_paths(output, min_score, 0)  # the random subset's name needs the count: checked when written
+    data_tools.check_output_path(output, [data_path], also=tuple(beside[k] for k in ("kept", "picture") if k in beside))
     for flag, value in (("max_concurrency", max_concurrency), ("max_tokens", max_tokens)):
         if value < 1:
             raise UsageError(f"--{flag} must be at least 1, not {value}.")
@@ -125,14 +132,21 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     scores: list[float | None] = [None] * len(records)
     attempts = [0] * len(records)
     stale = 0
+    # Ratings are keyed by the record's content, not its place in the file: a record moved, or rated under another
+    # --output's journal copied here, keeps its rating; a record whose text changed is rated again.
+    places: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        places.setdefault(key, []).append(i)
     for entry in read_journal(paths["journal"]):
-        i = entry.get("record_index")
-        if not isinstance(i, int) or not 0 <= i < len(records) or entry.get("key") != keys[i]:
-            stale += 1  # the data file changed since: that rating belongs to another record
+        if entry["key"] not in places:
+            stale += 1  # the data file changed since: that rating belongs to a record no longer there
             continue
-        attempts[i] += 1
-        if entry.get("score") is not None:
-            scores[i] = entry["score"]
+        score = entry.get("score")
+        usable = isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= MAX_SCORE
+        for i in places[entry["key"]]:
+            attempts[i] += 1
+            if usable:
+                scores[i] = score
     if stale:
         print(f"note: {stale} journal entries in {paths['journal']} do not match the records of {data_path} (the "
               "file changed); those records are rated again.")
@@ -168,7 +182,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                         i = todo[k - offset]
                         reply = result["choices"][0]["text"]
                         score = parse_score(reply)
-                        append_journal(paths["journal"], {"record_index": i, "key": keys[i], "attempt": attempt,
+                        files.append_journal(paths["journal"], {"record_index": i, "key": keys[i], "attempt": attempt,
                                                           "score": score, "reply": reply, "usage": result["usage"]})
                         attempts[i] += 1
                         scores[i] = score
@@ -189,9 +203,9 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
     finally:
         progress.close()
-        sync_journal(paths["journal"])
+        files.sync_journal(paths["journal"])
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
-    data_tools.write_records(output, rated)
+    data_tools.write_records(output, rated, [data_path])
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
     num_rated = sum(s is not None for s in scores)
     cost = (totals["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
@@ -209,8 +223,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         kept = [r for r in rated if r["score"] is not None and r["score"] >= min_score]
         paths = output_paths(output, min_score, len(kept))
         chosen = sorted(random.Random(seed).sample(range(len(rated)), len(kept)))
-        data_tools.write_records(paths["kept"], kept)
-        data_tools.write_records(paths["random"], [rated[i] for i in chosen])
+        data_tools.write_records(paths["kept"], kept, [data_path])
+        data_tools.write_records(paths["random"], [rated[i] for i in chosen], [data_path])
         print(f"{len(kept):,} records score at least {min_score:g}: {paths['kept']}; a random subset of the same size "
               f"(seed {seed}) for comparison: {paths['random']}.")
         summary.update(kept=len(kept), kept_path=paths["kept"], random_path=paths["random"])

@@ -61,35 +61,29 @@ def task_of(record: dict) -> dict:
             "output": record.get("output") or ""}
 
 
-def write_text_atomically(path: str, text: str) -> None:
-    """Write `text` to path via a temporary file renamed into place; the parent directory is created."""
-    directory = os.path.dirname(path)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def records_text(records: list[dict], path: str) -> str:
     """Records as a JSONL file when `path` ends in .jsonl, else as a JSON list (indent 4, as regen.json)."""
-    if path.endswith(".jsonl"):
-        return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    return json.dumps(records, indent=4, ensure_ascii=False) + "\n"
+    try:
+        if path.endswith(".jsonl"):
+            return "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+        return json.dumps(records, indent=4, ensure_ascii=False, allow_nan=False) + "\n"
+    except ValueError as error:  # NaN or Infinity in a field: not JSON, and other tools would refuse the file
+        raise DataError(f"cannot write {path}: {error} (a NaN or Infinity in a field of the input); such a value "
+                        "is not JSON: fix or remove it in the input.") from None
 
 
-def write_records(path: str, records: list[dict]) -> None:
-    write_text_atomically(path, records_text(records, path))
+def write_records(path: str, records: list[dict], inputs: list[str] = ()) -> None:
+    """Records as JSON or JSONL (by the path's extension), written atomically; never over one of `inputs`."""
+    files.write_atomically(path, records_text(records, path), inputs)
 
 
-def check_output_path(output: str, inputs: list[str]) -> None:
-    """Refuse an output that would replace one of the inputs."""
+def check_output_path(output: str, inputs: list[str], also: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an --output (and the files written beside it, `also`) that is not a regular file
+    or that would replace one of the inputs (files.check_output_file)."""
     if not output:
         raise UsageError("--output needs a file name.")
-    for path in inputs:
-        if os.path.exists(output) and os.path.samefile(output, path):
-            raise UsageError(f"--output {output} is the input file; write to another file.")
+    for path in (output, *also):
+        files.check_output_file(path, inputs, flag="--output" if path == output else "the output")
 
 
 def format_counts(counts: Counter) -> str:
@@ -156,10 +150,10 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
             data_plots.verb_sunburst(s["verbs"]["top"], os.path.join(output_dir, pictures[-1]),
                                      f"{label}: top {num_verbs} root verbs and their top {num_objects} objects")
     report = data_stats.markdown_report(all_stats, pictures, verbs_note)
-    write_text_atomically(os.path.join(output_dir, "stats.json"),
+    files.write_atomically(os.path.join(output_dir, "stats.json"),
                           json.dumps({"data_sets": all_stats, "verbs_note": verbs_note}, indent=2,
                                      ensure_ascii=False) + "\n")
-    write_text_atomically(os.path.join(output_dir, "stats.md"), report)
+    files.write_atomically(os.path.join(output_dir, "stats.md"), report)
     print(report.split("\n## Top root verbs")[0].strip())
     for label, s in all_stats.items():
         if s["verbs"]:
@@ -225,7 +219,8 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
     if not 0 <= similarity_threshold <= 1:
         raise UsageError(f"--similarity_threshold must be between 0 and 1, not {similarity_threshold}.")
     (records,) = load_inputs([data_path])
-    check_output_path(output, [data_path] + ([exclude] if exclude else []))
+    inputs = [data_path] + ([exclude] if exclude else [])
+    check_output_path(output, inputs, also=(f"{output}.dropped.jsonl",))
     eval_instructions, excluded = eval_index(exclude, num_cpus, language) if exclude else ([], None)
     kept_index = RougeLIndex(num_threads=num_cpus, language=language)
     kept, kept_instructions, dropped, counts = [], [], [], Counter()
@@ -265,8 +260,8 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
         kept_instructions.append(instruction)
         seen.add(instruction)
         kept_index.add(instruction)
-    write_records(output, kept)
-    write_text_atomically(f"{output}.dropped.jsonl", records_text(dropped, ".jsonl"))
+    write_records(output, kept, inputs)
+    files.write_atomically(f"{output}.dropped.jsonl", records_text(dropped, ".jsonl"), inputs)
     print(f"Kept {len(kept):,} of {len(records):,} records in {output}; dropped {len(dropped):,}: "
           f"{format_counts(counts)} (listed in {output}.dropped.jsonl). Fixed in kept and dropped records: "
           f"{format_counts(fixed)}.")
@@ -306,7 +301,7 @@ def contamination(train_path: str, eval: str, output: str | None = None, thresho
     print(f"{len(found):,} of {len(records):,} training instructions have ROUGE-L F1 > {threshold} against one of "
           f"the {len(eval_instructions):,} evaluation instructions in {eval}.")
     if output:
-        write_text_atomically(output, records_text(found, ".jsonl"))
+        files.write_atomically(output, records_text(found, ".jsonl"), [train_path, eval])
         print(f"Listed in {output}")
     return found
 
@@ -383,11 +378,11 @@ def convert(data_path: str, to: str, output: str) -> int:
     check_output_path(output, [data_path])
     if to == "release":
         converted = [{field: task_of(r)[field] for field in FIELDS} for r in records]
-        write_records(output, converted)
+        write_records(output, converted, [data_path])
     elif to == "messages":
-        write_text_atomically(output, records_text([to_messages(r) for r in records], ".jsonl"))
+        files.write_atomically(output, records_text([to_messages(r) for r in records], ".jsonl"), [data_path])
     else:
-        write_text_atomically(output, records_text(records, ".jsonl"))
+        files.write_atomically(output, records_text(records, ".jsonl"), [data_path])
     print(f"Wrote {len(records):,} records to {output} ({to}).")
     return len(records)
 

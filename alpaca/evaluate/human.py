@@ -82,7 +82,7 @@ def prepare_pairs(model_outputs: str, reference_outputs: str, output_dir: str) -
                 "other answers cannot count for them.")
         return stored
     os.makedirs(output_dir, exist_ok=True)
-    judge.write_atomically(path, json.dumps(pairs, indent=1, ensure_ascii=False) + "\n")
+    files.write_atomically(path, json.dumps(pairs, indent=1, ensure_ascii=False) + "\n")
     return pairs
 
 
@@ -129,35 +129,23 @@ def locked(output_dir: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def annotation_problem(record: dict) -> str | None:
+    """Why a line of human_annotations.jsonl is not one this server writes, or None when it is."""
+    if not isinstance(record.get("annotator"), str):
+        return f"not an annotation (it has no 'annotator'; {json.dumps(record)[:60]!r})"
+    return None
+
+
 def read_annotations(path: str) -> list[dict]:
-    """Every record of human_annotations.jsonl. A last line without its newline (a server killed mid-write) is
-    ignored; any other bad line is a DataError naming it."""
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path, "rb") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.endswith(b"\n"):
-                break
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise errors.DataError(f"{path}, line {line_number}: not valid JSON ({error.msg}); the file is "
-                                    "append-only, so remove or repair that line by hand.") from None
-    return records
+    """Every record of human_annotations.jsonl, read by the one journal rule (files.read_journal): a torn last line
+    (a server killed mid-write) is cut off; any other damaged line is a JournalError naming it."""
+    return files.read_journal(path, annotation_problem, writer="The annotation server")
 
 
 def append_annotation(path: str, record: dict) -> None:
-    """Append one record and fsync it (call under `locked`); a half-written last line left by a kill is cut off
-    first so that the new record starts a line of its own."""
-    if os.path.exists(path):
-        with open(path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
-    judge.append_judgment(path, record)
+    """Append one record (call under `locked`) and force it to disk at once: a person's verdict is not asked twice."""
+    files.append_journal(path, record)
+    files.sync_journal(path)
 
 
 def standing_verdicts(records: list[dict]) -> dict[str, list[dict]]:
@@ -474,7 +462,7 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
             {name: agreement(preferences[name], judged_by_llm, pairs) for name in annotators},
             "between_annotators": [{"annotators": [a, b], **agreement(preferences[a], preferences[b], pairs)}
                                    for a, b in itertools.combinations(annotators, 2)]}}
-    judge.write_atomically(os.path.join(output_dir, RESULTS_NAME),
+    files.write_atomically(os.path.join(output_dir, RESULTS_NAME),
                            json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     table = {f"pooled ({len(annotators)} annotators)": pooled, **{f"human: {name}": per_annotator[name]
                                                              for name in annotators}}

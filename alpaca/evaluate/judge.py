@@ -65,6 +65,7 @@ from alpaca.llm.client import (
 
 JUDGE_MODES = ("swap", "logprobs")
 JOURNAL_NAME = "judgments.jsonl"
+LOCK_NAME = ".judge.lock"  # two judges on one directory would pay every judgment twice
 RETRY_TEMPERATURE = 0.7  # a reply without a verdict is asked again at least this hot: a greedy judge repeats itself
 
 # -- the judge prompt (one place; the README shows it) ---------------------------------------------
@@ -97,16 +98,30 @@ class JudgeError(UserError):
     """A judge or an endpoint that cannot give verdicts as asked; the message says what to do."""
 
 
+ANSWER_TAG = re.compile(r"<(/?)(answer_[ab])>", re.IGNORECASE)
+VERDICT_LIKE = re.compile(r"\[\[(\s*(?:A|B|TIE)\s*)\]\]", re.IGNORECASE)
+
+
+def neutralised(answer: str) -> str:
+    """An answer as the judge is shown it: a text that spells the prompt's delimiters (`<answer_a>`,
+    `</answer_b>`) or a verdict marker (`[[A]]`) cannot close its block, open another, or put a verdict in the
+    judge's mouth; a space is put inside each such spelling, and nothing else changes."""
+    answer = ANSWER_TAG.sub(lambda m: f"< {m.group(1)}{m.group(2)}>", answer)
+    return VERDICT_LIKE.sub(lambda m: f"[ [{m.group(1)}] ]", answer)
+
+
 def judge_prompt(instruction: str, input: str, answer_a: str, answer_b: str, judge_mode: str) -> str:
-    """The prompt that shows one instruction (and input) and two answers, A then B."""
+    """The prompt that shows one instruction (and input) and two answers, A then B (each neutralised)."""
     task = f"Instruction:\n{instruction}\n" + (f"\nInput:\n{input}\n" if input else "")
-    return JUDGE_PROMPT.format(task=task, answer_a=answer_a, answer_b=answer_b, ending=ENDINGS[judge_mode])
+    return JUDGE_PROMPT.format(task=task, answer_a=neutralised(answer_a), answer_b=neutralised(answer_b),
+                               ending=ENDINGS[judge_mode])
 
 
 def parse_verdict(reply: str) -> str | None:
-    """"A", "B" or "TIE" from the last `[[...]]` verdict in a reasoning judge's reply; None when it has none."""
-    found = VERDICT_PATTERN.findall(reply or "")
-    return found[-1].upper() if found else None
+    """"A", "B" or "TIE" from a reasoning judge's reply; None when it has no verdict, or names more than one
+    ("I cannot decide between [[A]] and [[B]]" is no verdict: it is asked again, then left unjudged)."""
+    found = {verdict.upper() for verdict in VERDICT_PATTERN.findall(reply or "")}
+    return found.pop() if len(found) == 1 else None
 
 
 def top_logprobs_of(logprobs: dict | None) -> list[dict[str, float]] | None:
@@ -126,11 +141,20 @@ def preference_for_a(positions: list[dict[str, float]]) -> float | None:
     """P(A) / (P(A) + P(B)) at the first generated token whose top log-probabilities include A or B (tokens
     compared without surrounding spaces); None when neither letter is among them."""
     for top in positions:
+        letters = [lp for token, lp in top.items() if token.strip() in ("A", "B")]
+        if not all(is_log_probability(lp) for lp in letters):
+            return None  # Infinity, NaN, a positive value or not a number: no verdict, never a NaN win rate
         p_a = sum(math.exp(lp) for token, lp in top.items() if token.strip() == "A")
         p_b = sum(math.exp(lp) for token, lp in top.items() if token.strip() == "B")
         if p_a + p_b > 0:
             return p_a / (p_a + p_b)
     return None
+
+
+def is_log_probability(value: object) -> bool:
+    """A finite number <= 0 (a tiny positive rounding error allowed), as a log-probability must be."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and value <= 1e-6
 
 
 def read_reply(choice: dict, judge_mode: str) -> dict | None:
@@ -170,6 +194,10 @@ def load_outputs(path: str) -> tuple[str, dict[tuple[str, str], dict]]:
     by_key: dict[tuple[str, str], dict] = {}
     first_index: dict[tuple[str, str], int] = {}
     for index, record in enumerate(records):
+        category = record.get("category")
+        if category is not None and not isinstance(category, str):
+            raise DataError(f"{path}, record {index}: field 'category' is {json.dumps(category)[:40]}, not a string; "
+                            "categories name groups of instructions (e.g. \"coding\"): fix or remove the field.")
         key = record_key(record)
         if key in by_key:
             raise DataError(f"{path}, record {index}: the same instruction and input as record {first_index[key]} "
@@ -225,17 +253,29 @@ def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, 
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def judgment_problem(record: dict) -> str | None:
+    """Why a journal record is not a judgment this judge writes, or None when it is."""
+    if not isinstance(record.get("key"), str) or record.get("verdict") not in PREFERENCE_FOR_A:
+        return f"not a judgment of this judge (it needs a 'key' and a 'verdict'; {json.dumps(record)[:60]!r})"
+    return None
+
+
+def is_usable(judgment: dict) -> bool:
+    """False for a log-probability verdict whose P(A) is not a finite number in [0, 1] (earlier versions journaled
+    NaN from a reply with an infinite log-probability): such a pair is asked again, never counted."""
+    p_a = judgment.get("p_a")
+    return p_a is None or (isinstance(p_a, (int, float)) and math.isfinite(p_a) and 0.0 <= p_a <= 1.0)
+
+
 def load_judgments(path: str) -> dict[str, dict]:
-    """{key: judgment} from the journal; a half-written last line (a killed run) is cut off."""
-    return {record["key"]: record for record in files.read_complete_lines(path)}
+    """{key: judgment} from the journal, read by the one journal rule (files.read_journal): a torn last line is cut
+    off; any other damaged line is refused with its number, and nothing is deleted. Unusable verdicts are left out,
+    so they are asked again."""
+    records = files.read_journal(path, judgment_problem, writer="The judge")
+    return {record["key"]: record for record in records if is_usable(record)}
 
 
-def append_judgment(path: str, record: dict) -> None:
-    """Append one judgment and force it to disk, so that a kill right after still finds it."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+append_judgment = files.append_journal  # the one journal rule: files.py
 
 
 # -- calling the judge -------------------------------------------------------------------------------
@@ -316,12 +356,6 @@ def identical(pair: dict) -> bool:
 
 
 # -- the command -------------------------------------------------------------------------------------
-
-
-def write_atomically(path: str, text: str) -> None:
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, judgments: dict,
@@ -434,7 +468,27 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     except LLMError as error:
         raise JudgeError(str(error)) from None
 
-    os.makedirs(output_dir, exist_ok=True)
+    outputs = [os.path.join(output_dir, name) for name in ("results.json", "annotations.jsonl", "win_rates.png")]
+    for output in outputs:
+        files.check_output_file(output, inputs=paths + [reference_outputs], flag="judge.py's output")
+    with files.claimed_directory(output_dir, LOCK_NAME, "judge"):
+        return judge_and_report(runs, names, paths, output_dir, judge_model=judge_model, api_type=api_type,
+                                api_base=api_base, judge_mode=judge_mode, seed=seed, max_concurrency=max_concurrency,
+                                max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+                                requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                                request_timeout=request_timeout, max_response_bytes=max_response_bytes, plot=plot,
+                                price_per_1k_prompt_tokens=price_per_1k_prompt_tokens,
+                                price_per_1k_completion_tokens=price_per_1k_completion_tokens)
+
+
+def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str], output_dir: str, *, judge_model: str,
+                     api_type: str, api_base: str | None, judge_mode: str, seed: int, max_concurrency: int,
+                     max_retries: int, max_tokens: int | None, temperature: float,
+                     requests_per_minute: float | None, tokens_per_minute: float | None, request_timeout: float,
+                     max_response_bytes: int, plot: bool, price_per_1k_prompt_tokens: float | None,
+                     price_per_1k_completion_tokens: float | None) -> dict:
+    """Ask what the journal lacks, then compute and write the results (evaluate's work, under the directory's
+    lock)."""
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
     judgments = load_judgments(journal_path)
     jobs: dict[tuple[int, bool], dict] = {}
@@ -460,6 +514,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                        max_tokens=max_tokens, temperature=temperature,
                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
                                        request_timeout=request_timeout, max_response_bytes=max_response_bytes))
+        files.sync_journal(journal_path)
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
@@ -495,8 +550,8 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                      **paired_difference_ci(preferences_of[a], preferences_of[b], seed)}
                                     for i, a in enumerate(ordered) for b in ordered[i + 1:]]
 
-    write_atomically(os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    write_atomically(os.path.join(output_dir, "annotations.jsonl"), "".join(line + "\n" for line in annotations))
+    files.write_json(os.path.join(output_dir, "results.json"), results, indent=2, ensure_ascii=False)
+    files.write_atomically(os.path.join(output_dir, "annotations.jsonl"), "".join(line + "\n" for line in annotations))
     if plot:
         plot_win_rates(results, os.path.join(output_dir, "win_rates.png"))
     print(format_table(results))

@@ -159,7 +159,7 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
             lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode},
                                     ensure_ascii=False))
     output_path = os.path.join(output_dir, OUTPUT_NAME)
-    judge.write_atomically(output_path, "".join(line + "\n" for line in lines))
+    files.write_atomically(output_path, "".join(line + "\n" for line in lines))
     print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "
           f"instructions whose best and worst answers the judge did not separate"
           + (f" and {counts['unjudged']} with pairs still unjudged after {max_retries} retries (not counted; a "

@@ -10,12 +10,9 @@ holds a lock file (an flock, which the OS releases when the process dies).
 """
 
 import contextlib
-import fcntl
 import json
 import os
-import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -30,35 +27,9 @@ class OutputDirError(errors.UserError):
     """--output_dir cannot be used: a file, in use by another run, or holding a damaged journal or regen.json."""
 
 
-@contextlib.contextmanager
-def claimed_output_dir(output_dir: str) -> Iterator[None]:
-    """Create output_dir if needed and hold its lock file for the run: a second generator on the same directory
-    refuses at once, naming this one (it would pay every request twice and write each into the journal twice).
-    The lock is an flock, which the OS drops when its process dies, so a killed run never leaves it stuck.
-    A directory this run created and left empty (e.g. the server was unreachable) is removed again."""
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise OutputDirError(f"--output_dir {output_dir} is a file, not a directory; pass a directory (it is "
-                             "created when missing).")
-    created = not os.path.exists(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
-    lock_path = os.path.join(output_dir, LOCK_NAME)
-    try:
-        with open(lock_path, "a+", encoding="utf-8") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "a process that has not written its name yet"
-                raise OutputDirError(f"{output_dir} is in use by another generator ({holder}); wait for it to "
-                                     "finish or stop it, or pass another --output_dir.") from None
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            lock.flush()
-            yield
-    finally:
-        if created and os.listdir(output_dir) == [LOCK_NAME]:
-            shutil.rmtree(output_dir)
+def claimed_output_dir(output_dir: str) -> contextlib.AbstractContextManager[None]:
+    """Hold output_dir's lock for the run (files.claimed_directory): a second generator refuses at once."""
+    return files.claimed_directory(output_dir, LOCK_NAME, "generator")
 
 
 def load_generated(output_dir: str) -> tuple[list[dict], int]:
@@ -77,41 +48,22 @@ def load_generated(output_dir: str) -> tuple[list[dict], int]:
     return [], 0
 
 
-def journal_line_problem(line: bytes) -> str | None:
-    """Why a journal line is not one this generator writes, or None when it is."""
-    try:
-        record = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return "not valid JSON"
-    if not isinstance(record, dict) or not isinstance(record.get("request_index"), int) \
-            or not isinstance(record.get("kept"), list) \
+def journal_record_problem(record: dict) -> str | None:
+    """Why a journal record is not one this generator writes, or None when it is."""
+    if not isinstance(record.get("request_index"), int) or not isinstance(record.get("kept"), list) \
             or not all(isinstance(e, dict) and isinstance(e.get("instruction"), str) for e in record["kept"]):
-        return f"not a record of this generator ({line[:60].decode('utf-8', 'replace').strip()!r})"
+        return f"not a record of this generator ({json.dumps(record)[:60]!r})"
     return None
 
 
 def read_journal(journal_path: str) -> tuple[list[dict], int]:
-    """(kept instructions, next request index) from the journal. A last line without its newline is what a kill
-    mid-write leaves: it is cut off (that request is sent again). Any other damaged or foreign line is refused
-    with its line number: a run never writes one, and cutting there would silently drop every later request."""
-    with open(journal_path, "rb") as f:
-        lines = f.readlines()
-    entries, next_request, good_bytes = [], 0, 0
-    for line_number, line in enumerate(lines, start=1):
-        if line_number == len(lines) and not line.endswith(b"\n"):
-            break
-        problem = journal_line_problem(line)
-        if problem:
-            raise OutputDirError(f"{journal_path}, line {line_number} of {len(lines)}: {problem}. The run resumes "
-                                 "from this journal and never writes such a line; fix or delete the line, or move "
-                                 "the journal aside to resume from regen.json.")
-        record = json.loads(line)
+    """(kept instructions, next request index) from the journal, read by the one journal rule (files.read_journal):
+    a torn last line is cut off (that request is sent again); any other damaged or foreign line is refused with its
+    line number, since cutting there would silently drop every later request."""
+    entries, next_request = [], 0
+    for record in files.read_journal(journal_path, journal_record_problem, writer="The generator"):
         entries += record["kept"]
         next_request = max(next_request, record["request_index"] + 1)
-        good_bytes += len(line)
-    if good_bytes < os.path.getsize(journal_path):
-        with open(journal_path, "r+b") as f:
-            f.truncate(good_bytes)
     return entries, next_request
 
 
@@ -147,30 +99,8 @@ def keep_edited_regen_json(regen_path: str, journal_entries: list[dict]) -> None
           f"it was moved to {backup} and regen.json will be written again from the journal.", file=sys.stderr)
 
 
-# Seconds between forcing the journal to disk. Every line is written to the OS at once, so a killed or crashed process
-# loses nothing; only a power cut or an OS crash may lose the last second's lines, whose requests the next run asks
-# again. An fsync per line cost the generator a third of its time against a fast server (bench/bench_generate.py).
-JOURNAL_FSYNC_SECONDS = 1.0
-_last_fsync: dict[str, float] = {}
-
-
-def append_journal(journal_path: str, record: dict) -> None:
-    """Append one line and hand it to the OS (a kill right after still finds it); force the file to disk when the
-    last time is JOURNAL_FSYNC_SECONDS ago, and always the first time."""
-    with open(journal_path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        now = time.monotonic()
-        if now - _last_fsync.get(journal_path, -JOURNAL_FSYNC_SECONDS) >= JOURNAL_FSYNC_SECONDS:
-            os.fsync(f.fileno())
-            _last_fsync[journal_path] = now
-
-
-def sync_journal(journal_path: str) -> None:
-    """Force the journal to disk (at the end of a run: the lines since the last fsync)."""
-    with contextlib.suppress(FileNotFoundError), open(journal_path, "rb") as f:
-        os.fsync(f.fileno())
-    _last_fsync.pop(journal_path, None)
+append_journal = files.append_journal  # the one journal rule: files.py
+sync_journal = files.sync_journal
 
 
 @contextlib.contextmanager
@@ -193,7 +123,6 @@ def interrupts_deferred() -> Iterator[None]:
 
 
 def write_regen_json(regen_path: str, entries: list[dict]) -> None:
-    """regen.json in the original's format, replaced atomically; written once per run (the journal holds every
-    request's entries as they come)."""
-    files.jdump(entries, regen_path + ".tmp")
-    os.replace(regen_path + ".tmp", regen_path)
+    """regen.json in the original's format (files.jdump's: indent 4, ASCII escapes), replaced atomically; written
+    once per run (the journal holds every request's entries as they come)."""
+    files.write_atomically(regen_path, json.dumps(entries, indent=4, default=str))

@@ -427,20 +427,16 @@ def usage_line(totals: dict, args: argparse.Namespace) -> str:
 # ----------------------------------------------------------------------------- files and the command line
 
 def write_outputs(records: list[dict], path: str) -> None:
-    """Write the records as a JSON list with files.jdump (indent 4, the Alpaca data files' format), atomically."""
-    partial = f"{path}.partial"
-    files.jdump(records, partial)
-    os.replace(partial, path)
+    """Write the records as a JSON list (files.jdump's format: indent 4, the Alpaca data files'), atomically."""
+    files.write_atomically(path, json.dumps(records, indent=4, default=str))
 
 
-def check_output_path(path: str) -> None:
+def check_output_path(path: str, inputs: list[str] = ()) -> None:
     """An output path that cannot be written is refused before any work."""
     target = pathlib.Path(path)
     if target.is_dir():
         raise UserError(f"--output_path '{path}' is a directory; give a file name, e.g. {target / 'answers.json'}.")
-    parent = next((p for p in target.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise UserError(f"--output_path '{path}' cannot be created: '{parent}' is a file, not a directory.")
+    files.check_output_file(path, inputs=inputs, flag="--output_path")
 
 
 def generator_name(args: argparse.Namespace) -> str:
@@ -561,7 +557,7 @@ def main(argv: list[str] | None = None) -> None:
                        requests_per_minute=args.requests_per_minute, tokens_per_minute=args.tokens_per_minute,
                        temperature=args.temperature, top_p=args.top_p, max_response_bytes=args.max_response_bytes)
     if args.output_path is not None:
-        check_output_path(args.output_path)
+        check_output_path(args.output_path, [args.data_path] if args.data_path else [])
     examples = files.load_alpaca_records(args.data_path, require_output=False) if args.data_path else None
     if args.lora_path is not None:
         check_lora_adapter(args.lora_path)
