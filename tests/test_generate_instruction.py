@@ -549,7 +549,7 @@ def test_boolean_spellings_on_the_real_command_line(openai_server, seeds, tmp_pa
 def test_output_dir_that_is_a_file_is_one_line(seeds, tmp_path, capsys):
     path = tmp_path / "regen.json"
     path.write_text("[]")
-    assert run_cli("--output_dir", str(path), "--seed_tasks_path", seeds, "--api_base", "http://127.0.0.1:9/v1") == 2  # a command-line mistake
+    assert run_cli("--output_dir", str(path), "--seed_tasks_path", seeds, "--api_base", "http://127.0.0.1:9/v1") == 2
     assert "--output_dir " + str(path) + " is a file, not a directory" in capsys.readouterr().err
 
 
