@@ -61,6 +61,16 @@ def test_every_docs_page_is_linked_from_the_readme_and_exists():
     assert not on_disk - linked, f"docs pages the README does not link: {sorted(on_disk - linked)}"
 
 
+def test_docs_pages_named_in_the_code_exist():
+    """The entry points' docstrings, error messages and scripts send readers to docs/*.md: those pages exist."""
+    sources = [path for pattern in ("*.py", "alpaca/**/*.py", "scripts/*", "bench/*.py") for path in REPO.glob(pattern)]
+    named = {(match, path.relative_to(REPO).as_posix()) for path in sources if path.is_file()
+             for match in re.findall(r"docs/[\w-]+\.(?:md|png)", path.read_text(encoding="utf-8"))}
+    assert len(named) >= 6
+    missing = sorted((page, source) for page, source in named if not (REPO / page).exists())
+    assert not missing, f"pages named in the code that do not exist (page, where): {missing}"
+
+
 def heading_anchors(text: str) -> set[str]:
     """GitHub's anchors for a page's Markdown headings: lower case, punctuation dropped, spaces to hyphens."""
     text = re.sub(r"```.*?```", "", text, flags=re.S)  # a `# comment` in a code block is no heading
