@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline end-to-end demo, on CPU in a few minutes: the whole Alpaca pipeline on a tiny model.
+# The offline end-to-end demo, on CPU in ~8 minutes (2 cores; ~10.5 with the install): the whole Alpaca pipeline on a tiny model.
 #
 #   bash scripts/demo.sh                 # sets up .venv first if needed; writes demo_out/
 #   DEMO_OUT=/tmp/demo bash scripts/demo.sh
@@ -124,14 +124,14 @@ These verdicts are toys: a 64-wide model trained on 120 examples cannot read two
 write "[[A]]" or "[[B]]", so most pairs come back unjudged, and the numbers above rest on the few
 that happened to contain a verdict (or on identical answers, which are ties without a call). The point
 is the plumbing: answers, the judge in both orders, the journal, results.json, annotations.jsonl and
-win_rates.png, all in the directory above. With a real judge, see README.md, "Evaluation".
+win_rates.png, all in the directory above. With a real judge, see docs/evaluation.md.
 TXT
 
 step "Done in $((SECONDS - start)) s; everything is in $out/"
 cat <<'TXT'
 A model this small cannot write real instructions or answers, so expect few or no generated tasks
 to survive the parser above: the point is that every step ran. With a real model the same commands
-are, for example (see README.md):
+are, for example (see README.md, "Your own model, end to end"):
 
   export OPENAI_API_KEY=sk-...   # the generator, the reference answers and the judge call OpenAI here
   python -m generate_instruction generate_instruction_following_data \
