@@ -9,13 +9,22 @@ import random
 import pytest
 import torch
 from jinja2.exceptions import TemplateError
-from test_serving import DEMO, KINDS, _train_like, byte_level_bpe, make_tokenizer  # noqa: F401  (a fixture)
+from test_serving import (  # noqa: F401  (byte_level_bpe and served: fixtures)
+    DEMO,
+    KINDS,
+    _post,
+    _run,
+    _train_like,
+    byte_level_bpe,
+    make_tokenizer,
+    served,
+)
 from test_train import make_examples, run_train, write_json
 
 from alpaca import files
-from alpaca.cli import DataError
+from alpaca.cli import DataError, UsageError
 from alpaca.infer import answer as inference
-from alpaca.prompts.alpaca import INPUT_ROLE, format_prompt
+from alpaca.prompts.alpaca import INPUT_ROLE, alpaca_chat_template, format_prompt
 from alpaca.prompts.conversation import check_messages, format_conversation, prompt_messages, turns
 from alpaca.train.sft import IGNORE_INDEX, DataArguments, SupervisedDataset, make_supervised_data_module
 
@@ -121,11 +130,11 @@ def test_local_prompt_ids_equal_the_served_ids(family):
     for ids, bare_ids, chat in zip(inference.prompt_ids(tokenizer, chats), inference.prompt_ids(bare, chats), chats,
                                    strict=True):
         messages = prompt_messages(chat["messages"])
-        served = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-        assert ids == served and bare_ids == served
+        engine_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+        assert ids == engine_ids and bare_ids == engine_ids
         system = messages[0]["content"] if messages[0]["role"] == "system" else "x"
         if not system[:1].isspace():
-            assert tokenizer(format_conversation(messages, tokenizer.eos_token))["input_ids"] == served
+            assert tokenizer(format_conversation(messages, tokenizer.eos_token))["input_ids"] == engine_ids
     alpaca = make_examples(5)
     assert inference.prompt_ids(tokenizer, alpaca) == [tokenizer.apply_chat_template(
         inference.chat_messages(e), add_generation_prompt=True, return_dict=True)["input_ids"] for e in alpaca]
@@ -281,3 +290,63 @@ def model_and_tokenizer_conv(tiny_model_dir):
 
     return load_model_and_tokenizer(ModelArguments(model_name_or_path=str(tiny_model_dir)),
                                     TrainingArguments(output_dir="unused", model_max_length=256, use_cpu=True))
+
+
+# ----------------------------------------------------------------------------- inference.py and serving
+
+TWO_TURNS = [{"messages": [{"role": "user", "content": "Give three tips for staying healthy."},
+                           {"role": "assistant", "content": "Eat well, sleep, move."},
+                           {"role": "user", "content": "Translate the sentence into French."},
+                           {"role": INPUT_ROLE, "content": "The weather is nice today."}]},
+             {"messages": [{"role": "system", "content": "You are terse."},
+                           {"role": "user", "content": "Name a colour."},
+                           {"role": "assistant", "content": "Blue."},
+                           {"role": "user", "content": "Another one."},
+                           {"role": "assistant", "content": "Red."}]}]  # a reference answer: the last user turn
+NEW_TOKENS = 12
+
+
+def test_local_inference_answers_the_last_user_turn(tiny_model_dir, tmp_path):
+    model, tokenizer = inference.load_model(str(tiny_model_dir), device="cpu")
+    answers = inference.generate_responses(model, tokenizer, TWO_TURNS, max_new_tokens=NEW_TOKENS)
+    prompts = [prompt_messages(r["messages"]) for r in TWO_TURNS]
+    by_hand = []
+    for messages in prompts:
+        ids = tokenizer.apply_chat_template(messages, chat_template=alpaca_chat_template("bos_space"),
+                                            add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        output = model.generate(**ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+        new = output[0, ids["input_ids"].shape[1]:].tolist()
+        new = new[:new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new
+        by_hand.append(tokenizer.decode(new, skip_special_tokens=True).strip())
+    assert answers == by_hand
+
+
+def test_conversations_through_completions_are_refused_in_one_sentence(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TWO_TURNS))
+    with pytest.raises(UsageError, match="use --api_type chat"):
+        inference.main(["--api_base", "http://127.0.0.1:9/v1", "--model_name", "m", "--api_type", "completions",
+                        "--data_path", str(data), "--output_path", str(tmp_path / "out.json")])
+
+
+@pytest.mark.slow
+def test_a_served_two_turn_conversation_gets_inference_py_s_greedy_answer(served, tmp_path):  # noqa: F811
+    api_base, model_dir = served
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in TWO_TURNS))
+    common = ["--data_path", str(data), "--max_new_tokens", str(NEW_TOKENS)]
+    local = _run(["inference.py", "--model_name_or_path", str(model_dir), "--output_path", str(tmp_path / "l.json"),
+                  *common])
+    assert local.returncode == 0, local.stderr
+    remote = _run(["inference.py", "--api_base", api_base, "--model_name", str(model_dir), "--api_type", "chat",
+                   "--output_path", str(tmp_path / "s.json"), *common])
+    assert remote.returncode == 0, remote.stderr
+    written = json.loads((tmp_path / "l.json").read_text())
+    assert json.loads((tmp_path / "s.json").read_text()) == written and all(r["output"] for r in written)
+    assert [r["messages"] for r in written] == [r["messages"] for r in TWO_TURNS]
+    for record in written:  # the raw request, as any OpenAI client sends it
+        chat = _post(f"{api_base}/chat/completions", {"model": str(model_dir), "messages": prompt_messages(
+            record["messages"]), "max_tokens": NEW_TOKENS, "temperature": 0})
+        assert chat["choices"][0]["message"]["content"].strip() == record["output"]
+    print("served two-turn exchange:", json.dumps({"messages": prompt_messages(written[0]["messages"]),
+                                                   "answer": written[0]["output"]}, ensure_ascii=False))
