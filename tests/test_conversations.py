@@ -350,3 +350,35 @@ def test_a_served_two_turn_conversation_gets_inference_py_s_greedy_answer(served
         assert chat["choices"][0]["message"]["content"].strip() == record["output"]
     print("served two-turn exchange:", json.dumps({"messages": prompt_messages(written[0]["messages"]),
                                                    "answer": written[0]["output"]}, ensure_ascii=False))
+
+
+# ----------------------------------------------------------------------------- data_tools.py
+
+def test_data_tools_stats_counts_turns_and_convert_goes_both_ways(tmp_path, capsys):
+    from alpaca.data import tools as data_tools
+
+    alpaca = [{"instruction": "Name a colour.", "input": "", "output": "Blue."},
+              {"instruction": "Translate the sentence.", "input": "Bonjour.", "output": "Hello."}]
+    chats = [{"messages": [{"role": "user", "content": "Give three tips."}, {"role": "assistant", "content": "A b c."},
+                           {"role": "user", "content": "Shorter please."}, {"role": "assistant", "content": "A."}]},
+             {"messages": [{"role": "user", "content": "Say hi."}, {"role": INPUT_ROLE, "content": "To Ann."},
+                           {"role": "assistant", "content": "Hi Ann."}]}]
+    mixed = write_json(tmp_path / "mixed.json", alpaca + chats)
+    result = data_tools.stats(mixed, output_dir=str(tmp_path / "stats"), num_cpus=1, spacy_model="none",
+                              language_mix=False)["mixed"]
+    assert result["turns"] == {"records": 4, "conversations": 2, "user_turns": 5,
+                               "records_by_turns": {"1": 3, "2": 1},
+                               "mean_words_by_turn": {"1": {"instruction": 2.75, "output": 1.75},
+                                                      "2": {"instruction": 2.0, "output": 1.0}}}
+    assert result["records"] == 5 and result["with_input"] == 2  # one line per user turn
+    assert "2 conversations), 5 user turns" in capsys.readouterr().out
+
+    data_tools.convert(mixed, to="messages", output=str(tmp_path / "chat.jsonl"))
+    written = [json.loads(line) for line in (tmp_path / "chat.jsonl").read_text().splitlines()]
+    assert written[2:] == chats and [m["role"] for m in written[1]["messages"]] == ["user", "assistant"]
+    one_turn = write_json(tmp_path / "one.json", written[:2] + [chats[1]])
+    data_tools.convert(one_turn, to="release", output=str(tmp_path / "back.json"))
+    assert json.loads((tmp_path / "back.json").read_text()) == alpaca + [
+        {"instruction": "Say hi.", "input": "To Ann.", "output": "Hi Ann."}]
+    with pytest.raises(DataError, match=r"mixed.json, record 2: .* this conversation has 2 user turns: keep it"):
+        data_tools.convert(mixed, to="release", output=str(tmp_path / "no.json"))
