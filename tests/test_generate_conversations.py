@@ -1,10 +1,8 @@
 """generate_instruction.py --num_turns N (issue 23): self-chat conversations against the loopback OpenAI server, the
 novelty filter on the first turn, resumable after SIGKILL byte for byte; --num_turns 1 is the original generator."""
 
-import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,24 +15,15 @@ from alpaca import files
 from alpaca.generate import journal as run_journal
 from alpaca.generate.conversations import FOLLOW_UP_PROMPT, first_instruction
 from alpaca.prompts.conversation import check_messages
-from alpaca.testing.openai_server import WORDS, fake_tasks
+from alpaca.testing import openai_server as toys
+from alpaca.testing.openai_server import self_chat_teacher as teacher
 from conftest import REPO
 
 FOLLOW_UP_START = FOLLOW_UP_PROMPT.split("\n")[0]
 
 
-def _words(text: str, k: int) -> str:
-    return " ".join(random.Random(hashlib.sha256(text.encode()).hexdigest()).sample(WORDS, k))
-
-
-def teacher(path: str, prompt: str, body: dict) -> tuple[str, str]:
-    """Self-Instruct tasks for the generator's prompt, a follow-up question for FOLLOW_UP_PROMPT, an answer for a
-    conversation; deterministic in the request."""
-    if prompt.startswith(FOLLOW_UP_START):
-        return f"User: And what about the {_words(prompt, 3)}?", "stop"
-    if path.endswith("/chat/completions") and len(body["messages"]) > 1 or prompt.endswith("\n\nAssistant:"):
-        return f" The {_words(prompt, 6)}. ", "stop"
-    return fake_tasks(prompt), "stop"
+def test_the_toy_teacher_knows_the_follow_up_prompt():
+    assert FOLLOW_UP_START == toys.FOLLOW_UP_START
 
 
 def test_num_turns_1_is_the_original_generator(openai_server, seeds, tmp_path):  # noqa: F811
