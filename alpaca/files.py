@@ -25,6 +25,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 
 from alpaca.errors import BusyError, DataError, JournalError, MissingPathError, OutputPathError
+from alpaca.prompts.conversation import check_messages
 
 logger = logging.getLogger(__name__)
 
@@ -176,13 +177,16 @@ def _starts_with(file: pathlib.Path, prefix: bytes) -> bool:
     return head.startswith(prefix)
 
 
-def load_alpaca_records(path: str | os.PathLike, require_output: bool = True) -> list[dict]:
+def load_alpaca_records(path: str | os.PathLike, require_output: bool = True,
+                        conversations: bool = False) -> list[dict]:
     """Alpaca examples (`instruction`, `input`, `output`) from a JSON list or JSONL file, checked, in file order.
 
     The one contract every script reads data with: `instruction` must be a non-empty string; `input` may be
     missing or null, which both mean no input (""), else a string; `output` must be a string when
     `require_output` (training, judging, data tools), else it may be missing. Other fields are kept. A file with
     no records is refused. Errors are DataError sentences naming the file and the record (0-based index).
+    With `conversations`, a record with `messages` is a conversation (alpaca/prompts/conversation.py), kept as it
+    is once checked; it must end with an assistant turn when `require_output`.
     """
     records = load_records(path)
     if not records:
@@ -192,6 +196,10 @@ def load_alpaca_records(path: str | os.PathLike, require_output: bool = True) ->
         where = f"{path}, record {index}"
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected an object with instruction/input/output, got {type(record).__name__}.")
+        if conversations and "messages" in record:
+            check_messages(record["messages"], where, last="assistant" if require_output else None)
+            examples.append(record)
+            continue
         if "instruction" not in record:
             raise DataError(f"{where}: field 'instruction' is missing.")
         for key in ("instruction", "input", "output"):

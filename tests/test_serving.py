@@ -155,8 +155,8 @@ def test_a_system_message_replaces_the_preamble(family):
 
 @pytest.mark.parametrize("messages, message", [
     ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "not several user turns"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
-     "no conversation history"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": INPUT_ROLE, "content": "c"}],
+     "in this order"),  # a conversation (user, assistant, user) is rendered since issue 23: tests/test_conversations
     ([{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}], "in this order"),
     ([{"role": "user", "content": "a"}, {"role": "system", "content": "b"}], "system message may only come first"),
     ([{"role": "system", "content": "a"}], "needs a user message"),

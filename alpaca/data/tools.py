@@ -33,6 +33,7 @@ from alpaca.generate.self_instruct import (
     filter_drop_reason,
     language_drop_reason,
 )
+from alpaca.prompts.conversation import check_messages, is_conversation, system_message, turns
 
 NOINPUT_MARKER = "<noinput>"
 # Control characters (Unicode category Cc: C0, DEL, C1) except tab and newline; a stray \r goes too.
@@ -42,11 +43,13 @@ FIELDS = ("instruction", "input", "output")
 # ----------------------------------------------------------------------------- reading and writing
 
 
-def load_inputs(paths: list[str], require_output: bool = True) -> list[list[dict]]:
-    """The Alpaca records of every path (`files.load_alpaca_records`), all read and checked before any work."""
+def load_inputs(paths: list[str], require_output: bool = True, conversations: bool = False) -> list[list[dict]]:
+    """The Alpaca records (and, with `conversations`, conversation records) of every path
+    (`files.load_alpaca_records`), all read and checked before any work."""
     if not paths:
         raise UsageError("give at least one data file (a JSON list or JSONL of Alpaca records).")
-    return [files.load_alpaca_records(path, require_output=require_output) for path in paths]
+    return [files.load_alpaca_records(path, require_output=require_output, conversations=conversations)
+            for path in paths]
 
 
 def has_input(record: dict) -> bool:
@@ -105,7 +108,8 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     two-level pie. Also a histogram of lengths for all data sets together.
 
     Arguments:
-        DATA_PATHS: the data files (JSON list or JSONL of Alpaca records), e.g. regen.json alpaca_data.json.
+        DATA_PATHS: the data files (JSON list or JSONL of Alpaca records or conversations; a conversation counts once
+            per user turn, and stats.json adds its turn counts under "turns"), e.g. regen.json alpaca_data.json.
         output_dir: where stats.json, stats.md, lengths.png and LABEL_verbs.png are written (created).
         tokenizer: a local Hugging Face tokenizer (or model) directory, to count tokens as well as words.
         spacy_model: the spaCy English pipeline for the verbs (`python -m spacy download en_core_web_sm`); without
@@ -119,13 +123,14 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
         language_mix: report the languages of the instructions (lingua; its first Latin-script text loads ~9 s
             of models).
     """
+    from alpaca.data import conversations as data_conversations
     from alpaca.data import plots as data_plots
     from alpaca.data import stats as data_stats
     from alpaca.data import verb_objects
 
     paths = list(data_paths)
     language = check_language(language)
-    datasets = load_inputs(paths)
+    datasets = load_inputs(paths, conversations=True)
     loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
     nlp, verbs_note = verb_objects.load_pipeline(spacy_model)
     if verbs_note:
@@ -133,9 +138,11 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     labels = data_stats.unique_labels(paths)
     all_stats, lengths = {}, {}
     for label, path, records in zip(labels, paths, datasets, strict=True):
+        records, turn_stats = data_conversations.turn_records(records, language)  # a conversation: one per turn
         all_stats[label], lengths[label] = data_stats.file_stats(records, path, loaded_tokenizer, nlp, num_examples,
                                                                  num_cpus, num_verbs, num_objects, language,
                                                                  language_mix)
+        all_stats[label]["turns"] = turn_stats
     os.makedirs(output_dir, exist_ok=True)
     pictures = ["lengths.png"]
     data_plots.length_histograms({label: lengths[label]["words"] for label in labels},
@@ -155,6 +162,11 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
                                      ensure_ascii=False) + "\n")
     files.write_atomically(os.path.join(output_dir, "stats.md"), report)
     print(report.split("\n## Top root verbs")[0].strip())
+    for label, s in all_stats.items():
+        if s["turns"]["conversations"]:
+            print(f"{label}: {s['turns']['records']:,} records ({s['turns']['conversations']:,} conversations), "
+                  f"{s['turns']['user_turns']:,} user turns; records by turns: " + ", ".join(
+                      f"{n}: {count:,}" for n, count in s["turns"]["records_by_turns"].items()))
     for label, s in all_stats.items():
         if s["verbs"]:
             print(f"{label}, top root verbs (objects): " + "; ".join(
@@ -323,33 +335,24 @@ def to_messages(record: dict) -> dict:
 
 
 def from_messages(example: object, where: str) -> dict:
-    """The Alpaca record of a chat example written by `to_messages` (the inverse mapping); DataError otherwise."""
+    """The Alpaca record of a one-turn conversation without a system message (`to_messages`'s inverse; an input
+    as a second text part or a message with role "input"); DataError otherwise: longer conversations have no Alpaca
+    form."""
     messages = example.get("messages") if isinstance(example, dict) else None
-    shape = "a user message (a string, or 1-2 text parts) and an assistant message (a string)"
-    if (not isinstance(messages, list) or len(messages) != 2 or not all(isinstance(m, dict) for m in messages)
-            or [m.get("role") for m in messages] != ["user", "assistant"]):
-        raise DataError(f"{where}: expected \"messages\" with {shape}; other conversations have no Alpaca form.")
-    content, output = messages[0].get("content"), messages[1].get("content")
-    if isinstance(content, str):
-        parts = [content]
-    elif (isinstance(content, list) and 1 <= len(content) <= 2
-          and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content)):
-        parts = [p["text"] for p in content]
-    else:
-        raise DataError(f"{where}: the user message's content must be a string or 1-2 text parts.")
-    if not isinstance(output, str):
-        raise DataError(f"{where}: the assistant message's content must be a string.")
-    if not parts[0].strip():
-        raise DataError(f"{where}: the user message holds no instruction.")
-    return {"instruction": parts[0], "input": parts[1] if len(parts) == 2 else "", "output": output}
+    check_messages(messages, where)
+    user_turns, system = turns(messages), system_message(messages)
+    if len(user_turns) != 1 or system is not None:
+        raise DataError(f"{where}: expected \"messages\" with one user turn, its answer and no system message to "
+                        f"write an Alpaca record; this conversation has {len(user_turns)} user turns"
+                        f"{' and a system message' if system is not None else ''}: keep it as messages (--to "
+                        "messages), which train.py reads as they are.")
+    return {field: user_turns[0][field] for field in FIELDS}
 
 
 def load_any_format(path: str) -> list[dict]:
-    """Alpaca records from an Alpaca file, or from a chat `messages` JSONL (converted back)."""
-    records = files.load_records(path) if os.path.isfile(path) else None
-    if records and isinstance(records[0], dict) and "messages" in records[0]:
-        return [from_messages(example, f"{path}, record {i}") for i, example in enumerate(records)]
-    return files.load_alpaca_records(path)
+    """The records of an Alpaca file, a chat `messages` JSONL or a mix of both: Alpaca records checked and
+    normalised, conversations checked and kept as they are."""
+    return files.load_alpaca_records(path, conversations=True)
 
 
 def convert(data_path: str, to: str, output: str) -> int:
@@ -363,7 +366,9 @@ def convert(data_path: str, to: str, output: str) -> int:
         {"type": "text", "text": input}] when there is an input; the assistant message is the output. This is the
         mapping of the checkpoint's chat template.
     --to jsonl: the same records, every field kept, one per line.
-    A messages file as DATA_PATH is read back into Alpaca records (then --to release or jsonl).
+    A messages file as DATA_PATH is read back into Alpaca records (then --to release or jsonl); conversations of
+    several turns (generate_instruction.py --num_turns) stay conversations with --to messages and have no Alpaca
+    form otherwise. An Alpaca file, a messages file and a mix of both are all read.
 
     Arguments:
         DATA_PATH: a JSON list or JSONL of Alpaca records, or a messages JSONL.
@@ -376,11 +381,15 @@ def convert(data_path: str, to: str, output: str) -> int:
         raise MissingPathError(f"Data file '{data_path}' does not exist or is not a file.")
     records = load_any_format(data_path)
     check_output_path(output, [data_path])
+    if to != "messages":  # a one-turn conversation becomes its Alpaca record; a longer one has no such form
+        records = [from_messages(r, f"{data_path}, record {i}") if is_conversation(r) else r
+                   for i, r in enumerate(records)]
     if to == "release":
         converted = [{field: task_of(r)[field] for field in FIELDS} for r in records]
         write_records(output, converted, [data_path])
     elif to == "messages":
-        files.write_atomically(output, records_text([to_messages(r) for r in records], ".jsonl"), [data_path])
+        files.write_atomically(output, records_text([r if is_conversation(r) else to_messages(r) for r in records],
+                                                    ".jsonl"), [data_path])
     else:
         files.write_atomically(output, records_text(records, ".jsonl"), [data_path])
     print(f"Wrote {len(records):,} records to {output} ({to}).")

@@ -51,7 +51,8 @@ def load_generated(output_dir: str) -> tuple[list[dict], int]:
 def journal_record_problem(record: dict) -> str | None:
     """Why a journal record is not one this generator writes, or None when it is."""
     if not isinstance(record.get("request_index"), int) or not isinstance(record.get("kept"), list) \
-            or not all(isinstance(e, dict) and isinstance(e.get("instruction"), str) for e in record["kept"]):
+            or not all(isinstance(e, dict) and (isinstance(e.get("instruction"), str)  # or a --num_turns conversation
+                                                or isinstance(e.get("messages"), list)) for e in record["kept"]):
         return f"not a record of this generator ({json.dumps(record)[:60]!r})"
     return None
 
@@ -74,7 +75,8 @@ def read_regen_json(regen_path: str) -> list[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise OutputDirError(f"{regen_path} is not valid JSON ({error}); this run would resume from it: fix it, "
                              "or move it aside to start afresh.") from None
-    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("instruction"), str)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and (isinstance(e.get("instruction"), str)
+                                                                          or isinstance(e.get("messages"), list))
                                                 for e in entries):
         raise OutputDirError(f"{regen_path} is not a JSON list of generated instructions (objects with an "
                              "\"instruction\"); this run would resume from it: fix it, or move it aside.")

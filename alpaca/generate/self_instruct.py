@@ -36,6 +36,7 @@ import numpy as np
 import tqdm
 
 from alpaca import REPO_ROOT, cli, errors, files
+from alpaca.generate import conversations
 from alpaca.generate import language as languages
 from alpaca.generate.journal import (
     JOURNAL_NAME,
@@ -570,6 +571,7 @@ def generate_instruction_following_data(
     language: str = "en",
     translate_seed_tasks: bool = False,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    num_turns: int = 1,
 ) -> list[dict]:
     """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
 
@@ -608,6 +610,10 @@ def generate_instruction_following_data(
             (one request per seed task at temperature 0; cost printed) and keep them in
             output_dir/seed_tasks.LANG.jsonl for later runs; without it the seed tasks are shown as given.
         max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
+        num_turns: user turns per example. 1: Alpaca records, as the original. N > 1: each kept task grows by
+            self-chat (the teacher writes a follow-up user turn from the conversation so far, then answers it)
+            into a {"messages": [...]} conversation; the novelty filter runs on the first instruction
+            (docs/conversations.md).
     Returns the kept instructions (also written to output_dir/regen.json). The run stops with an error after
     10 requests in a row without a single task in the prompt's format.
     """
@@ -617,7 +623,7 @@ def generate_instruction_following_data(
     seed_tasks = load_seed_tasks(seed_tasks_path)
     check_flags(len(seed_tasks), seed_tasks_path, num_prompt_instructions, num_cpus=num_cpus,
                 num_instructions_to_generate=num_instructions_to_generate, request_batch_size=request_batch_size,
-                max_concurrency=max_concurrency)
+                max_concurrency=max_concurrency, num_turns=num_turns)
     logit_bias = parse_logit_bias(logit_bias)
     model_name = model_name or DEFAULT_MODEL_NAMES.get(api_type)
     check_settings(api_type, model_name, api_base, requests_per_minute=requests_per_minute,
@@ -648,8 +654,8 @@ def generate_instruction_following_data(
         generated, first_request = load_generated(output_dir)
         if generated:
             print(f"Loaded {len(generated)} machine-generated instructions")
-        pool = InstructionPool([t["instruction"] for t in seed_tasks + generated], num_threads=num_cpus,
-                               language=language)
+        pool = InstructionPool([conversations.first_instruction(t) for t in seed_tasks + generated],
+                               num_threads=num_cpus, language=language)
         progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
                                  desc="kept")
 
@@ -667,6 +673,10 @@ def generate_instruction_following_data(
                         process_start = time.time()
                         tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type, language)
                         kept = keep_novel_tasks(tasks, pool, clean, drops)
+                        if num_turns > 1:  # each kept task becomes a conversation, before it is journaled
+                            kept, usage = await conversations.grow_conversations(
+                                endpoint, kept, num_turns, decoding_args, api_type, request_index)
+                            result = {**result, "usage": {k: v + usage.get(k, 0) for k, v in result["usage"].items()}}
                         with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
                             append_journal(journal_path, {"request_index": request_index, "kept": kept,
                                                           "parsed": parsed, "dropped": dict(drops),

@@ -51,7 +51,14 @@ import sys
 
 from alpaca import cli, files
 from alpaca.errors import DataError, MissingPathError, UsageError, UserError
-from alpaca.prompts.alpaca import INPUT_ROLE, format_prompt, is_alpaca_chat_template
+from alpaca.prompts import conversation
+from alpaca.prompts.alpaca import (
+    INPUT_ROLE,
+    alpaca_chat_template,
+    choose_bos_prefix,
+    format_prompt,
+    is_alpaca_chat_template,
+)
 
 # torch and transformers are imported where a model is loaded: a mistyped flag or a bad data file is reported in
 # a fraction of a second, and the endpoint mode never pays for them.
@@ -235,6 +242,24 @@ def left_pad(sequences: list[list[int]], pad_token_id: int):
     return input_ids, attention_mask
 
 
+def prompt_ids(tokenizer, examples: list[dict]) -> list[list[int]]:
+    """The prompt token ids of each example: the Alpaca prompt tokenized with special tokens, as train.py does, or
+    a conversation record's messages up to its last user turn through the Alpaca chat template, as train.py and
+    serving engines tokenize conversations (the current template, whatever the checkpoint carries)."""
+    template = None
+    ids = []
+    for example in examples:
+        if conversation.is_conversation(example):
+            template = template or alpaca_chat_template(choose_bos_prefix(tokenizer) or "none")
+            ids.append(tokenizer.apply_chat_template(conversation.prompt_messages(example["messages"]),
+                                                     chat_template=template, add_generation_prompt=True,
+                                                     return_dict=True)["input_ids"])
+        else:
+            prompt = format_prompt(example["instruction"], example.get("input") or "")
+            ids.append(tokenizer(prompt, add_special_tokens=True, truncation=False)["input_ids"])
+    return ids
+
+
 def generate_responses(
     model,
     tokenizer,
@@ -257,8 +282,7 @@ def generate_responses(
     from tqdm.auto import tqdm
     from transformers import GenerationConfig
 
-    prompts = [format_prompt(ex["instruction"], ex.get("input") or "") for ex in examples]
-    encoded = [tokenizer(prompt, add_special_tokens=True, truncation=False)["input_ids"] for prompt in prompts]
+    encoded = prompt_ids(tokenizer, examples)
     check_prompt_lengths([len(ids) for ids in encoded], context_length(model, tokenizer), max_new_tokens)
     eos_ids = _eos_token_ids(model, tokenizer)
     sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
@@ -319,7 +343,10 @@ def check_served_template(model_name: str) -> None:
 
 def chat_messages(example: dict) -> list[dict]:
     """The chat request for an example: the instruction as the user message, a non-empty input as a message with
-    role "input" (which survives servers that flatten content parts; see prompts.py)."""
+    role "input" (which survives servers that flatten content parts; see prompts.py); a conversation record's
+    messages up to its last user turn."""
+    if conversation.is_conversation(example):
+        return conversation.prompt_messages(example["messages"])
     messages = [{"role": "user", "content": example["instruction"]}]
     if example.get("input"):
         messages.append({"role": INPUT_ROLE, "content": example["input"]})
@@ -352,7 +379,9 @@ async def _answer_through_endpoint(examples: list[dict], args: argparse.Namespac
     async def ask(endpoint: LLMEndpoint, example: dict, n: int, tag: str) -> dict:
         decoding_n = dataclasses.replace(decoding, n=n)
         if args.api_type == "chat":  # the messages replace the one user message build_request would send
-            return await endpoint.complete([example["instruction"]], decoding_n, tag, messages=chat_messages(example))
+            messages = chat_messages(example)
+            return await endpoint.complete([conversation.message_texts(messages[-1])[0]], decoding_n, tag,
+                                           messages=messages)
         prompt = format_prompt(example["instruction"], example["input"])
         # The prompt as a string, not the one-element list build_request makes: transformers serve and llama.cpp's
         # server reject lists.
@@ -558,7 +587,12 @@ def main(argv: list[str] | None = None) -> None:
                        temperature=args.temperature, top_p=args.top_p, max_response_bytes=args.max_response_bytes)
     if args.output_path is not None:
         check_output_path(args.output_path, [args.data_path] if args.data_path else [])
-    examples = files.load_alpaca_records(args.data_path, require_output=False) if args.data_path else None
+    examples = (files.load_alpaca_records(args.data_path, require_output=False, conversations=True)
+                if args.data_path else None)
+    if examples and args.api_base is not None and args.api_type == "completions" and any(
+            map(conversation.is_conversation, examples)):
+        raise UsageError(f"{args.data_path} holds conversation records, which --api_type completions cannot "
+                             "send (the server's eos text is needed between turns): use --api_type chat.")
     if args.lora_path is not None:
         check_lora_adapter(args.lora_path)
     if args.api_base is not None and args.api_type == "chat":

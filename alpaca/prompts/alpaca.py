@@ -35,14 +35,17 @@ def format_prompt(instruction: str, input: str | None = "") -> str:
 # Serving engines (transformers serve, vLLM, llama.cpp) build the prompt from the tokenizer's chat template, then
 # tokenize the text WITHOUT adding special tokens. The template below turns an OpenAI-style conversation into the
 # exact Alpaca prompt of training, and emits the BOS token itself where training's tokenizer added one, so that the
-# served model sees the token ids it was trained on. The rules (README, "Serving"):
-#   - one user message is the instruction; an empty or missing input selects `prompt_no_input`;
+# served model sees the token ids it was trained on. The rules (README, "Serving"; docs/conversations.md):
+#   - a user message is an instruction; an empty or missing input selects `prompt_no_input` for the first turn;
 #   - the input is a message with role "input" right after the user message, or the second text part of the user
 #     message (engines that flatten content parts into one string, like transformers serve, need the role);
 #   - an optional first system message replaces the preamble ("Below is an instruction ... request.");
-#   - an assistant message may only come last: it is rendered as the response plus eos, as in training;
-#   - anything else (several user turns, an assistant turn before the user's, tools, images) raises an error that
-#     says so: the Alpaca format holds one instruction per prompt and no conversation history.
+#   - an assistant message follows each user message: it is rendered as the response plus eos, as in training, inside
+#     {% generation %} so that apply_chat_template(..., return_assistant_tokens_mask=True) marks it for the loss;
+#   - a conversation is the first turn's Alpaca prompt and answer, then each later turn as another
+#     "\n\n### Instruction:\n..." (and "\n\n### Input:\n...") and "\n\n### Response:" block right after the
+#     previous answer's eos; one user turn renders exactly as PROMPT_DICT;
+#   - anything else (two user turns in a row, an assistant turn first, tools, images) raises an error that says so.
 
 INPUT_ROLE = "input"
 TEMPLATE_MARKER = "The Alpaca prompt as a chat template"  # how a template of ours, of any version, is recognised
@@ -54,9 +57,23 @@ PREAMBLES = {  # the first paragraph of each template, up to the instruction hea
 # space (SentencePiece: "<s>" + text loses the "▁" that tokenizer(text) puts before the first word; "<s> " keeps it).
 BOS_PREFIXES = {"none": "", "bos": "{{- bos_token -}}", "bos_space": "{{- bos_token ~ ' ' -}}"}
 
+# A user turn is written out when the message after it (or the end) shows that it is complete: the first turn's
+# preamble depends on its input. FLUSH_USER_TURN is that block; it appears twice (no macros: llama.cpp's minja).
+_FLUSH_USER_TURN = """\
+    {%- if ns.turns == 0 -%}
+BOS_PREFIX
+      {%- if ns.system is not none -%}{{- ns.system -}}
+      {%- elif ns.input -%}{{- PREAMBLE_INPUT -}}
+      {%- else -%}{{- PREAMBLE_NO_INPUT -}}
+      {%- endif -%}
+    {%- endif -%}
+    {{- INSTRUCTION_HEADER ~ ns.instruction -}}
+    {%- if ns.input -%}{{- INPUT_HEADER ~ ns.input -}}{%- endif -%}
+    {%- set ns.turns = ns.turns + 1 -%}"""
+
 _CHAT_TEMPLATE = """\
 {#- TEMPLATE_MARKER (github.com/tatsu-lab/stanford_alpaca); written by prompts.py. -#}
-{%- set ns = namespace(state='start', system=none, instruction='', input='', answer=none) -%}
+{%- set ns = namespace(state='start', system=none, instruction='', input='', turns=0) -%}
 {%- for message in messages -%}
   {%- set role = message['role'] -%}
   {%- set content = message['content'] -%}
@@ -77,7 +94,7 @@ _CHAT_TEMPLATE = """\
   {%- if role == 'system' and ns.state == 'start' -%}
     {%- set ns.system = texts | join('') -%}
     {%- set ns.state = 'system' -%}
-  {%- elif role == 'user' and ns.state in ['start', 'system'] -%}
+  {%- elif role == 'user' and ns.state in ['start', 'system', 'assistant'] -%}
     {%- if texts | length > 2 -%}
       {{- raise_exception(ERROR_PARTS ~ (texts | length) ~ '.') -}}
     {%- endif -%}
@@ -91,10 +108,10 @@ _CHAT_TEMPLATE = """\
     {%- set ns.input = texts | join('') -%}
     {%- set ns.state = 'INPUT_ROLE' -%}
   {%- elif role == 'assistant' and ns.state in ['user', 'INPUT_ROLE'] -%}
-    {%- set ns.answer = texts | join('') -%}
+FLUSH_USER_TURN
+    {{- RESPONSE_HEADER -}}
+    {%- generation -%}{{- texts | join('') ~ eos_token -}}{%- endgeneration -%}
     {%- set ns.state = 'assistant' -%}
-  {%- elif role == 'user' and ns.state == 'assistant' -%}
-    {{- raise_exception(ERROR_HISTORY) -}}
   {%- elif role == 'user' -%}
     {{- raise_exception(ERROR_SEVERAL_USERS) -}}
   {%- elif role == 'system' -%}
@@ -108,15 +125,9 @@ _CHAT_TEMPLATE = """\
 {%- if ns.state in ['start', 'system'] -%}
   {{- raise_exception(ERROR_NO_USER) -}}
 {%- endif -%}
-BOS_PREFIX
-{%- if ns.system is not none -%}{{- ns.system -}}
-{%- elif ns.input -%}{{- PREAMBLE_INPUT -}}
-{%- else -%}{{- PREAMBLE_NO_INPUT -}}
-{%- endif -%}
-{{- INSTRUCTION_HEADER ~ ns.instruction -}}
-{%- if ns.input -%}{{- INPUT_HEADER ~ ns.input -}}{%- endif -%}
-{%- if ns.answer is not none -%}{{- RESPONSE_HEADER ~ ns.answer ~ eos_token -}}
-{%- elif add_generation_prompt -%}{{- RESPONSE_HEADER -}}
+{%- if ns.state in ['user', 'INPUT_ROLE'] -%}
+FLUSH_USER_TURN
+  {%- if add_generation_prompt -%}{{- RESPONSE_HEADER -}}{%- endif -%}
 {%- endif -%}
 """
 
@@ -129,13 +140,12 @@ TEMPLATE_ERRORS = {
                    "text parts, not ",
     "ERROR_INPUT_TWICE": f"The input is given twice: as a second text part of the user message and as a message "
                          f"with role '{INPUT_ROLE}'.",
-    "ERROR_HISTORY": "The Alpaca format has no conversation history: an assistant turn may only come last, after the "
-                     "one user message. Send each instruction as its own conversation.",
-    "ERROR_SEVERAL_USERS": f"The Alpaca format has one instruction per prompt: send one user message (its input as a "
-                           f"message with role '{INPUT_ROLE}', or as a second text part), not several user turns.",
+    "ERROR_SEVERAL_USERS": f"User and assistant turns alternate in an Alpaca conversation, not several user turns in "
+                           f"a row: give each instruction one user message (its input as a message with role "
+                           f"'{INPUT_ROLE}', or as a second text part).",
     "ERROR_SYSTEM": "A system message may only come first; it replaces the Alpaca preamble.",
-    "ERROR_ORDER": f"The Alpaca chat template takes the roles system (optional), user, {INPUT_ROLE} (optional), "
-                   "assistant (optional) in this order; a ",
+    "ERROR_ORDER": f"The Alpaca chat template takes the roles system (optional), then user, {INPUT_ROLE} (optional) "
+                   "and assistant, repeated in this order; a ",
     "ERROR_ROLE": f"The Alpaca chat template knows the roles system, user, {INPUT_ROLE} and assistant, not ",
     "ERROR_NO_USER": "An Alpaca prompt needs a user message: the instruction.",
 }
@@ -163,7 +173,7 @@ def alpaca_chat_template(bos_prefix: str = "none") -> str:
         "TEMPLATE_MARKER": TEMPLATE_MARKER,
         **{name: _jinja_string(message) for name, message in TEMPLATE_ERRORS.items()},
     }
-    template = _CHAT_TEMPLATE
+    template = _CHAT_TEMPLATE.replace("FLUSH_USER_TURN", _FLUSH_USER_TURN)
     for placeholder, value in replacements.items():
         template = template.replace(placeholder, value)
     return template

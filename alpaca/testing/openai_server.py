@@ -393,13 +393,31 @@ def preferring_judge(text: str) -> Callable[[str, str, dict], tuple[str, str]]:
     return responder
 
 
-if __name__ == "__main__":  # a toy judge for docs/preferences.md: python tests/openai_server.py --port P --prefer e
+FOLLOW_UP_START = "Below is a conversation between a user and an AI assistant."  # generate/conversations.py's
+
+
+def self_chat_teacher(path: str, prompt: str, body: dict) -> tuple[str, str]:
+    """A toy teacher for `generate_instruction.py --num_turns`: Self-Instruct tasks for the generator's prompt, a
+    follow-up question for the follow-up prompt, a short answer for a conversation; deterministic in the request."""
+    rng = random.Random(hashlib.sha256(prompt.encode()).hexdigest())
+    if prompt.startswith(FOLLOW_UP_START):
+        return f"User: And what about the {' '.join(rng.sample(WORDS, 3))}?", "stop"
+    if path.endswith("/chat/completions") and len(body["messages"]) > 1 or prompt.endswith("\n\nAssistant:"):
+        return f" The {' '.join(rng.sample(WORDS, 6))}. ", "stop"
+    return fake_tasks(prompt), "stop"
+
+
+if __name__ == "__main__":  # toys for the docs: python alpaca/testing/openai_server.py --port P --prefer e / --teacher
     import argparse
 
-    parser = argparse.ArgumentParser(description="A loopback judge that prefers answers with more of a string.")
+    parser = argparse.ArgumentParser(description="A loopback judge that prefers answers with more of a string, or a "
+                                                 "self-chat teacher.")
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1 to serve /v1 on")
-    parser.add_argument("--prefer", required=True, help="the answer with more occurrences of this string wins")
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--prefer", help="be a judge: the answer with more occurrences of this string wins")
+    role.add_argument("--teacher", action="store_true", help="be a teacher for generate_instruction.py --num_turns")
     options = parser.parse_args()
-    toy = OpenAIServer(responder=preferring_judge(options.prefer), port=options.port).start()
-    print(f"toy judge at {toy.url}, preferring answers with more {options.prefer!r}", flush=True)
+    responder = self_chat_teacher if options.teacher else preferring_judge(options.prefer)
+    toy = OpenAIServer(responder=responder, port=options.port).start()
+    print(f"toy {'teacher' if options.teacher else 'judge'} at {toy.url}", flush=True)
     toy._thread.join()

@@ -35,6 +35,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from alpaca import cli, files
 from alpaca.errors import DataError, MissingPathError, UsageError
 from alpaca.prompts.alpaca import PROMPT_DICT, format_prompt  # noqa: F401  (PROMPT_DICT: the original's name, re-exported)
+from alpaca.train import conversations as train_conversations
 from alpaca.train import setup as train_setup
 from alpaca.train import throughput
 
@@ -65,7 +66,8 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     data_path: str | None = field(default=None, metadata={
-        "help": "Training data: a JSON list or JSONL of {instruction, input, output} records (input may be omitted)."})
+        "help": "Training data: a JSON list or JSONL of {instruction, input, output} records (input may be omitted) "
+                "and/or conversations {messages: [system?, user, assistant, user, assistant, ...]}."})
     eval_data_path: str | None = field(default=None, metadata={"help": "Evaluation data, same format."})
     val_set_size: int = field(default=0, metadata={
         "help": "Hold out this many training examples (chosen with --seed) as the evaluation set."})
@@ -322,9 +324,9 @@ class SupervisedDataset(Dataset):
 
     def __init__(self, data_path: str | Sequence[dict], tokenizer):
         super().__init__()
-        examples = files.load_alpaca_records(data_path) if isinstance(data_path, str) else data_path
-        sources, targets = format_examples(examples, tokenizer)
-        data_dict = preprocess(sources, targets, tokenizer)
+        examples = files.load_alpaca_records(data_path, conversations=True) if isinstance(data_path, str) else data_path
+        data_dict = train_conversations.tokenize_records(  # `messages` records through the chat template
+            examples, tokenizer, lambda part: preprocess(*format_examples(part, tokenizer), tokenizer), IGNORE_INDEX)
         # The prompt is masked from the start, so an example has a response token to learn from iff its last label
         # is one (one look per example, not a comparison of every label).
         keep = [i for i, labels in enumerate(data_dict["labels"]) if labels[-1].item() != IGNORE_INDEX]
@@ -367,7 +369,7 @@ def make_supervised_data_module(tokenizer, data_args: DataArguments, seed: int =
     Padding-free batches are one row [1, total_tokens] with position_ids restarting at 0 for each example and the
     first label of each example masked, so no token learns from the previous example.
     """
-    examples = files.load_alpaca_records(data_args.data_path)
+    examples = files.load_alpaca_records(data_args.data_path, conversations=True)
     eval_dataset = None
     if data_args.val_set_size > 0:
         if data_args.val_set_size >= len(examples):
@@ -492,7 +494,7 @@ def train(argv: list[str] | None = None) -> None:
 
     # Check the data files and output_dir first: a typo should fail in a second, not after a 7B model has loaded.
     for path in filter(None, (data_args.data_path, data_args.eval_data_path)):
-        files.load_alpaca_records(path)
+        files.load_alpaca_records(path, conversations=True)
     resume = train_setup.resume_checkpoint(training_args)
     train_setup.check_output_dir(training_args.output_dir, resume, training_args.overwrite_output_dir)
     for notice in train_setup.deepspeed_build_notices(training_args) if training_args.should_log else []:
