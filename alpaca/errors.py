@@ -43,3 +43,8 @@ class JournalError(UserError):
 
 class BusyError(UserError):
     """An output directory in use by another run (its lock is held); the message names the holder."""
+
+
+class LLMError(UserError, RuntimeError):
+    """A failure of a model endpoint that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries
+    spent); the message says what to do. A user error: reported in one line, without a traceback."""

@@ -18,8 +18,7 @@ import time
 import numpy as np
 from rouge_score import rouge_scorer
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
-from alpaca.generate.rouge_l import RougeLIndex, most_similar, tokenize, tokenizer_for  # noqa: E402
+from alpaca.generate.rouge_l import RougeLIndex, most_similar, tokenize, tokenizer_for
 
 COMMON_WORDS = (
     "the a an of to and in for with on is that this it as be by your from or are can what how which give write "

@@ -17,8 +17,9 @@ import urllib.request
 import pytest
 
 from alpaca import errors
+from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import human as human_eval
-from alpaca.evaluate import judge, win_rates
+from alpaca.evaluate import win_rates
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -91,18 +92,18 @@ def test_a_directory_holding_another_comparison_is_refused(tmp_path):
 
 
 def test_help_and_bad_flags(tmp_path, capsys):
-    judge.main(["human", "--help"])
+    judge_command.main(["human", "--help"])
     helped = capsys.readouterr().out
     assert all(f"--{flag}" in helped for flag in ("model_outputs", "reference_outputs", "output_dir", "annotator",
                                                   "host", "port", "seed"))
     model, reference = write_answer_files(tmp_path)
     common = ["human", "--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(tmp_path / "o")]
     with pytest.raises(errors.UsageError, match="--annotator must be a name of 1 to 64 printable"):
-        judge.main([*common, "--annotator", "  "])
+        judge_command.main([*common, "--annotator", "  "])
     with pytest.raises(errors.UsageError, match="--port must be between 0 and 65535"):
-        judge.main([*common, "--annotator", "alice", "--port", "70000"])
+        judge_command.main([*common, "--annotator", "alice", "--port", "70000"])
     with pytest.raises(errors.UserError, match="cannot listen on 192.0.2.1:0.*--host"):
-        judge.main([*common, "--annotator", "alice", "--host", "192.0.2.1"])  # an address this machine lacks
+        judge_command.main([*common, "--annotator", "alice", "--host", "192.0.2.1"])  # an address this machine lacks
 
 
 # -- agreement statistics on hand-made files ---------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
         human_eval.human_results(str(out))
     human_eval.append_annotation(str(out / human_eval.ANNOTATIONS_NAME),
                                  human_eval.verdict_record(stored[0], "carol", 42, "A"))
-    results = judge.main(["human_results", "--output_dir", str(out), "--plot", "False"])
+    results = judge_command.main(["human_results", "--output_dir", str(out), "--plot", "False"])
     assert results["agreement"]["with_judge"] is None and results["agreement"]["between_annotators"] == []
     assert "No LLM judge annotations" in capsys.readouterr().out
     # the judge's verdicts in another directory (e.g. one where it judged several models)
@@ -198,7 +199,8 @@ def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
     (judged / "annotations.jsonl").write_text(json.dumps(
         {"instruction": PAIRS[0][0], "input": PAIRS[0][1], "model": MODEL, "reference": REFERENCE,
          "shown_first": MODEL, "verdict": "A" if model_first else "B", "p_a": 0.9 if model_first else 0.1}) + "\n")
-    results = judge.main(["human_results", "--output_dir", str(out), "--judge_dir", str(judged), "--plot", "False"])
+    results = judge_command.main(["human_results", "--output_dir", str(out), "--judge_dir", str(judged),
+                                  "--plot", "False"])
     assert results["agreement"]["with_judge"] == {"carol": {"n": 1, "agreement": 1.0, "kappa": None}}
     assert "carol vs the LLM judge: agree on 100% of 1 shared pairs, Cohen's kappa undefined" in capsys.readouterr().out
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from alpaca import errors
+from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def run(server, model, reference, output_dir, *extra: str) -> dict:
     argv = ["--model_outputs", *([model] if isinstance(model, str) else model), "--reference_outputs", reference,
             "--output_dir", str(output_dir), "--judge_model", "judge-test", "--api_base", server.url,
             "--max_concurrency", "8", "--plot", "False", *extra]
-    return judge.main(argv)
+    return judge_command.main(argv)
 
 
 def length_judge(path, prompt, body):
@@ -522,7 +523,7 @@ def test_help_lists_the_flags():
 @pytest.mark.slow
 def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp_path, capsys):
     model, reference = write_pair_files(tmp_path, ["Paris is the capital.", "Four."], ["It is Paris.", "4"])
-    results = judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir",
+    results = judge_command.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir",
                           str(tmp_path / "out"), "--judge_model", str(tiny_model_dir), "--api_type", "local",
                           "--max_tokens", "8", "--max_retries", "1", "--plot", "False"])["model"]
     assert results["n_total"] == 2 and results["judge_model"] == str(tiny_model_dir)
@@ -530,8 +531,9 @@ def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp
     if results["n_unjudged"]:  # an untrained model writes no verdict: the report says so
         assert "unjudged" in out
     with pytest.raises(errors.UsageError, match="local judge returns no log-probabilities"):
-        judge.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir", str(tmp_path / "x"),
-                    "--judge_model", str(tiny_model_dir), "--api_type", "local", "--judge_mode", "logprobs"])
+        judge_command.main(["--model_outputs", model, "--reference_outputs", reference,
+                            "--output_dir", str(tmp_path / "x"), "--judge_model", str(tiny_model_dir),
+                            "--api_type", "local", "--judge_mode", "logprobs"])
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from alpaca import cli
+from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
 from alpaca.prompts.alpaca import format_prompt
 
@@ -41,7 +42,7 @@ def write_samples(tmp_path, outputs_per_record: list[list[str]]) -> str:
 
 
 def run(server, samples, output_dir, *extra: str) -> dict:
-    return judge.main(["preferences", "--samples", samples, "--output_dir", str(output_dir), "--judge_model",
+    return judge_command.main(["preferences", "--samples", samples, "--output_dir", str(output_dir), "--judge_model",
                        "judge-test", "--api_base", server.url, "--max_concurrency", "4", *extra])
 
 

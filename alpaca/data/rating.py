@@ -18,7 +18,7 @@ from contextlib import aclosing
 from tqdm import tqdm
 
 from alpaca import files
-from alpaca.data import tools as data_tools
+from alpaca.data import records as data_records
 from alpaca.errors import UsageError, UserError
 from alpaca.llm.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -55,7 +55,7 @@ MAX_SCORE = 5.0
 
 def rating_prompt(record: dict, attempt: int = 0) -> str:
     """The judge's prompt for a record; a retry (attempt >= 1) adds a reminder of the reply's last line."""
-    task = data_tools.task_of(record)
+    task = data_records.task_of(record)
     prompt = RATING_PROMPT.format(instruction=task["instruction"], input=task["input"] or "(none)",
                                   output=task["output"])
     return prompt + (REMINDER.format(attempt=attempt + 1) if attempt else "")
@@ -72,8 +72,8 @@ def parse_score(reply: str) -> float | None:
 
 def record_key(record: dict) -> str:
     """sha256 of a record's instruction, input and output: a journal entry applies only to the record it rated."""
-    task = data_tools.task_of(record)
-    return hashlib.sha256(json.dumps([task[f] for f in data_tools.FIELDS]).encode("utf-8")).hexdigest()
+    task = data_records.task_of(record)
+    return hashlib.sha256(json.dumps([task[f] for f in data_records.FIELDS]).encode("utf-8")).hexdigest()
 
 
 def rating_problem(entry: dict) -> str | None:
@@ -105,12 +105,13 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                  request_timeout: float, max_tokens: int, temperature: float, score_retries: int, cache: bool,
                  price_per_1k_prompt_tokens: float | None, price_per_1k_completion_tokens: float | None,
                  max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
-    """`data_tools.rate` (see its docstring for the arguments). Returns the run's counts."""
+    """`alpaca.data.tools.rate` (see its docstring for the arguments). Returns the run's counts."""
     from alpaca.data import plots as data_plots
 
-    (records,) = data_tools.load_inputs([data_path])
+    (records,) = data_records.load_inputs([data_path])
     beside = output_paths(output, min_score, 0)  # the random subset's name needs the count: checked when written
-    data_tools.check_output_path(output, [data_path], also=tuple(beside[k] for k in ("kept", "picture") if k in beside))
+    data_records.check_output_path(output, [data_path],
+                                   also=tuple(beside[k] for k in ("kept", "picture") if k in beside))
     for flag, value in (("max_concurrency", max_concurrency), ("max_tokens", max_tokens)):
         if value < 1:
             raise UsageError(f"--{flag} must be at least 1, not {value}.")
@@ -205,7 +206,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         progress.close()
         files.sync_journal(paths["journal"])
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
-    data_tools.write_records(output, rated, [data_path])
+    data_records.write_records(output, rated, [data_path])
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
     num_rated = sum(s is not None for s in scores)
     cost = (totals["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
@@ -223,8 +224,8 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
         kept = [r for r in rated if r["score"] is not None and r["score"] >= min_score]
         paths = output_paths(output, min_score, len(kept))
         chosen = sorted(random.Random(seed).sample(range(len(rated)), len(kept)))
-        data_tools.write_records(paths["kept"], kept, [data_path])
-        data_tools.write_records(paths["random"], [rated[i] for i in chosen], [data_path])
+        data_records.write_records(paths["kept"], kept, [data_path])
+        data_records.write_records(paths["random"], [rated[i] for i in chosen], [data_path])
         print(f"{len(kept):,} records score at least {min_score:g}: {paths['kept']}; a random subset of the same size "
               f"(seed {seed}) for comparison: {paths['random']}.")
         summary.update(kept=len(kept), kept_path=paths["kept"], random_path=paths["random"])

@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from alpaca.data.tools import FIELDS, has_input, task_of
+from alpaca.data.records import FIELDS, has_input, task_of
 from alpaca.errors import MissingPathError
 from alpaca.generate import language as languages
 from alpaca.generate.rouge_l import RougeLIndex

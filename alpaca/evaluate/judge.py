@@ -41,7 +41,7 @@ from contextlib import aclosing
 
 from tqdm.auto import tqdm
 
-from alpaca import cli, files
+from alpaca import files
 from alpaca.errors import DataError, UsageError, UserError
 from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py's public interface too (human_eval.py uses them)
     DIFFERENCES_KEY,
@@ -613,20 +613,3 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
         raise JudgeError(f"{error}{advice} Every verdict so far is saved in {journal_path}.") from None
     finally:
         progress.close()
-
-
-def main(argv: list[str] | None = None) -> object:
-    from alpaca.evaluate import (
-        human as human_eval,  # the blind human evaluation (its web server is imported only when used)
-    )
-    from alpaca.evaluate.preferences import preferences  # preference pairs for train_dpo.py (imports judge.py)
-
-    commands = {"evaluate": evaluate, "human": human_eval.human, "human_results": human_eval.human_results,
-                "preferences": preferences}
-    return cli.run_commands(commands, argv=argv, prog="python judge.py", default="evaluate")
-
-
-def entry_point() -> None:
-    """The command line of `python judge.py`."""
-    cli.report_errors(main, "interrupted: every verdict so far is saved in output_dir/judgments.jsonl; re-run the "
-                            "same command to finish.")

@@ -80,9 +80,7 @@ class OpenAIDecodingArguments:
     echo: bool = False  # completions endpoint only; only if set
 
 
-class LLMError(errors.UserError, RuntimeError):
-    """A failure that retrying cannot fix (bad key, unknown model, unreachable endpoint, retries spent); the message
-    says what to do. A user error: reported in one line, without a traceback."""
+LLMError = errors.LLMError  # defined with the other user errors, so local.py need not import the client
 
 
 class SettingError(LLMError, errors.UsageError):

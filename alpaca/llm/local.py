@@ -5,7 +5,7 @@ Its own module because loading a model pulls torch and transformers (seconds to 
 only when a local endpoint is built, so the client stays light for the HTTP endpoints and for utils' JSON readers.
 """
 
-from alpaca.llm.client import LLMError
+from alpaca.errors import LLMError
 
 
 def local_context_length(config, tokenizer) -> int:

@@ -1,0 +1,20 @@
+"""The command line of `python judge.py`: the judge (the default command), blind human evaluation, and preference
+pairs for train_dpo.py, each a function whose signature is its flags (alpaca/cli.py)."""
+
+from alpaca import cli
+from alpaca.evaluate import human, preferences
+from alpaca.evaluate.judge import evaluate
+
+COMMANDS = {"evaluate": evaluate, "human": human.human, "human_results": human.human_results,
+            "preferences": preferences.preferences}
+
+
+def main(argv: list[str] | None = None) -> object:
+    """Run one command of judge.py (`evaluate` when none is named) on `argv`."""
+    return cli.run_commands(COMMANDS, argv=argv, prog="python judge.py", default="evaluate")
+
+
+def entry_point() -> None:
+    """The command line of `python judge.py`."""
+    cli.report_errors(main, "interrupted: every verdict so far is saved in output_dir/judgments.jsonl; re-run the "
+                            "same command to finish.")
