@@ -38,6 +38,7 @@ from alpaca.train.sft import (
     preprocess,
 )
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ("give three tips for staying healthy translate the sentence into french name a colour write short poem "
          "about sea summarise paragraph in one model data alpaca llama good morning weather is lovely today").split()
 
@@ -111,24 +112,84 @@ def reference_preprocess(sources, targets, tokenizer) -> dict:
     return dict(input_ids=input_ids, labels=labels)
 
 
-@pytest.mark.parametrize("read_prompt_off_full_text", [True, False])
-def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeypatch, read_prompt_off_full_text):
-    _, tokenizer = model_and_tokenizer
-    assert train._prompt_is_a_token_prefix(tokenizer)  # the fast path is taken for a LLaMA-style tokenizer
-    if not read_prompt_off_full_text:
-        monkeypatch.setattr(train, "_prompt_is_a_token_prefix", lambda tokenizer: False)
-    examples = make_examples(300, seed=1, max_output_words=60)
-    examples += [  # edge cases: a literal [PAD] or </s> in the text, unicode, odd whitespace, a very long prompt
-        {"instruction": "Repeat [PAD] twice.", "input": "[PAD] [PAD]", "output": "[PAD][PAD]"},
-        {"instruction": "Traduis: café, naïve, 東京 🦙", "input": "", "output": "ok"},
-        {"instruction": "Say nothing.", "input": "", "output": ""},
-        {"instruction": "Spaces after   ", "input": "x</s>y", "output": "  two leading spaces"},
-        {"instruction": "Newline first.", "input": "", "output": "\n\nafter two newlines </s> and more"},
-        {"instruction": "Punctuation.", "input": "", "output": ":### Response: ### ::"},
-        {"instruction": " ".join(WORDS * 5), "input": "x", "output": "never seen"},
-    ]
+EDGE_CASES = [  # a literal [PAD] or </s> in the text, unicode, odd whitespace, a very long prompt
+    {"instruction": "Repeat [PAD] twice.", "input": "[PAD] [PAD]", "output": "[PAD][PAD]"},
+    {"instruction": "Traduis: café, naïve, 東京 🦙", "input": "", "output": "ok"},
+    {"instruction": "Say nothing.", "input": "", "output": ""},
+    {"instruction": "Spaces after   ", "input": "x</s>y", "output": "  two leading spaces"},
+    {"instruction": "Newline first.", "input": "", "output": "\n\nafter two newlines </s> and more"},
+    {"instruction": "Punctuation.", "input": "", "output": ":### Response: ### ::"},
+    {"instruction": " ".join(WORDS * 5), "input": "x", "output": "never seen"},
+]
+
+
+class PublicSurfaceOnly:
+    """A fast tokenizer's Rust backend that refuses to be serialized: preprocess must not read the tokenizer's
+    internals (tokenizer.json's spelling of its model, normalizers and pre-tokenizer) to decide anything.
+    `wrong_ids` makes its batch call drop each string's first token, as a misconfigured backend would."""
+
+    def __init__(self, backend, wrong_ids: bool = False):
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_wrong_ids", wrong_ids)
+
+    def __getattr__(self, name):
+        if name in ("to_str", "save", "__getstate__"):
+            raise AssertionError(f"preprocess read the tokenizer's serialized internals (backend.{name})")
+        if name == "encode_batch_fast" and self._wrong_ids:
+            return lambda texts, **kwargs: [types.SimpleNamespace(ids=e.ids[1:])
+                                            for e in self._backend.encode_batch_fast(texts, **kwargs)]
+        return getattr(self._backend, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._backend, name, value)
+
+
+@pytest.fixture(scope="module")
+def byte_level_bpe():
+    """A byte-level BPE (the GPT-2 family) trained on the seed tasks and the templates; no model hub."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    lines = [json.loads(line)["instruction"] for line in (REPO / "seed_tasks.jsonl").read_text().splitlines()]
+    bpe.train_from_iterator(lines + list(PROMPT_DICT.values()), vocab_size=600, special_tokens=["<s>", "</s>"],
+                            show_progress=False)
+    return bpe._tokenizer
+
+
+TOKENIZER_FAMILIES = ["sentencepiece", "byte_level", "byte_level_bos"]
+
+
+def tokenizer_of_family(family: str, model_and_tokenizer, byte_level_bpe):
+    """A tokenizer of each family train.py supports, as train.py leaves it ([PAD] added, model_max_length 256):
+    SentencePiece BPE with <s> and a ▁ before the first word (LLaMA, Mistral), byte-level BPE without BOS (GPT-2)
+    and with a post-processor that puts BOS in front (Llama 3, OPT)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    if family == "sentencepiece":
+        return copy.deepcopy(model_and_tokenizer[1])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(byte_level_bpe), bos_token="<s>",
+                                        eos_token="</s>", model_max_length=256, padding_side="right")
+    if family == "byte_level_bos":
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    tokenizer.add_special_tokens(missing_special_tokens(tokenizer))
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", TOKENIZER_FAMILIES)
+def test_preprocess_equals_the_one_by_one_reference_in_each_tokenizer_family(model_and_tokenizer, byte_level_bpe,
+                                                                               family):
+    """Two batched calls of the public API (full texts, prompts) give exactly the original's one-by-one ids and
+    masks, for every family, without reading the tokenizer's internals."""
+    tokenizer = tokenizer_of_family(family, model_and_tokenizer, byte_level_bpe)
+    assert (tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id) == (family != "byte_level")
+    tokenizer._tokenizer = PublicSurfaceOnly(tokenizer.backend_tokenizer)
+    examples = make_examples(300, seed=1, max_output_words=60) + EDGE_CASES
     sources, targets = format_examples(examples, tokenizer)
-    ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
+    ours = preprocess(sources, targets, tokenizer)
+    assert tokenizer.backend_tokenizer.truncation is None  # not left on for save_pretrained to write
+    reference = reference_preprocess(sources, targets, tokenizer)
     assert len(ours["input_ids"]) == len(ours["labels"]) == len(examples)
     truncated = 0
     for key in ("input_ids", "labels"):
@@ -140,29 +201,24 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeyp
     assert all(labels[0] == IGNORE_INDEX for labels in ours["labels"])
 
 
-def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_tokenizer):
-    _, tokenizer = model_and_tokenizer
-    text = "Below is an instruction that describes a task:  naïve 東京 🦙 [PAD]."
-    encoding = tokenizer.backend_tokenizer.encode(text)
-    ends = {end for start, end in encoding.offsets[1:]}  # after <s>
-    inside = [c for start, end in encoding.offsets[1:] for c in range(start + 1, end)]
-    assert inside and len(ends) > 3
-
-    def read_off(prompts, full_texts):
-        return train._prompt_tokens_in_full_text(train._tokenize_fn(full_texts, tokenizer), prompts, tokenizer).tolist()
-
-    cut = sorted(ends)
-    clean = read_off([text[:chars] for chars in cut], [text] * len(cut))
-    assert clean == [len(tokenizer(text[:chars])["input_ids"]) for chars in cut[:-2]] + [-1, -1]  # [PAD]: added
-    assert read_off([text[:c] for c in inside], [text] * len(inside)) == [-1] * len(inside)  # one token spans the cut
-    long = text * 40  # truncation (model_max_length 256) cuts the text before the prompt's end
-    assert read_off([long[:-5]], [long]) == [-1] and read_off([""], [text]) == [-1]
+def test_a_backend_that_disagrees_with_the_tokenizer_is_not_trusted(model_and_tokenizer, caplog):
+    """preprocess reads ids through the Rust tokenizer's batch call, checked per chunk against the tokenizer's own
+    call; when they differ it says so and the tokenizer's own call gives every id."""
+    tokenizer = copy.deepcopy(model_and_tokenizer[1])
+    tokenizer._tokenizer = PublicSurfaceOnly(tokenizer.backend_tokenizer, wrong_ids=True)
+    sources, targets = format_examples(make_examples(40, seed=2) + EDGE_CASES, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        ours = preprocess(sources, targets, tokenizer)
+    reference = reference_preprocess(sources, targets, tokenizer)
+    assert "disagrees with the tokenizer's own" in caplog.text
+    for key in ("input_ids", "labels"):
+        assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
 
 
 @pytest.mark.parametrize("spelling", ["metaspace", "prepend_and_replace", "metaspace_never_prepends"])
-def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
-    """The prompt boundary is found from the bytes each piece spells; each way a SentencePiece-style tokenizer.json
-    spells spaces and the leading ▁ (LLaMA-2's normalizers, Metaspace) must count them right."""
+def test_preprocess_equals_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
+    """Each way a SentencePiece-style tokenizer.json spells spaces and the leading ▁ (LLaMA-2's normalizers,
+    Metaspace, Metaspace that never prepends) gives the original's ids and masks."""
     from tokenizers import normalizers, pre_tokenizers
 
     _, tokenizer = model_and_tokenizer
@@ -173,7 +229,6 @@ def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces
         backend.pre_tokenizer = None
     elif spelling == "metaspace_never_prepends":
         backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
-    assert train._prompt_is_a_token_prefix(tokenizer)
     sources, targets = format_examples(make_examples(120, seed=3), tokenizer)
     pairs = [(" leading space", " and one after</s>"), ("▁already spelled", "x</s>"), ("  two", "  more</s>"),
              ("tab\there ", "\n</s>"), ("東京 🦙", " ok</s>"), ("end with space ", "next</s>")]
@@ -182,11 +237,6 @@ def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces
     ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
     for key in ("input_ids", "labels"):
         assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
-    full = train._tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
-    read_off = train._prompt_tokens_in_full_text(full, sources, tokenizer)
-    own = train._tokenize_fn(sources, tokenizer)["input_ids_lens"]
-    assert (read_off[:120] == own[:120]).all()  # every template prompt read off, none redone
-    assert ((read_off == own) | (read_off == -1)).all()
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
