@@ -750,6 +750,69 @@ def test_a_hub_id_that_is_no_local_directory_fails_in_one_sentence(repo_dir, tmp
         "network."], result.stderr[-3000:]
 
 
+# Runs `python train.py ARGV` for each ARGV in one fresh Python (runpy, as the interpreter runs a script) and prints,
+# per run: the exit code, stderr, and whether torch / transformers had been imported when it exited.
+_RUN_TRAIN_PY_AND_REPORT = """
+import contextlib, io, json, runpy, sys
+reports = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv, err = ["train.py", *argv], io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    reports.append(dict(code=code, err=err.getvalue(), torch="torch" in sys.modules,
+                        transformers="transformers" in sys.modules))
+print(json.dumps(reports))
+"""
+
+
+def test_path_mistakes_are_reported_before_torch_is_imported(repo_dir, tmp_path):
+    """A mistyped model or data path costs a second, not the 17-58 s of importing torch, transformers and
+    DeepSpeed: train.py checks the paths in argv first. Counted, not timed: torch is not in sys.modules when the
+    sentence is printed and the process exits."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    (tmp_path / "bad.json").write_text("[{")
+    (tmp_path / "a_file").write_text("")
+    model = str(tmp_path / "tiny-llama-missing")  # a path: no Hub id, whatever the network
+    cases = [  # argv, exit code, the sentence
+        (["--model_name_or_path", "tiny-llama-missing", "--data_path", data, "--output_dir", str(tmp_path / "o")], 1,
+         "error: There is no local model directory 'tiny-llama-missing', and the Hugging Face Hub is switched off "
+         "(HF_HUB_OFFLINE is set) and its cache does not hold it: pass the directory of a local checkpoint."),
+        (["--model_name_or_path", model, "--data_path", str(tmp_path / "missing.json")], 1,
+         f"error: Data file '{tmp_path / 'missing.json'}' does not exist or is not a file."),
+        (["--model_name_or_path", model, "--output_dir", str(tmp_path / "o")], 2,
+         "error: --data_path is required: a JSON list or JSONL of {instruction, input, output} records."),
+        (["--model_name_or_path", model, "--data_path", data, "--eval_data_path", str(tmp_path / "bad.json")], 1,
+         f"error: {tmp_path / 'bad.json'} is not valid JSON"),
+        (["--model_name_or_path", model, "--data_path", data, "--output_dir", str(tmp_path / "a_file")], 1,
+         f"error: --output_dir {tmp_path / 'a_file'} is a file; give a directory (it is created if missing)."),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _RUN_TRAIN_PY_AND_REPORT, json.dumps([c[0] for c in cases])],
+                            cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (argv, code, sentence), report in zip(cases, json.loads(result.stdout.splitlines()[-1]), strict=True):
+        assert report["code"] == code and report["err"].splitlines() == [report["err"].splitlines()[0]], report
+        assert report["err"].startswith(sentence), report
+        assert not report["torch"] and not report["transformers"], argv
+
+
+def test_the_early_path_check_passes_what_train_accepts(tmp_path, stop_at_model_loading, tiny_model_dir):
+    """check_paths refuses nothing train() would take: good paths, --flag=value, a typo it leaves to parse_args."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    good = ["--model_name_or_path", str(tiny_model_dir), f"--data_path={data}", "--output_dir", str(tmp_path / "o")]
+    train_setup.check_paths(good)
+    with pytest.raises(ReachedModelLoading):
+        train.train(good)
+    train_setup.check_paths(["--help"])
+    train_setup.check_paths(["--data_pth", data])  # the parser names the typo: "did you mean --data_path?"
+    with pytest.raises(UsageError, match="unknown flag --data_pth \\(did you mean --data_path\\?\\)"):
+        train.train(["--data_pth", data])
+
+
 def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch):
     """train.py says what happens before DeepSpeed's silent first-use compile, and only then."""
     pytest.importorskip("deepspeed")
