@@ -452,6 +452,55 @@ def test_train_writes_a_checkpoint_that_auto_classes_load(tiny_model_dir, tmp_pa
         run_train(tiny_model_dir, data, tmp_path / "out", "--num_train_epochs", "1")
 
 
+@pytest.mark.slow
+def test_checkpoints_save_the_models_length_limit_not_trainings(tiny_model_dir, tmp_path, caplog):
+    """Data is cut at --model_max_length 128, but the saved tokenizers (checkpoint and final) say the model's 4096
+    positions, so inference does not warn "Token indices sequence length is longer than the specified maximum"."""
+    data = write_json(tmp_path / "d.json", make_examples(16))
+    run_train(tiny_model_dir, data, tmp_path / "out", "--max_steps", "2", "--model_max_length", "128",
+              "--save_strategy", "steps", "--save_steps", "2")
+    assert max(len(ids) for ids in SupervisedDataset(make_examples(16), load_model_and_tokenizer(
+        ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        TrainingArguments(output_dir="unused", model_max_length=128, use_cpu=True))[1]).input_ids) == 128
+    for saved in (tmp_path / "out", tmp_path / "out" / "checkpoint-2"):
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+        assert tokenizer.model_max_length == AutoModelForCausalLM.from_pretrained(saved).config.max_position_embeddings
+        assert tokenizer.model_max_length == 4096
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(tokenizer(" ".join(WORDS * 20))["input_ids"]) > 128
+    assert "longer than the specified maximum" not in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at_step, saved", [(3, "checkpoint-2"), (1, None)])
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tiny_model_dir, tmp_path, capsys, monkeypatch, stop_at_step,
+                                                      saved):
+    """Ctrl-C during the training steps (a KeyboardInterrupt in a step, as the signal raises it) exits 130 with one
+    sentence naming the last checkpoint and the flag that continues from it, or saying that nothing was saved."""
+    class InterruptedTrainer(train.SupervisedTrainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == stop_at_step:
+                raise KeyboardInterrupt
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "SupervisedTrainer", InterruptedTrainer)
+    out = tmp_path / "out"
+    code, err = run_main(["--model_name_or_path", str(tiny_model_dir), "--data_path",
+                          write_json(tmp_path / "d.json", make_examples(40)), "--output_dir", str(out),
+                          "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none",
+                          "--per_device_train_batch_size", "2"], capsys)
+    assert code == 130
+    if saved:
+        assert one_error_line(err) == (f"error: training interrupted at step {stop_at_step}; the last checkpoint is "
+                                       f"{out / saved}. Continue from it with the same command and "
+                                       "--resume_from_checkpoint True.")
+    else:
+        assert one_error_line(err) == (f"error: training interrupted at step {stop_at_step}, before its first "
+                                       f"checkpoint: nothing was saved in {out}. Run the same command again to start "
+                                       "afresh (--save_steps sets how often a checkpoint is written).")
+
+
 def test_group_by_length_uses_the_precomputed_lengths(tiny_model_dir, tmp_path, monkeypatch, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     dataset = SupervisedDataset(make_examples(40), tokenizer)
@@ -509,6 +558,7 @@ def test_lora_train_merge_and_reload(tiny_model_dir, tmp_path):
     torch.testing.assert_close(logits_merged, logits_adapter, rtol=1e-5, atol=1e-5)
     assert (logits_merged[..., :-1] - logits_raw).abs().max() > 1e-3  # the raw model has no [PAD] row
     assert AutoTokenizer.from_pretrained(out / "merged").pad_token == "[PAD]"
+    assert AutoTokenizer.from_pretrained(out / "merged").model_max_length == 4096  # the model's, not training's
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import gc
 import itertools
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -145,6 +146,18 @@ def load_model_and_tokenizer(model_args: ModelArguments, training_args: Training
     if attach_chat_template(tokenizer) is None:  # every save (checkpoints, LoRA, merged) is then servable as trained
         logger.warning("No Alpaca chat template reproduces this tokenizer's prompt ids; serve with completions.")
     return model, tokenizer
+
+
+def save_the_models_length_limit(tokenizer, model) -> None:
+    """Set tokenizer.model_max_length, which was --model_max_length for tokenizing the data, to the model's real
+    limit (config.max_position_embeddings, e.g. 4096) for every saved copy of the tokenizer.
+
+    Training's length (512) in a checkpoint would make transformers warn "Token indices sequence length is longer
+    than the specified maximum ... will result in indexing errors" on every longer prompt at inference, which the
+    model reads without trouble: a false alarm. A model whose config names no limit keeps training's."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if isinstance(limit, int) and limit > 0:
+        tokenizer.model_max_length = limit
 
 
 # ----------------------------------------------------------------------------- data
@@ -392,6 +405,7 @@ def merge_lora_checkpoint(model_args: ModelArguments, training_args: TrainingArg
 
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    save_the_models_length_limit(tokenizer, model)
     model.save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
     logger.info(f"Merged LoRA checkpoint written to {merged_dir}")
@@ -438,13 +452,19 @@ def train(argv: list[str] | None = None) -> None:
                                               varlen_attention=attention in VARLEN_ATTENTION)
     logger.info(f"{len(data_module['train_dataset'])} training examples"
                 + (f", {len(data_module['eval_dataset'])} evaluation examples" if data_module["eval_dataset"] else ""))
+    save_the_models_length_limit(tokenizer, model)  # the data is tokenized: checkpoints get the model's real limit
     trainer = SupervisedTrainer(model=model, processing_class=tokenizer, args=training_args, **data_module)
     throughput.add_throughput_callback(trainer, training_args.peak_tflops)  # tokens/s and MFU in every log line
     if training_args.fsdp and not trainer.is_fsdp_enabled and training_args.should_log:
         logger.warning("--fsdp was given, but FSDP is not in use here (it needs GPUs: on a CPU accelerate falls back "
                        "to DDP, and a single process does not shard): every process holds the whole model.")
 
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (kill, SLURM's time limit): cli.report_errors turns it into this
+        if cli.is_main_process():
+            print(file=sys.stderr)  # off the progress bar's line
+        raise TrainingInterrupted(interrupted_message(training_args.output_dir, trainer.state.global_step)) from None
     trainer.save_state()
     if data_module["eval_dataset"] is not None:
         metrics = trainer.evaluate()
@@ -458,7 +478,27 @@ def train(argv: list[str] | None = None) -> None:
                               os.path.join(training_args.output_dir, "merged"))
 
 
+class TrainingInterrupted(cli.UserError):
+    """Ctrl-C or SIGTERM during training: the sentence says what was saved and how to go on. Exit 130, as for any
+    interrupted command."""
+
+    exit_code = 130
+
+
+def interrupted_message(output_dir: str, step: int) -> str:
+    """What an interrupted run left in output_dir, and the flag that continues it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is None:
+        return (f"training interrupted at step {step}, before its first checkpoint: nothing was saved in {output_dir}. "
+                "Run the same command again to start afresh (--save_steps sets how often a checkpoint is written).")
+    return (f"training interrupted at step {step}; the last checkpoint is {last}. Continue from it with the same "
+            "command and --resume_from_checkpoint True.")
+
+
 def entry_point() -> None:
     """The command line of `python train.py`."""
-    cli.report_errors(train, "training interrupted: checkpoints saved so far are in --output_dir; continue with "
-                             "--resume_from_checkpoint True.")
+    cli.report_errors(train, "interrupted before or after the training steps (loading, tokenizing, the final save): "
+                             "checkpoints written so far, if any, are in --output_dir; --resume_from_checkpoint True "
+                             "continues from the last one.")
