@@ -685,6 +685,36 @@ def test_command_line_and_model_mistakes_are_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("typo, meant", [("--max_step", "--max_steps"), ("--learning_rat", "--learning_rate"),
+                                         ("--data_pat", "--data_path"), ("--per_device_train_batch", None)])
+def test_flag_names_must_be_exact(tmp_path, capsys, stop_at_model_loading, typo, meant):
+    """argparse takes any unambiguous prefix of a flag by default (`--max_step 5` ran as --max_steps 5): train.py
+    takes exact names only, suggests the closest, and exits 2 before anything is loaded."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    argv = ["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "out"), typo, "5"]
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert line.startswith(f"error: unknown flag {typo}") and line.endswith("`python train.py --help` lists the flags.")
+    if meant:
+        assert f"(did you mean {meant}?)" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_steps", "five"], "--max-steps: invalid int value: 'five'"),
+    (["--fsdp", "full_shard", "--fsdp_config", "{not json", "--fsdp_transformer_layer_cls_to_wrap", "X"],
+     "--fsdp_config {not json: not valid JSON"),
+    (["--warmup_ratio", "lots"], "--warmup_ratio must be a number in [0, 1), got 'lots'."),
+    (["--no_cuda", "maybe"], "--no_cuda takes True or False, not 'maybe'."),
+    (["--lora_r", "-1"], "--lora_r must be >= 0"),
+])
+def test_every_command_line_mistake_exits_2(tmp_path, capsys, stop_at_model_loading, argv, message):
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    code, err = run_main(["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "o"),
+                          *argv], capsys)
+    assert code == 2 and message in one_error_line(err)
+
+
 @pytest.mark.parametrize("spelling, value", [("false", False), ("False", False), ("0", False), ("no", False),
                                              ("true", True), ("TRUE", True), ("1", True)])
 def test_booleans_are_read_as_every_script_reads_them(tmp_path, spelling, value):

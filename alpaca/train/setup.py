@@ -53,7 +53,7 @@ def argument_parser(dataclass_types: tuple[type, ...], prog: str = "python train
                      else flag for flag in flags]
             return UsageError(f"unknown flag {', '.join(hints)}; `{self.prog} --help` lists the flags.")
 
-    parser = ArgumentParser(dataclass_types, prog=prog)
+    parser = ArgumentParser(dataclass_types, prog=prog, allow_abbrev=False)  # `--max_step 5` is not --max_steps
     for action in parser._actions:
         if action.type is string_to_bool:
             action.type = _argparse_bool
