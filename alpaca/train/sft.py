@@ -242,9 +242,10 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     SentencePiece BPE the prompt's tokens can be read off the full text's (a greedy merge never crosses a boundary
     the full text has), which saves the second call, but telling such tokenizers apart and counting what each token
     spells meant parsing the serialized tokenizer (backend_tokenizer.to_str(): ~80 lines over internals a library
-    upgrade may change, for one family out of three). Measured on 52K examples (bench/bench_train.py, 2 busy cores):
-    the two calls took 1.5-1.8x the Rust tokenizer's batch call over the full texts alone, the floor (and ~1.45x the
-    tokenizer's own call over them), against 0.9-1.4x for the read-off and 7-8x for the original's one-by-one loop.
+    upgrade may change, for one family out of three). Measured on 52K examples (bench/bench_train.py, 2 cores at
+    load 3.5-6): the two calls took 1.2-1.5x the tokenizer's own batched call over the full texts and 1.8-2.0x the
+    Rust batch call without offsets over them (the floor), against 0.9-1.4x for the read-off; the original's
+    one-by-one loop took 13-15x that floor.
     """
     full = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
     ids, lengths = full["ids"], full["lengths"]
