@@ -245,7 +245,7 @@ def preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer) -> dic
     upgrade may change, for one family out of three). Measured on 52K examples (bench/bench_train.py, 2 cores at
     load 3.5-6): the two calls took 1.2-1.5x the tokenizer's own batched call over the full texts and 1.8-2.0x the
     Rust batch call without offsets over them (the floor), against 0.9-1.4x for the read-off; the original's
-    one-by-one loop took 13-15x that floor.
+    one-by-one loop took 7-13x that floor.
     """
     full = _tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
     ids, lengths = full["ids"], full["lengths"]
