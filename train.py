@@ -9,7 +9,12 @@
 The code lives in alpaca/train/ (the recipe in sft.py); docs/training.md explains the flags.
 """
 
-from alpaca.train.sft import (  # noqa: F401  (the 2023 names, importable from here)
+if __name__ == "__main__":  # a mistyped path is reported in a second, before torch, transformers and DeepSpeed load
+    from alpaca.train.setup import check_paths_first
+
+    check_paths_first()
+
+from alpaca.train.sft import (  # noqa: E402, F401  (the 2023 names, importable from here)
     DEFAULT_BOS_TOKEN,
     DEFAULT_EOS_TOKEN,
     DEFAULT_PAD_TOKEN,

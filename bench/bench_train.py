@@ -8,10 +8,11 @@ The dataset is synthetic with Alpaca-like lengths: instructions ~15 words, 40% w
 outputs log-normal from a few words to ~300 (median ~30), words drawn from seed_tasks.jsonl. The tokenizer is the
 tiny SentencePiece model of alpaca/testing/tiny_model.py (no hub here), which spends more tokens per word than LLaMA's.
 It prints:
-  (1) preprocessing time: `train.preprocess` (batched fast tokenizer) vs the original's path (each string tokenized
-      on its own with return_tensors="pt", padding="longest", then labels copied and masked), timed on a sample and
-      scaled to the whole set; their outputs are checked to be identical on that sample; and, side by side, what
-      bounds ours: the Rust tokenizer alone encoding every text once (with and without token offsets);
+  (1) preprocessing time: `train.preprocess` (two batched calls of the fast tokenizer: full texts, prompts) vs the
+      original's path (each string tokenized on its own with return_tensors="pt", padding="longest", then labels
+      copied and masked), timed on a sample and scaled to the whole set; their outputs are checked to be identical
+      on that sample; and, side by side, the floor: the tokenizer's batched call over the full texts alone (its own
+      call, and the Rust call without offsets that ours makes), with the ratio ours / floor;
   (2) the share of processed tokens that are real, not padding, over one epoch at batch size 4: the original's
       random batches vs --train_sampling_strategy group_by_length vs --padding_free;
   (3) training throughput (real tokens per second, forward + backward + AdamW step) per mode, on the tiny model and
@@ -109,15 +110,17 @@ def original_preprocess(sources, targets, tokenizer) -> dict:
 
 
 def tokenizer_floor(texts: list[str], tokenizer) -> tuple[float, float]:
-    """Seconds for the Rust tokenizer alone to encode `texts` once: (encode_batch, encode_batch_fast). Nothing that
-    tokenizes every text can beat the first while reading token offsets, nor the second without them."""
-    backend = tokenizer.backend_tokenizer
+    """Seconds to tokenize `texts` once, each truncated to model_max_length: (the tokenizer's own batched call,
+    the Rust tokenizer's batch call without offsets). The second is the floor: any exact preprocessing tokenizes
+    every full text at least once, and nothing tokenizes faster than that call."""
     start = time.perf_counter()
-    backend.encode_batch(texts)
-    with_offsets = time.perf_counter() - start
+    tokenizer(texts, max_length=tokenizer.model_max_length, truncation=True, return_attention_mask=False)
+    own_call = time.perf_counter() - start
     start = time.perf_counter()
-    backend.encode_batch_fast(texts)
-    return with_offsets, time.perf_counter() - start
+    tokenizer.backend_tokenizer.encode_batch_fast(texts)  # configured (truncation) by the call above
+    fast = time.perf_counter() - start
+    tokenizer.backend_tokenizer.no_truncation()
+    return own_call, fast
 
 
 def real_token_share(order: list[int], lengths: list[int], batch_size: int) -> float:
@@ -200,13 +203,13 @@ def main() -> None:
 
         # (1) preprocessing
         texts = [s + t for s, t in zip(sources, targets, strict=True)]
-        ours_s = floor_s = floor_fast_s = math.inf
+        ours_s = own_call_s = floor_s = math.inf
         for _ in range(args.repeats):  # in turns, best of each: a load change on the machine hits all three alike
             start = time.perf_counter()
             ours = train.preprocess(sources, targets, tokenizer)
             ours_s = min(ours_s, time.perf_counter() - start)
-            floor_s, floor_fast_s = (min(a, b) for a, b in zip((floor_s, floor_fast_s),
-                                                               tokenizer_floor(texts, tokenizer), strict=True))
+            own_call_s, floor_s = (min(a, b) for a, b in zip((own_call_s, floor_s),
+                                                             tokenizer_floor(texts, tokenizer), strict=True))
         start = time.perf_counter()
         original = original_preprocess(sources[:n_sample], targets[:n_sample], slow_tokenizer(model_dir, tokenizer))
         original_sample_s = time.perf_counter() - start
@@ -225,15 +228,14 @@ def main() -> None:
         print(f"    ours, batched:       {ours_s:8.2f} s  (best of {args.repeats})")
         print(f"    speed-up: {original_s / ours_s:.1f}x over the original ({original_fast_s / ours_s:.1f}x over its "
               f"loop with today's fast tokenizer); identical input_ids and labels on the sample: {identical}")
-        print(f"    what bounds it: the tokenizer alone, one Rust call over the {len(examples):,} full texts "
+        print(f"    what bounds it: the tokenizer alone, one batched call over the {len(examples):,} full texts "
               f"(tokenizers {tokenizers.__version__}, {os.environ.get('RAYON_NUM_THREADS', os.cpu_count())} threads, "
               f"best of {args.repeats}):")
-        print(f"      encode_batch (with character offsets, which ours does without):     {floor_s:8.2f} s  "
-              f"-> at most {original_s / floor_s:.1f}x")
-        print(f"      encode_batch_fast (no offsets, the call ours makes: the floor):      {floor_fast_s:8.2f} s  "
-              f"-> at most {original_s / floor_fast_s:.1f}x")
-        print(f"      ours spends {ours_s - floor_fast_s:.2f} s beyond encode_batch_fast (reading ids into tensors, "
-              f"prompt boundaries, masks); 10x needs ours <= {original_s / 10:.2f} s")
+        print(f"      the tokenizer's own call, tokenizer(texts) (it also asks for offsets): {own_call_s:8.2f} s")
+        print(f"      encode_batch_fast (no offsets): the floor                              {floor_s:8.2f} s  "
+              f"-> at most {original_s / floor_s:.1f}x over the original")
+        print(f"    ours / floor: {ours_s / floor_s:.2f} (to stay within 2); ours / the tokenizer's own call: "
+              f"{ours_s / own_call_s:.2f}")
 
         if args.preprocessing_only:
             return

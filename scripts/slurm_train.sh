@@ -10,7 +10,8 @@
 #
 # The paper's hyperparameters are the defaults, and the effective batch stays 128 = nodes x GPUs per node x
 # PER_DEVICE_BATCH x gradient accumulation steps: the accumulation is computed here, and the script stops with a
-# message when 128 is not a multiple of nodes x GPUs x PER_DEVICE_BATCH. Settings (environment variables):
+# message when 128 is not a multiple of nodes x GPUs x PER_DEVICE_BATCH. Settings (environment variables, whole
+# numbers; anything else stops the script with exit status 2 before it computes or launches anything):
 #     GPUS_PER_NODE     processes per node (default: the GPUs SLURM gave the job on a node, else 8)
 #     PER_DEVICE_BATCH  examples per GPU per micro-batch (default 4, the paper's)
 #     EFFECTIVE_BATCH   examples per optimizer step (default 128, the paper's)
@@ -51,11 +52,26 @@ PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-4}
 EFFECTIVE_BATCH=${EFFECTIVE_BATCH:-128}
 RDZV_PORT=${RDZV_PORT:-29500}
 
+# Each setting is checked as a plain whole number in its range before any arithmetic: bash arithmetic evaluates a
+# variable's text as an expression, so PER_DEVICE_BATCH='HOME[$(touch x)]' would run the command inside it.
+require_whole_number() {  # NAME VALUE MIN MAX
+    if [[ ! "$2" =~ ^[0-9]{1,9}$ ]] || (( 10#$2 < $3 || 10#$2 > $4 )); then
+        echo "error: $1 must be a whole number from $3 to $4, got '$2'." >&2
+        exit 2
+    fi
+}
+require_whole_number GPUS_PER_NODE "$GPUS_PER_NODE" 1 1024
+require_whole_number PER_DEVICE_BATCH "$PER_DEVICE_BATCH" 1 65536
+require_whole_number EFFECTIVE_BATCH "$EFFECTIVE_BATCH" 1 16777216
+require_whole_number RDZV_PORT "$RDZV_PORT" 1 65535
+GPUS_PER_NODE=$((10#$GPUS_PER_NODE)) PER_DEVICE_BATCH=$((10#$PER_DEVICE_BATCH))  # 08 is 8, not an octal error
+EFFECTIVE_BATCH=$((10#$EFFECTIVE_BATCH)) RDZV_PORT=$((10#$RDZV_PORT))
+
 PER_STEP=$((NNODES * GPUS_PER_NODE * PER_DEVICE_BATCH))
 if (( EFFECTIVE_BATCH % PER_STEP != 0 )); then
     echo "error: an effective batch of $EFFECTIVE_BATCH is not a multiple of $NNODES nodes x $GPUS_PER_NODE GPUs x" \
          "$PER_DEVICE_BATCH per device = $PER_STEP; set PER_DEVICE_BATCH (or EFFECTIVE_BATCH) so that it is." >&2
-    exit 1
+    exit 2
 fi
 ACCUMULATION=$((EFFECTIVE_BATCH / PER_STEP))
 

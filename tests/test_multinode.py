@@ -89,10 +89,36 @@ def test_slurm_keeps_the_effective_batch_at_128(nodes, gpus, accumulation):
 
 def test_slurm_refuses_a_batch_it_cannot_keep():
     result = dry_run(DRY_RUN_NODES="a b c d e f g h", GPUS_PER_NODE="8")  # 8 x 8 x 4 = 256 > 128
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("error: an effective batch of 128 is not a multiple of 8 nodes x 8 GPUs")
     assert "PER_DEVICE_BATCH" in result.stderr
     assert dry_run(DRY_RUN_NODES="a b c d e f g h", GPUS_PER_NODE="8", PER_DEVICE_BATCH="2").returncode == 0
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("PER_DEVICE_BATCH", "HOME[$(touch {pwned})]", "1 to 65536"),  # bash arithmetic would run the command
+    ("PER_DEVICE_BATCH", "-4", "1 to 65536"), ("PER_DEVICE_BATCH", "0", "1 to 65536"),
+    ("PER_DEVICE_BATCH", "2.5", "1 to 65536"), ("PER_DEVICE_BATCH", " 4", "1 to 65536"),
+    ("GPUS_PER_NODE", "0", "1 to 1024"), ("GPUS_PER_NODE", "$(touch {pwned})", "1 to 1024"),
+    ("EFFECTIVE_BATCH", "1e3", "1 to 16777216"), ("EFFECTIVE_BATCH", "99999999999999999999", "1 to 16777216"),
+    ("RDZV_PORT", "abc", "1 to 65535"), ("RDZV_PORT", "70000", "1 to 65535"), ("RDZV_PORT", "0", "1 to 65535"),
+])
+def test_slurm_refuses_a_setting_that_is_no_whole_number_in_range(tmp_path, name, value, allowed):
+    """Checked before any arithmetic: nothing in the value runs, nothing is launched, one line, exit 2."""
+    pwned = tmp_path / "pwned"
+    value = value.format(pwned=pwned)
+    result = dry_run("--data_path", "/d.json", **{name: value})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: {name} must be a whole number from {allowed}, got '{value}'.\n"
+    assert not pwned.exists()
+
+
+def test_slurm_reads_leading_zeros_as_decimal():
+    result = dry_run("--data_path", "/d.json", GPUS_PER_NODE="08", RDZV_PORT="029500")
+    assert result.returncode == 0, result.stderr
+    command = next(iter(node_commands(result.stdout).values()))
+    assert command[command.index("--nproc_per_node") + 1] == "8"
+    assert command[command.index("--rdzv_endpoint") + 1] == "node001:29500"
 
 
 def test_slurm_outside_a_job_says_how_to_submit():

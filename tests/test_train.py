@@ -38,6 +38,7 @@ from alpaca.train.sft import (
     preprocess,
 )
 
+REPO = pathlib.Path(__file__).resolve().parent.parent
 WORDS = ("give three tips for staying healthy translate the sentence into french name a colour write short poem "
          "about sea summarise paragraph in one model data alpaca llama good morning weather is lovely today").split()
 
@@ -111,24 +112,84 @@ def reference_preprocess(sources, targets, tokenizer) -> dict:
     return dict(input_ids=input_ids, labels=labels)
 
 
-@pytest.mark.parametrize("read_prompt_off_full_text", [True, False])
-def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeypatch, read_prompt_off_full_text):
-    _, tokenizer = model_and_tokenizer
-    assert train._prompt_is_a_token_prefix(tokenizer)  # the fast path is taken for a LLaMA-style tokenizer
-    if not read_prompt_off_full_text:
-        monkeypatch.setattr(train, "_prompt_is_a_token_prefix", lambda tokenizer: False)
-    examples = make_examples(300, seed=1, max_output_words=60)
-    examples += [  # edge cases: a literal [PAD] or </s> in the text, unicode, odd whitespace, a very long prompt
-        {"instruction": "Repeat [PAD] twice.", "input": "[PAD] [PAD]", "output": "[PAD][PAD]"},
-        {"instruction": "Traduis: café, naïve, 東京 🦙", "input": "", "output": "ok"},
-        {"instruction": "Say nothing.", "input": "", "output": ""},
-        {"instruction": "Spaces after   ", "input": "x</s>y", "output": "  two leading spaces"},
-        {"instruction": "Newline first.", "input": "", "output": "\n\nafter two newlines </s> and more"},
-        {"instruction": "Punctuation.", "input": "", "output": ":### Response: ### ::"},
-        {"instruction": " ".join(WORDS * 5), "input": "x", "output": "never seen"},
-    ]
+EDGE_CASES = [  # a literal [PAD] or </s> in the text, unicode, odd whitespace, a very long prompt
+    {"instruction": "Repeat [PAD] twice.", "input": "[PAD] [PAD]", "output": "[PAD][PAD]"},
+    {"instruction": "Traduis: café, naïve, 東京 🦙", "input": "", "output": "ok"},
+    {"instruction": "Say nothing.", "input": "", "output": ""},
+    {"instruction": "Spaces after   ", "input": "x</s>y", "output": "  two leading spaces"},
+    {"instruction": "Newline first.", "input": "", "output": "\n\nafter two newlines </s> and more"},
+    {"instruction": "Punctuation.", "input": "", "output": ":### Response: ### ::"},
+    {"instruction": " ".join(WORDS * 5), "input": "x", "output": "never seen"},
+]
+
+
+class PublicSurfaceOnly:
+    """A fast tokenizer's Rust backend that refuses to be serialized: preprocess must not read the tokenizer's
+    internals (tokenizer.json's spelling of its model, normalizers and pre-tokenizer) to decide anything.
+    `wrong_ids` makes its batch call drop each string's first token, as a misconfigured backend would."""
+
+    def __init__(self, backend, wrong_ids: bool = False):
+        object.__setattr__(self, "_backend", backend)
+        object.__setattr__(self, "_wrong_ids", wrong_ids)
+
+    def __getattr__(self, name):
+        if name in ("to_str", "save", "__getstate__"):
+            raise AssertionError(f"preprocess read the tokenizer's serialized internals (backend.{name})")
+        if name == "encode_batch_fast" and self._wrong_ids:
+            return lambda texts, **kwargs: [types.SimpleNamespace(ids=e.ids[1:])
+                                            for e in self._backend.encode_batch_fast(texts, **kwargs)]
+        return getattr(self._backend, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._backend, name, value)
+
+
+@pytest.fixture(scope="module")
+def byte_level_bpe():
+    """A byte-level BPE (the GPT-2 family) trained on the seed tasks and the templates; no model hub."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    lines = [json.loads(line)["instruction"] for line in (REPO / "seed_tasks.jsonl").read_text().splitlines()]
+    bpe.train_from_iterator(lines + list(PROMPT_DICT.values()), vocab_size=600, special_tokens=["<s>", "</s>"],
+                            show_progress=False)
+    return bpe._tokenizer
+
+
+TOKENIZER_FAMILIES = ["sentencepiece", "byte_level", "byte_level_bos"]
+
+
+def tokenizer_of_family(family: str, model_and_tokenizer, byte_level_bpe):
+    """A tokenizer of each family train.py supports, as train.py leaves it ([PAD] added, model_max_length 256):
+    SentencePiece BPE with <s> and a ▁ before the first word (LLaMA, Mistral), byte-level BPE without BOS (GPT-2)
+    and with a post-processor that puts BOS in front (Llama 3, OPT)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    if family == "sentencepiece":
+        return copy.deepcopy(model_and_tokenizer[1])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=copy.deepcopy(byte_level_bpe), bos_token="<s>",
+                                        eos_token="</s>", model_max_length=256, padding_side="right")
+    if family == "byte_level_bos":
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
+    tokenizer.add_special_tokens(missing_special_tokens(tokenizer))
+    return tokenizer
+
+
+@pytest.mark.parametrize("family", TOKENIZER_FAMILIES)
+def test_preprocess_equals_the_one_by_one_reference_in_each_tokenizer_family(model_and_tokenizer, byte_level_bpe,
+                                                                               family):
+    """Two batched calls of the public API (full texts, prompts) give exactly the original's one-by-one ids and
+    masks, for every family, without reading the tokenizer's internals."""
+    tokenizer = tokenizer_of_family(family, model_and_tokenizer, byte_level_bpe)
+    assert (tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id) == (family != "byte_level")
+    tokenizer._tokenizer = PublicSurfaceOnly(tokenizer.backend_tokenizer)
+    examples = make_examples(300, seed=1, max_output_words=60) + EDGE_CASES
     sources, targets = format_examples(examples, tokenizer)
-    ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
+    ours = preprocess(sources, targets, tokenizer)
+    assert tokenizer.backend_tokenizer.truncation is None  # not left on for save_pretrained to write
+    reference = reference_preprocess(sources, targets, tokenizer)
     assert len(ours["input_ids"]) == len(ours["labels"]) == len(examples)
     truncated = 0
     for key in ("input_ids", "labels"):
@@ -140,29 +201,24 @@ def test_preprocess_equals_the_one_by_one_reference(model_and_tokenizer, monkeyp
     assert all(labels[0] == IGNORE_INDEX for labels in ours["labels"])
 
 
-def test_prompt_length_is_read_off_only_at_a_clean_token_boundary(model_and_tokenizer):
-    _, tokenizer = model_and_tokenizer
-    text = "Below is an instruction that describes a task:  naïve 東京 🦙 [PAD]."
-    encoding = tokenizer.backend_tokenizer.encode(text)
-    ends = {end for start, end in encoding.offsets[1:]}  # after <s>
-    inside = [c for start, end in encoding.offsets[1:] for c in range(start + 1, end)]
-    assert inside and len(ends) > 3
-
-    def read_off(prompts, full_texts):
-        return train._prompt_tokens_in_full_text(train._tokenize_fn(full_texts, tokenizer), prompts, tokenizer).tolist()
-
-    cut = sorted(ends)
-    clean = read_off([text[:chars] for chars in cut], [text] * len(cut))
-    assert clean == [len(tokenizer(text[:chars])["input_ids"]) for chars in cut[:-2]] + [-1, -1]  # [PAD]: added
-    assert read_off([text[:c] for c in inside], [text] * len(inside)) == [-1] * len(inside)  # one token spans the cut
-    long = text * 40  # truncation (model_max_length 256) cuts the text before the prompt's end
-    assert read_off([long[:-5]], [long]) == [-1] and read_off([""], [text]) == [-1]
+def test_a_backend_that_disagrees_with_the_tokenizer_is_not_trusted(model_and_tokenizer, caplog):
+    """preprocess reads ids through the Rust tokenizer's batch call, checked per chunk against the tokenizer's own
+    call; when they differ it says so and the tokenizer's own call gives every id."""
+    tokenizer = copy.deepcopy(model_and_tokenizer[1])
+    tokenizer._tokenizer = PublicSurfaceOnly(tokenizer.backend_tokenizer, wrong_ids=True)
+    sources, targets = format_examples(make_examples(40, seed=2) + EDGE_CASES, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        ours = preprocess(sources, targets, tokenizer)
+    reference = reference_preprocess(sources, targets, tokenizer)
+    assert "disagrees with the tokenizer's own" in caplog.text
+    for key in ("input_ids", "labels"):
+        assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
 
 
 @pytest.mark.parametrize("spelling", ["metaspace", "prepend_and_replace", "metaspace_never_prepends"])
-def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
-    """The prompt boundary is found from the bytes each piece spells; each way a SentencePiece-style tokenizer.json
-    spells spaces and the leading ▁ (LLaMA-2's normalizers, Metaspace) must count them right."""
+def test_preprocess_equals_the_reference_for_each_spelling_of_spaces(model_and_tokenizer, spelling):
+    """Each way a SentencePiece-style tokenizer.json spells spaces and the leading ▁ (LLaMA-2's normalizers,
+    Metaspace, Metaspace that never prepends) gives the original's ids and masks."""
     from tokenizers import normalizers, pre_tokenizers
 
     _, tokenizer = model_and_tokenizer
@@ -173,7 +229,6 @@ def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces
         backend.pre_tokenizer = None
     elif spelling == "metaspace_never_prepends":
         backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never", split=False)
-    assert train._prompt_is_a_token_prefix(tokenizer)
     sources, targets = format_examples(make_examples(120, seed=3), tokenizer)
     pairs = [(" leading space", " and one after</s>"), ("▁already spelled", "x</s>"), ("  two", "  more</s>"),
              ("tab\there ", "\n</s>"), ("東京 🦙", " ok</s>"), ("end with space ", "next</s>")]
@@ -182,11 +237,6 @@ def test_prompt_lengths_read_off_equal_the_reference_for_each_spelling_of_spaces
     ours, reference = preprocess(sources, targets, tokenizer), reference_preprocess(sources, targets, tokenizer)
     for key in ("input_ids", "labels"):
         assert all(torch.equal(a, b) for a, b in zip(ours[key], reference[key], strict=True)), key
-    full = train._tokenize_fn([s + t for s, t in zip(sources, targets, strict=True)], tokenizer)
-    read_off = train._prompt_tokens_in_full_text(full, sources, tokenizer)
-    own = train._tokenize_fn(sources, tokenizer)["input_ids_lens"]
-    assert (read_off[:120] == own[:120]).all()  # every template prompt read off, none redone
-    assert ((read_off == own) | (read_off == -1)).all()
 
 
 def test_prompt_templates_and_target(model_and_tokenizer):
@@ -402,6 +452,55 @@ def test_train_writes_a_checkpoint_that_auto_classes_load(tiny_model_dir, tmp_pa
         run_train(tiny_model_dir, data, tmp_path / "out", "--num_train_epochs", "1")
 
 
+@pytest.mark.slow
+def test_checkpoints_save_the_models_length_limit_not_trainings(tiny_model_dir, tmp_path, caplog):
+    """Data is cut at --model_max_length 128, but the saved tokenizers (checkpoint and final) say the model's 4096
+    positions, so inference does not warn "Token indices sequence length is longer than the specified maximum"."""
+    data = write_json(tmp_path / "d.json", make_examples(16))
+    run_train(tiny_model_dir, data, tmp_path / "out", "--max_steps", "2", "--model_max_length", "128",
+              "--save_strategy", "steps", "--save_steps", "2")
+    assert max(len(ids) for ids in SupervisedDataset(make_examples(16), load_model_and_tokenizer(
+        ModelArguments(model_name_or_path=str(tiny_model_dir)),
+        TrainingArguments(output_dir="unused", model_max_length=128, use_cpu=True))[1]).input_ids) == 128
+    for saved in (tmp_path / "out", tmp_path / "out" / "checkpoint-2"):
+        tokenizer = AutoTokenizer.from_pretrained(saved)
+        assert tokenizer.model_max_length == AutoModelForCausalLM.from_pretrained(saved).config.max_position_embeddings
+        assert tokenizer.model_max_length == 4096
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(tokenizer(" ".join(WORDS * 20))["input_ids"]) > 128
+    assert "longer than the specified maximum" not in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at_step, saved", [(3, "checkpoint-2"), (1, None)])
+def test_ctrl_c_says_what_was_saved_and_how_to_resume(tiny_model_dir, tmp_path, capsys, monkeypatch, stop_at_step,
+                                                      saved):
+    """Ctrl-C during the training steps (a KeyboardInterrupt in a step, as the signal raises it) exits 130 with one
+    sentence naming the last checkpoint and the flag that continues from it, or saying that nothing was saved."""
+    class InterruptedTrainer(train.SupervisedTrainer):
+        def training_step(self, *args, **kwargs):
+            if self.state.global_step == stop_at_step:
+                raise KeyboardInterrupt
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "SupervisedTrainer", InterruptedTrainer)
+    out = tmp_path / "out"
+    code, err = run_main(["--model_name_or_path", str(tiny_model_dir), "--data_path",
+                          write_json(tmp_path / "d.json", make_examples(40)), "--output_dir", str(out),
+                          "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "--report_to", "none",
+                          "--per_device_train_batch_size", "2"], capsys)
+    assert code == 130
+    if saved:
+        assert one_error_line(err) == (f"error: training interrupted at step {stop_at_step}; the last checkpoint is "
+                                       f"{out / saved}. Continue from it with the same command and "
+                                       "--resume_from_checkpoint True.")
+    else:
+        assert one_error_line(err) == (f"error: training interrupted at step {stop_at_step}, before its first "
+                                       f"checkpoint: nothing was saved in {out}. Run the same command again to start "
+                                       "afresh (--save_steps sets how often a checkpoint is written).")
+
+
 def test_group_by_length_uses_the_precomputed_lengths(tiny_model_dir, tmp_path, monkeypatch, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     dataset = SupervisedDataset(make_examples(40), tokenizer)
@@ -459,6 +558,7 @@ def test_lora_train_merge_and_reload(tiny_model_dir, tmp_path):
     torch.testing.assert_close(logits_merged, logits_adapter, rtol=1e-5, atol=1e-5)
     assert (logits_merged[..., :-1] - logits_raw).abs().max() > 1e-3  # the raw model has no [PAD] row
     assert AutoTokenizer.from_pretrained(out / "merged").pad_token == "[PAD]"
+    assert AutoTokenizer.from_pretrained(out / "merged").model_max_length == 4096  # the model's, not training's
 
 
 @pytest.mark.slow
@@ -585,6 +685,36 @@ def test_command_line_and_model_mistakes_are_one_sentence(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("typo, meant", [("--max_step", "--max_steps"), ("--learning_rat", "--learning_rate"),
+                                         ("--data_pat", "--data_path"), ("--per_device_train_batch", None)])
+def test_flag_names_must_be_exact(tmp_path, capsys, stop_at_model_loading, typo, meant):
+    """argparse takes any unambiguous prefix of a flag by default (`--max_step 5` ran as --max_steps 5): train.py
+    takes exact names only, suggests the closest, and exits 2 before anything is loaded."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    argv = ["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "out"), typo, "5"]
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert line.startswith(f"error: unknown flag {typo}") and line.endswith("`python train.py --help` lists the flags.")
+    if meant:
+        assert f"(did you mean {meant}?)" in line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_steps", "five"], "--max-steps: invalid int value: 'five'"),
+    (["--fsdp", "full_shard", "--fsdp_config", "{not json", "--fsdp_transformer_layer_cls_to_wrap", "X"],
+     "--fsdp_config {not json: not valid JSON"),
+    (["--warmup_ratio", "lots"], "--warmup_ratio must be a number in [0, 1), got 'lots'."),
+    (["--no_cuda", "maybe"], "--no_cuda takes True or False, not 'maybe'."),
+    (["--lora_r", "-1"], "--lora_r must be >= 0"),
+])
+def test_every_command_line_mistake_exits_2(tmp_path, capsys, stop_at_model_loading, argv, message):
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    code, err = run_main(["--model_name_or_path", "unused", "--data_path", data, "--output_dir", str(tmp_path / "o"),
+                          *argv], capsys)
+    assert code == 2 and message in one_error_line(err)
+
+
 @pytest.mark.parametrize("spelling, value", [("false", False), ("False", False), ("0", False), ("no", False),
                                              ("true", True), ("TRUE", True), ("1", True)])
 def test_booleans_are_read_as_every_script_reads_them(tmp_path, spelling, value):
@@ -700,6 +830,69 @@ def test_a_hub_id_that_is_no_local_directory_fails_in_one_sentence(repo_dir, tmp
         "network."], result.stderr[-3000:]
 
 
+# Runs `python train.py ARGV` for each ARGV in one fresh Python (runpy, as the interpreter runs a script) and prints,
+# per run: the exit code, stderr, and whether torch / transformers had been imported when it exited.
+_RUN_TRAIN_PY_AND_REPORT = """
+import contextlib, io, json, runpy, sys
+reports = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv, err = ["train.py", *argv], io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path("train.py", run_name="__main__")
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    reports.append(dict(code=code, err=err.getvalue(), torch="torch" in sys.modules,
+                        transformers="transformers" in sys.modules))
+print(json.dumps(reports))
+"""
+
+
+def test_path_mistakes_are_reported_before_torch_is_imported(repo_dir, tmp_path):
+    """A mistyped model or data path costs a second, not the 17-58 s of importing torch, transformers and
+    DeepSpeed: train.py checks the paths in argv first. Counted, not timed: torch is not in sys.modules when the
+    sentence is printed and the process exits."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    (tmp_path / "bad.json").write_text("[{")
+    (tmp_path / "a_file").write_text("")
+    model = str(tmp_path / "tiny-llama-missing")  # a path: no Hub id, whatever the network
+    cases = [  # argv, exit code, the sentence
+        (["--model_name_or_path", "tiny-llama-missing", "--data_path", data, "--output_dir", str(tmp_path / "o")], 1,
+         "error: There is no local model directory 'tiny-llama-missing', and the Hugging Face Hub is switched off "
+         "(HF_HUB_OFFLINE is set) and its cache does not hold it: pass the directory of a local checkpoint."),
+        (["--model_name_or_path", model, "--data_path", str(tmp_path / "missing.json")], 1,
+         f"error: Data file '{tmp_path / 'missing.json'}' does not exist or is not a file."),
+        (["--model_name_or_path", model, "--output_dir", str(tmp_path / "o")], 2,
+         "error: --data_path is required: a JSON list or JSONL of {instruction, input, output} records."),
+        (["--model_name_or_path", model, "--data_path", data, "--eval_data_path", str(tmp_path / "bad.json")], 1,
+         f"error: {tmp_path / 'bad.json'} is not valid JSON"),
+        (["--model_name_or_path", model, "--data_path", data, "--output_dir", str(tmp_path / "a_file")], 1,
+         f"error: --output_dir {tmp_path / 'a_file'} is a file; give a directory (it is created if missing)."),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", _RUN_TRAIN_PY_AND_REPORT, json.dumps([c[0] for c in cases])],
+                            cwd=repo_dir, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for (argv, code, sentence), report in zip(cases, json.loads(result.stdout.splitlines()[-1]), strict=True):
+        assert report["code"] == code and report["err"].splitlines() == [report["err"].splitlines()[0]], report
+        assert report["err"].startswith(sentence), report
+        assert not report["torch"] and not report["transformers"], argv
+
+
+def test_the_early_path_check_passes_what_train_accepts(tmp_path, stop_at_model_loading, tiny_model_dir):
+    """check_paths refuses nothing train() would take: good paths, --flag=value, a typo it leaves to parse_args."""
+    data = write_json(tmp_path / "d.json", make_examples(3))
+    good = ["--model_name_or_path", str(tiny_model_dir), f"--data_path={data}", "--output_dir", str(tmp_path / "o")]
+    train_setup.check_paths(good)
+    with pytest.raises(ReachedModelLoading):
+        train.train(good)
+    train_setup.check_paths(["--help"])
+    train_setup.check_paths(["--data_pth", data])  # the parser names the typo: "did you mean --data_path?"
+    with pytest.raises(UsageError, match="unknown flag --data_pth \\(did you mean --data_path\\?\\)"):
+        train.train(["--data_pth", data])
+
+
 def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch):
     """train.py says what happens before DeepSpeed's silent first-use compile, and only then."""
     pytest.importorskip("deepspeed")
@@ -722,3 +915,40 @@ def test_the_deepspeed_ops_still_to_compile_are_announced(tmp_path, monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train_setup.deepspeed_build_notices(args) == []  # no offload, on a GPU: nothing compiles
     assert train_setup.deepspeed_build_notices(types.SimpleNamespace(deepspeed=None)) == []
+
+
+# ----------------------------------------------------------------------------- a pinned loss
+
+# Measured with torch 2.13.0 (CPU), transformers 5.23.0, tokenizers 0.23.3, sentencepiece 0.2.3, with 1 and 2 threads
+# alike. Dividing each micro-batch by its own label tokens instead (the Trainer before 4.46) gives 6.2510, 6.1723,
+# 6.0833: 6e-4 to 1.3e-3 away, so the 1e-4 tolerance catches it.
+PINNED_LOSSES = [6.2504, 6.1735, 6.0845]
+# The text the pinned run's tokenizer is trained on, here rather than read from the repository's files, so that
+# editing prompt.txt or the seed tasks does not move the pinned numbers.
+PINNED_CORPUS = " ".join(WORDS) + "\nBelow is an instruction that describes a task. Write a response.\n"
+
+
+@pytest.fixture(scope="module")
+def pinned_model_dir(tmp_path_factory) -> pathlib.Path:
+    from alpaca.testing.tiny_model import make_tiny_model
+
+    corpus = tmp_path_factory.mktemp("pinned-corpus") / "corpus.txt"
+    corpus.write_text(PINNED_CORPUS)
+    return make_tiny_model(str(tmp_path_factory.mktemp("pinned-llama")), corpus=[str(corpus)], seed=0)
+
+
+@pytest.mark.slow
+def test_the_loss_of_a_few_steps_is_pinned(pinned_model_dir, tmp_path):
+    """Three optimizer steps of 2 micro-batches of 4, seeded, on the CPU: the logged losses to the 4th decimal.
+
+    The loss is the sum of the token losses of an optimizer step divided by its number of label tokens (the
+    Trainer's num_items_in_batch, transformers >= 4.46); an upgrade that normalises otherwise (the mean of each
+    micro-batch's mean, per sequence, counting pads or the prompt) moves these numbers by far more than 1e-4.
+    If a deliberate change moves them, re-pin them with the reason in the commit message."""
+    data = write_json(tmp_path / "d.json", make_examples(24, seed=11))
+    state = run_train(pinned_model_dir, data, tmp_path / "out", "--max_steps", "3", "--learning_rate", "1e-3",
+                      "--gradient_accumulation_steps", "2", "--lr_scheduler_type", "constant")
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses == pytest.approx(PINNED_LOSSES, abs=1e-4)
+
+

@@ -88,8 +88,8 @@ def _load_fsdp_config(value: str | None) -> dict:
             return json.loads(value)
         with open(value, encoding="utf-8") as f:
             return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"--fsdp_config {value}: not valid JSON ({error}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # typed on the command line: a usage mistake
+        raise (UsageError if inline else DataError)(f"--fsdp_config {value}: not valid JSON ({error}).") from None
 
 
 def translate_legacy_flags(argv: list[str]) -> tuple[list[str], list[str]]:
