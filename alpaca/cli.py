@@ -11,6 +11,7 @@
 """
 
 import argparse
+import difflib
 import inspect
 import os
 import signal
@@ -57,11 +58,41 @@ def argparse_bool(value: str) -> bool:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def closest_hint(name: str, known: list[str]) -> str:
+    """`name`, with the closest of `known` suggested when one is close: "--max_step (did you mean --max_steps?)".
+    A name that begins a known one (an abbreviation, which is refused) suggests that one first."""
+    match = [k for k in known if k.startswith(name)][:1] or difflib.get_close_matches(name, known, n=1)
+    return f"{name} (did you mean {match[0]}?)" if match else name
+
+
+def looks_like_a_command(word: str, commands: list[str]) -> bool:
+    """Whether the first word of a command line that names no command was meant as one (a typo such as `humn`),
+    rather than a positional value of the default command (a file path)."""
+    if word.startswith("-") or os.path.exists(word):
+        return False
+    return bool(difflib.get_close_matches(word, commands, n=1)) or not any(c in word for c in "./")
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes raise `UsageError` (one line via `report_errors`) instead of printing usage."""
+    """argparse whose mistakes raise `UsageError` (one line via `report_errors`) instead of printing usage, that
+    takes exact flag names only (no abbreviations: `--instr` is not `--instruction`), and that names the closest
+    real flag for a mistyped one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message}; `{self.prog} --help` lists the flags.")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            known = [option for action in self._actions for option in action.option_strings]
+            flags = [arg.split("=", 1)[0] for arg in extras if arg.startswith("-")] or extras
+            raise UsageError(f"unknown flag {', '.join(closest_hint(flag, known) for flag in flags)}; "
+                             f"`{self.prog} --help` lists the flags.")
+        return namespace
 
 
 # ----------------------------------------------------------------------------- fire-style dispatch
@@ -123,7 +154,8 @@ def bind_flags(function: Callable, positional: list, flags: dict, prog: str) -> 
     signature = inspect.signature(function)
     parameters = signature.parameters
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-    unknown = [f"--{name}" for name in flags if name not in parameters and not accepts_any]
+    unknown = [closest_hint(f"--{name}", [f"--{p}" for p in parameters]) for name in flags
+               if name not in parameters and not accepts_any]
     if unknown:
         raise UsageError(f"unknown flag {', '.join(unknown)}; `{prog} --help` lists the flags.")
     try:
@@ -144,8 +176,9 @@ def bind_flags(function: Callable, positional: list, flags: dict, prog: str) -> 
     return bound
 
 
-def command_help(function: Callable, prog: str) -> str:
-    """--help text: usage, the docstring, and every flag with its default."""
+def command_help(function: Callable, prog: str, flag_help: dict[str, str] | None = None) -> str:
+    """--help text: usage, the docstring, and every flag with its default (and its description from `flag_help`,
+    where the flag's meaning is defined once for several commands, such as the endpoint settings)."""
     lines = []
     for name, parameter in inspect.signature(function).parameters.items():
         if parameter.kind is parameter.VAR_POSITIONAL:
@@ -154,12 +187,14 @@ def command_help(function: Callable, prog: str) -> str:
             lines.append(f"    --{name} (required)")
         elif parameter.kind is not parameter.VAR_KEYWORD:
             lines.append(f"    --{name} {parameter.default!r}")
+        if flag_help and name in flag_help:
+            lines[-1] += f"\n        {flag_help[name]}"
     return f"usage: {prog} [--flag value ...]\n\n{inspect.getdoc(function) or ''}\n\nflags and their defaults:\n" \
            + "\n".join(lines)
 
 
 def run_commands(commands: dict[str, Callable], argv: list[str] | None = None, prog: str | None = None,
-                 default: str | None = None) -> object:
+                 default: str | None = None, flag_help: dict[str, str] | None = None) -> object:
     """Run `commands[argv[0]]` with the rest of argv as its flags, checked first (see `bind_flags`).
 
     With `default`, argv that does not start with a command name runs that command (`judge.py --model_outputs ...`
@@ -169,6 +204,9 @@ def run_commands(commands: dict[str, Callable], argv: list[str] | None = None, p
     prog = prog or f"python {os.path.basename(sys.argv[0])}"
     if argv and argv[0] in commands:
         name, argv = argv[0], argv[1:]
+    elif default is not None and argv and looks_like_a_command(argv[0], list(commands)):
+        raise UsageError(f"unknown command {closest_hint(argv[0], list(commands))}; use one of: "
+                         f"{', '.join(commands)} (or flags alone for {default}).")
     elif default is not None:
         name = default
     else:
@@ -178,13 +216,13 @@ def run_commands(commands: dict[str, Callable], argv: list[str] | None = None, p
             print(f"usage: {prog} COMMAND [--flag value ...]\n\ncommands:\n{listing}\n\n"
                   f"`{prog} COMMAND --help` lists a command's flags.")
             return None
-        raise UsageError(f"unknown command {argv[0]!r}; use one of: {', '.join(commands)}.")
+        raise UsageError(f"unknown command {closest_hint(argv[0], list(commands))}; use one of: {', '.join(commands)}.")
     function = commands[name]
     command_prog = prog if name == default else f"{prog} {name}"
     positional, flags = split_argv(argv)
     if flags.pop("help", False) is True:
         others = [command for command in commands if command != name]
-        print(command_help(function, command_prog)
+        print(command_help(function, command_prog, flag_help)
               + (f"\n\nother commands: {', '.join(others)} (`{prog} COMMAND --help`)" if name == default and others
                  else ""))
         return None

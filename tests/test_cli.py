@@ -1,6 +1,7 @@
 """The command-line layer every script shares: booleans, flag checking before work, one-line errors."""
 
 import functools
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,8 @@ import textwrap
 import pytest
 
 from alpaca import cli
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -66,7 +69,7 @@ def test_mistakes_are_refused_before_the_function_runs(argv, message):
 
 
 def test_unknown_command_and_default_command():
-    with pytest.raises(cli.UsageError, match="unknown command 'jb'; use one of: job"):
+    with pytest.raises(cli.UsageError, match=r"unknown command jb \(did you mean job\?\); use one of: job"):
         cli.run_commands({"job": job}, ["jb"], prog="prog")
     assert cli.run_commands({"job": job, "other": job}, ["a.json"], prog="prog", default="job")["data_path"] == "a.json"
 
@@ -123,3 +126,57 @@ def test_a_bug_keeps_its_traceback_and_only_rank_0_speaks(tmp_path, repo_dir):
     rank1 = subprocess.run([sys.executable, str(script), "user"], capture_output=True, text=True, timeout=60,
                            env={"RANK": "1", "PATH": "/usr/bin:/bin"})
     assert rank1.returncode == 1 and rank1.stderr == ""
+
+
+# -- one front door: every script's endpoint flags, flag names and commands --------------------------------------
+
+ENDPOINT_HELPS = {
+    "generate_instruction": [sys.executable, "-m", "generate_instruction", "generate_instruction_following_data",
+                             "--help"],
+    "inference.py": [sys.executable, "inference.py", "--help"],
+    "judge.py": [sys.executable, "judge.py", "--help"],
+    "judge.py preferences": [sys.executable, "judge.py", "preferences", "--help"],
+    "data_tools.py rate": [sys.executable, "data_tools.py", "rate", "--help"],
+}
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.slow
+def test_every_script_gives_max_retries_and_request_timeout_one_meaning():
+    from alpaca.llm.settings import ENDPOINT_FLAGS
+
+    for script, command in ENDPOINT_HELPS.items():
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, (script, result.stderr)
+        for flag in ("max_retries", "request_timeout", "max_concurrency"):
+            assert _flat(ENDPOINT_FLAGS[flag]) in _flat(result.stdout), f"{script} --help: --{flag} differs"
+    judge_help = subprocess.run(ENDPOINT_HELPS["judge.py"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "--verdict_retries" in judge_help  # asking again for a verdict has its own name
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["judge.py", "humn", "--output_dir", "x"], "unknown command humn (did you mean human?)"),
+    (["inference.py", "--instr", "x"], "unknown flag --instr (did you mean --instruction?)"),
+    (["data_tools.py", "stats", "x.json", "--output_dri", "y"],
+     "unknown flag --output_dri (did you mean --output_dir?)"),
+    (["weight_diff.py", "recovr", "--path_raw", "a"], "unknown command recovr (did you mean recover?)"),
+    (["judge.py", "--model_outputs", "a.json", "--reference_outputs", "b.json", "--output_dir", "o",
+      "--judge_model", "j", "--api_type", "chta"], "--api_type"),
+])
+def test_command_line_mistakes_exit_2_and_name_the_closest_real_one(argv, expected, tmp_path):
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text('[{"instruction": "Say hi.", "input": "", "output": "hi"}]')
+    result = subprocess.run([sys.executable, str(pathlib.Path(REPO) / argv[0]), *argv[1:]], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and expected in errors[0], result.stderr
+
+
+def test_no_abbreviations_in_argparse_scripts():
+    parser = cli.ArgumentParser(prog="x")
+    parser.add_argument("--instruction")
+    with pytest.raises(cli.UsageError, match=r"--instr \(did you mean --instruction\?\)"):
+        parser.parse_args(["--instr", "hi"])

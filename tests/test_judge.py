@@ -194,7 +194,7 @@ def test_answers_cannot_close_their_block_or_plant_a_verdict():
 def test_a_reply_naming_both_verdicts_is_unjudged_not_a_tie(openai_server, tmp_path):
     model, reference = write_pair_files(tmp_path, ["m1", "m2"], ["r1", "r2"])
     openai_server.responder = lambda path, prompt, body: ("I cannot decide between [[A]] and [[B]].", "stop")
-    results = run(openai_server, model, reference, tmp_path / "out", "--max_retries", "1")
+    results = run(openai_server, model, reference, tmp_path / "out", "--verdict_retries", "1")
     assert results["model"]["n_unjudged"] == 2 and results["model"]["n_total"] == 2
 
 
@@ -296,7 +296,7 @@ def test_unparsable_replies_are_retried_then_unjudged_not_cached_and_judged_on_r
             return "Both answers have merit.", "stop"
         return "[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]", "stop"
     openai_server.responder = responder
-    results = run(openai_server, model, reference, tmp_path / "out", "--max_retries", "2")["model"]
+    results = run(openai_server, model, reference, tmp_path / "out", "--verdict_retries", "2")["model"]
     assert results["n_unjudged"] == 1 and results["n_total"] == 6 and results["n_wins"] == 5
     assert results["win_rate"] == 1.0  # over judged pairs: the unjudged one is not a tie
     stubborn_calls = [b for b in openai_server.bodies() if stubborn in b["messages"][0]["content"]]
@@ -525,7 +525,7 @@ def test_local_judge_runs_and_says_when_it_gives_no_verdicts(tiny_model_dir, tmp
     model, reference = write_pair_files(tmp_path, ["Paris is the capital.", "Four."], ["It is Paris.", "4"])
     results = judge_command.main(["--model_outputs", model, "--reference_outputs", reference, "--output_dir",
                           str(tmp_path / "out"), "--judge_model", str(tiny_model_dir), "--api_type", "local",
-                          "--max_tokens", "8", "--max_retries", "1", "--plot", "False"])["model"]
+                          "--max_tokens", "8", "--verdict_retries", "1", "--plot", "False"])["model"]
     assert results["n_total"] == 2 and results["judge_model"] == str(tiny_model_dir)
     out = capsys.readouterr().out
     if results["n_unjudged"]:  # an untrained model writes no verdict: the report says so

@@ -123,7 +123,7 @@ def test_unjudged_pairs_skip_their_instruction_and_are_asked_again(openai_server
 
     openai_server.responder = flaky
     samples = write_samples(tmp_path, SAMPLES[:1])
-    counts = run(openai_server, samples, tmp_path / "prefs", "--max_retries", "0")
+    counts = run(openai_server, samples, tmp_path / "prefs", "--verdict_retries", "0")
     assert counts["unjudged"] == 1 and counts["written"] == 0 and read_pairs(tmp_path / "prefs") == []
     assert "with pairs still unjudged after 0 retries (not counted; a re-run asks again)" in capsys.readouterr().out
     asked = len(openai_server.requests)

@@ -43,6 +43,7 @@ from alpaca.generate.self_instruct import (
     filter_drop_reason,
     language_drop_reason,
 )
+from alpaca.llm.settings import ENDPOINT_FLAGS
 from alpaca.prompts.conversation import check_messages, is_conversation, system_message, turns
 
 
@@ -376,22 +377,14 @@ def rate(data_path: str, output: str, judge_model: str | None = None, api_type: 
         DATA_PATH: the data file (JSON list or JSONL of Alpaca records).
         output: the rated records (JSON list, or JSONL when it ends in .jsonl).
         judge_model: the judge (e.g. gpt-4o-mini); a directory with --api_type local.
-        api_type: "chat" (default), "completions", or "local" (a Hugging Face model directory, in-process).
-        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); the key comes
-            from OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
         min_score: also write NAME.min_score_X.json (the records scoring at least X; NAME.json is --output) and,
             beside it, NAME.random_N.json: N records drawn at random (with --seed) from the whole file, N the
             number kept, so that the two can be trained and judged against each other.
         seed: seed of that random subset.
-        max_concurrency: requests in flight at once.
-        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
-        max_retries, retry_base_delay, retry_max_delay, request_timeout: retries of failed requests (429, 5xx,
-            timeouts), backoff seconds, and seconds to wait for one response.
         max_tokens, temperature: the judge's decoding settings.
         score_retries: times a reply without a parseable score is asked again.
         cache: keep raw responses in OUTPUT.responses/ (a re-run replays them).
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, for the cost line.
-        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
     """
     arguments = dict(locals())
     from alpaca.data import rating
@@ -426,5 +419,5 @@ def entry_point() -> None:
     """The command line of `python data_tools.py`."""
     cli.report_errors(lambda: cli.run_commands({"stats": stats, "clean": clean, "rate": rate,
                                                 "contamination": contamination, "convert": convert,
-                                                "cache": cache}),
+                                                "cache": cache}, flag_help=ENDPOINT_FLAGS),
                       "interrupted: re-run the same command (rate resumes from its journal).")

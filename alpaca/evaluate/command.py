@@ -4,6 +4,7 @@ pairs for train_dpo.py, each a function whose signature is its flags (alpaca/cli
 from alpaca import cli
 from alpaca.evaluate import human, preferences
 from alpaca.evaluate.judge import evaluate
+from alpaca.llm.settings import ENDPOINT_FLAGS
 
 COMMANDS = {"evaluate": evaluate, "human": human.human, "human_results": human.human_results,
             "preferences": preferences.preferences}
@@ -11,7 +12,8 @@ COMMANDS = {"evaluate": evaluate, "human": human.human, "human_results": human.h
 
 def main(argv: list[str] | None = None) -> object:
     """Run one command of judge.py (`evaluate` when none is named) on `argv`."""
-    return cli.run_commands(COMMANDS, argv=argv, prog="python judge.py", default="evaluate")
+    return cli.run_commands(COMMANDS, argv=argv, prog="python judge.py", default="evaluate",
+                            flag_help=ENDPOINT_FLAGS)
 
 
 def entry_point() -> None:

@@ -15,7 +15,7 @@ and `<answer_b>`...`</answer_b>`, and either ends its reply with `[[A]]`, `[[B]]
 swap`: both orders; agreement is a win or a loss, disagreement or a tie is a tie) or answers the single letter A or
 B (`--judge_mode logprobs`: one order per instruction, drawn from `--seed`; the probabilities of A and B give a
 soft preference). Identical answers are a tie without a call. A reply without a verdict is asked again
-(`--max_retries`); a pair still without one is unjudged: reported, never counted, and asked again next run.
+(`--verdict_retries`); a pair still without one is unjudged: reported, never counted, and asked again next run.
 
 Every verdict is appended to `output_dir/judgments.jsonl` as soon as it arrives, keyed by judge model, mode and
 prompt (which holds both answers): a re-run makes no calls and gives the same results, a changed answer is judged
@@ -282,12 +282,12 @@ append_judgment = files.append_journal  # the one journal rule: files.py
 
 
 async def judge_jobs(endpoint: LLMEndpoint, jobs: list[dict], judge_mode: str, decoding_args: OpenAIDecodingArguments,
-                     max_retries: int, on_reply) -> dict[str, str]:
-    """Ask the judge each job's prompt ({"key", "prompt"}) until its reply holds a verdict, at most 1 + max_retries
+                     verdict_retries: int, on_reply) -> dict[str, str]:
+    """Ask the judge each job's prompt ({"key", "prompt"}) until its reply holds a verdict, at most 1 + verdict_retries
     times, `max_concurrency` requests in flight. Every reply goes to `on_reply(job, judgment or None, usage)` as it
     arrives (in job order). Returns {key: last reply} of the jobs that never got a verdict."""
     pending, failed = list(jobs), {}
-    for attempt in range(max_retries + 1):
+    for attempt in range(verdict_retries + 1):
         if not pending:
             break
         args = decoding_args if attempt == 0 else dataclasses.replace(
@@ -388,7 +388,7 @@ def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, 
 
 
 def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, judge_mode: str,
-                         max_concurrency: int, max_retries: int, max_tokens: int | None,
+                         max_concurrency: int, verdict_retries: int, max_tokens: int | None,
                          check_endpoint: bool = True) -> str:
     """Refuse, before any file is read or call made, judge flags that cannot work (a UsageError, or a JudgeError
     for endpoint settings when `check_endpoint`); returns the judge model's name as a string."""
@@ -398,7 +398,7 @@ def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, 
         raise UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not {api_type!r}.")
     if api_type == "local" and judge_mode == "logprobs":
         raise UsageError("a local judge returns no log-probabilities; use --judge_mode swap with --api_type local.")
-    for flag, value, least in (("max_concurrency", max_concurrency, 1), ("max_retries", max_retries, 0),
+    for flag, value, least in (("max_concurrency", max_concurrency, 1), ("verdict_retries", verdict_retries, 0),
                                ("max_tokens", max_tokens if max_tokens is not None else 1, 1)):
         if value < least:
             raise UsageError(f"--{flag} must be at least {least}, not {value}.")
@@ -414,8 +414,8 @@ def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, 
 
 def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: str, output_dir: str,
              judge_model: str, api_base: str | None = None, api_type: str = "chat", judge_mode: str = "swap",
-             max_concurrency: int = 4, seed: int = 42, max_retries: int = 2, max_tokens: int | None = None,
-             temperature: float = 0.0, requests_per_minute: float | None = None,
+             max_concurrency: int = 4, seed: int = 42, verdict_retries: int = 2, max_tokens: int | None = None,
+             max_retries: int = 8, temperature: float = 0.0, requests_per_minute: float | None = None,
              tokens_per_minute: float | None = None, request_timeout: float = 600.0,
              price_per_1k_prompt_tokens: float | None = None, price_per_1k_completion_tokens: float | None = None,
              plot: bool = True, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict:
@@ -428,25 +428,18 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         reference_outputs: the reference model's answers to the same instructions.
         output_dir: results, annotations, picture and the judgment cache (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
-        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
-            OPENAI_API_KEY. Several servers of one model: comma-separated URLs, or @FILE (docs/fleet.md).
-        api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
         judge_mode: "swap" (both orders, [[A]]/[[B]]/[[TIE]]) or "logprobs" (one call per pair, P(A) vs P(B);
             needs an endpoint that returns log-probabilities: OpenAI, vLLM, llama.cpp).
-        max_concurrency: requests in flight; the results do not depend on it.
         seed: the bootstrap resamples and, in logprobs mode, which answer each instruction shows first.
-        max_retries: times a reply without a verdict is asked again (at temperature >= 0.7); then unjudged.
+        verdict_retries: times a reply without a verdict is asked again (at temperature >= 0.7); then unjudged.
         max_tokens: tokens the judge may write (default 512 in swap mode, 3 in logprobs mode).
         temperature: the judge's sampling temperature on the first attempt.
-        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
-        request_timeout: seconds to wait for one response.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
         plot: write win_rates.png.
-        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused.
     Returns the results (also in output_dir/results.json). Other commands: `python judge.py human --help` and
     `python judge.py human_results --help` (blind human evaluation of the same pairs).
     """
-    judge_model = check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency, max_retries,
+    judge_model = check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency, verdict_retries,
                                        max_tokens, check_endpoint=False)
     paths = split_model_outputs(model_outputs, more_model_outputs)
     if not paths:
@@ -474,7 +467,8 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     with files.claimed_directory(output_dir, LOCK_NAME, "judge"):
         return judge_and_report(runs, names, paths, output_dir, judge_model=judge_model, api_type=api_type,
                                 api_base=api_base, judge_mode=judge_mode, seed=seed, max_concurrency=max_concurrency,
-                                max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+                                verdict_retries=verdict_retries, max_retries=max_retries, max_tokens=max_tokens,
+                                temperature=temperature,
                                 requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
                                 request_timeout=request_timeout, max_response_bytes=max_response_bytes, plot=plot,
                                 price_per_1k_prompt_tokens=price_per_1k_prompt_tokens,
@@ -483,7 +477,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
 
 def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str], output_dir: str, *, judge_model: str,
                      api_type: str, api_base: str | None, judge_mode: str, seed: int, max_concurrency: int,
-                     max_retries: int, max_tokens: int | None, temperature: float,
+                     verdict_retries: int, max_retries: int, max_tokens: int | None, temperature: float,
                      requests_per_minute: float | None, tokens_per_minute: float | None, request_timeout: float,
                      max_response_bytes: int, plot: bool, price_per_1k_prompt_tokens: float | None,
                      price_per_1k_completion_tokens: float | None) -> dict:
@@ -510,10 +504,11 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     if to_send:
         failed = asyncio.run(ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
                                        api_type=api_type, api_base=api_base, judge_mode=judge_mode,
-                                       max_concurrency=max_concurrency, max_retries=max_retries,
+                                       max_concurrency=max_concurrency, verdict_retries=verdict_retries,
                                        max_tokens=max_tokens, temperature=temperature,
                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                       request_timeout=request_timeout, max_response_bytes=max_response_bytes))
+                                       request_timeout=request_timeout, max_response_bytes=max_response_bytes,
+                                       max_retries=max_retries))
         files.sync_journal(journal_path)
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
@@ -555,7 +550,7 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     if plot:
         plot_win_rates(results, os.path.join(output_dir, "win_rates.png"))
     print(format_table(results))
-    report_unjudged(results, names, max_retries)
+    report_unjudged(results, names, verdict_retries)
     if to_send:
         print(f"This run asked the judge {len(to_send)} judgments, {len(failed)} without a verdict; tokens "
               f"{spent['prompt_tokens']:,} prompt, {spent['completion_tokens']:,} completion"
@@ -564,24 +559,24 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     return results
 
 
-def report_unjudged(results: dict, names: list[str], max_retries: int) -> None:
+def report_unjudged(results: dict, names: list[str], verdict_retries: int) -> None:
     """Say plainly how many pairs carry no verdict, and that the numbers rest on the rest."""
     for name in names:
         r = results[name]
         if not r["n_unjudged"]:
             continue
         judged = r["n_total"] - r["n_unjudged"]
-        print(f"{name}: {r['n_unjudged']} of {r['n_total']} pairs are unjudged (no verdict after {max_retries} "
+        print(f"{name}: {r['n_unjudged']} of {r['n_total']} pairs are unjudged (no verdict after {verdict_retries} "
               f"retries); they are not counted, and a re-run asks again. "
               + ("Most pairs are unjudged: this judge rarely answers in the asked format, so these numbers rest on "
                  f"{judged} pairs and mean little." if r["n_unjudged"] * 2 > r["n_total"] else ""))
 
 
 async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
-                    api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, max_retries: int,
+                    api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, verdict_retries: int,
                     max_tokens: int | None, temperature: float, requests_per_minute: float | None,
                     tokens_per_minute: float | None, request_timeout: float,
-                    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict[str, str]:
+                    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_retries: int = 8) -> dict[str, str]:
     """Judge `jobs`, journaling each verdict as it arrives (and adding it to `judgments`); returns the jobs' last
     replies that had no verdict. The endpoint's response cache is off: the journal is the cache, and a reply
     without a verdict must be asked again next run, not replayed."""
@@ -605,8 +600,9 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
         async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
-                               cache_dir=None, max_response_bytes=max_response_bytes) as endpoint:
-            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, max_retries, on_reply)
+                               max_retries=max_retries, cache_dir=None,
+                               max_response_bytes=max_response_bytes) as endpoint:
+            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, verdict_retries, on_reply)
     except LLMError as error:
         advice = " If it does not support log-probabilities, use --judge_mode swap." \
             if logprobs and "rejected the request" in str(error) else ""

@@ -83,7 +83,8 @@ def choose_pair(record: dict, pairs: list[dict], preference_of: dict) -> tuple[s
 
 def preferences(samples: str, output_dir: str, judge_model: str, api_base: str | None = None,
                 api_type: str = "chat", judge_mode: str = "swap", max_concurrency: int = 4, seed: int = 42,
-                max_retries: int = 2, max_tokens: int | None = None, temperature: float = 0.0,
+                verdict_retries: int = 2, max_retries: int = 8, max_tokens: int | None = None,
+                temperature: float = 0.0,
                 requests_per_minute: float | None = None, tokens_per_minute: float | None = None,
                 request_timeout: float = 600.0, price_per_1k_prompt_tokens: float | None = None,
                 price_per_1k_completion_tokens: float | None = None) -> dict:
@@ -94,23 +95,17 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
         samples: answers file from `inference.py --do_sample True --num_samples K` (records with `outputs`).
         output_dir: preferences.jsonl and the judgment journal (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
-        api_base: base URL of an OpenAI-compatible server (default OPENAI_BASE_URL, else OpenAI); key from
-            OPENAI_API_KEY.
-        api_type: "chat", "completions", or "local" (a Hugging Face model directory, in-process).
         judge_mode: "swap" (both orders of every pair) or "logprobs" (one order, P(A) vs P(B)).
-        max_concurrency: requests in flight; the pairs do not depend on it.
         seed: in logprobs mode, which answer of each instruction's pairs is shown first.
-        max_retries: times a reply without a verdict is asked again; then the pair, and its instruction, is
+        verdict_retries: times a reply without a verdict is asked again; then the pair, and its instruction, is
             unjudged this run.
         max_tokens: tokens the judge may write (default 512 in swap mode, 3 in logprobs mode).
         temperature: the judge's sampling temperature on the first attempt.
-        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
-        request_timeout: seconds to wait for one response.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to report the judging cost.
     Returns counts: instructions, written, not_separated, unjudged, judge_calls.
     """
     judge_model = judge.check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency,
-                                             max_retries, max_tokens)
+                                             verdict_retries, max_tokens)
     records = load_samples(samples)
     os.makedirs(output_dir, exist_ok=True)
     journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
@@ -135,9 +130,10 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
     if to_send:
         asyncio.run(judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
                                     api_type=api_type, api_base=api_base, judge_mode=judge_mode,
-                                    max_concurrency=max_concurrency, max_retries=max_retries, max_tokens=max_tokens,
-                                    temperature=temperature, requests_per_minute=requests_per_minute,
-                                    tokens_per_minute=tokens_per_minute, request_timeout=request_timeout))
+                                    max_concurrency=max_concurrency, verdict_retries=verdict_retries,
+                                    max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+                                    requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                                    request_timeout=request_timeout))
 
     counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
               "judge_calls": len(to_send)}
@@ -162,7 +158,7 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
     files.write_atomically(output_path, "".join(line + "\n" for line in lines))
     print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "
           f"instructions whose best and worst answers the judge did not separate"
-          + (f" and {counts['unjudged']} with pairs still unjudged after {max_retries} retries (not counted; a "
+          + (f" and {counts['unjudged']} with pairs still unjudged after {verdict_retries} retries (not counted; a "
              "re-run asks again)" if counts["unjudged"] else "") + ".")
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
     cost = (spent["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)

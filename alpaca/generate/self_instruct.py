@@ -56,6 +56,7 @@ from alpaca.llm.client import (
     check_settings,
     complete_in_order,
 )
+from alpaca.llm.settings import ENDPOINT_FLAGS
 
 __all__ = ["RougeLIndex", "encode_prompt", "post_process_gpt3_response", "generate_instruction_following_data"]
 
@@ -586,15 +587,6 @@ def generate_instruction_following_data(
             does a completions server that refuses a list of prompts, such as llama.cpp's or `transformers serve`).
         temperature, top_p: sampling settings.
         num_cpus: threads for ROUGE-L scoring.
-        api_type: "completions" (Alpaca's batch decoding), "chat" (prompt as a user message) or "local".
-        api_base: base URL of an OpenAI-compatible server, e.g. http://localhost:8000/v1 (default
-            OPENAI_BASE_URL, else OpenAI). The key comes from OPENAI_API_KEY, the organisation from OPENAI_ORG.
-            Several servers of one model: comma-separated URLs, or @FILE with one URL a line (docs/fleet.md).
-        max_concurrency: requests in flight at once; the output does not depend on it.
-        requests_per_minute, tokens_per_minute: client-side limits to stay under a quota.
-        max_retries: retries of a request on 429, 5xx, timeouts, dropped connections and malformed responses.
-        retry_base_delay, retry_max_delay: backoff seconds (doubling from base, at most max, with jitter).
-        request_timeout: seconds one request may take in all, from sending it to its last byte.
         max_tokens: tokens to generate per prompt (the original's 3072); shrunk 20% per context-length error.
         logit_bias: e.g. '{"50256": -100}', the original's GPT-3 setting against <|endoftext|>; off by default.
         seed: fixes which seed tasks each prompt shows.
@@ -609,7 +601,6 @@ def generate_instruction_following_data(
         translate_seed_tasks: with --language, translate the seed tasks into it once through the same endpoint
             (one request per seed task at temperature 0; cost printed) and keep them in
             output_dir/seed_tasks.LANG.jsonl for later runs; without it the seed tasks are shown as given.
-        max_response_bytes: the longest reply body read (default 16 MiB); a longer one is refused, not stored.
         num_turns: user turns per example. 1: Alpaca records, as the original. N > 1: each kept task grows by
             self-chat (the teacher writes a follow-up user turn from the conversation so far, then answers it)
             into a {"messages": [...]} conversation; the novelty filter runs on the first instruction
@@ -704,4 +695,5 @@ COMMANDS = {"generate_instruction_following_data": generate_instruction_followin
 
 def entry_point() -> None:
     """The command line of `python generate_instruction.py`."""
-    cli.report_errors(lambda: cli.run_commands(COMMANDS, prog="python -m generate_instruction"), INTERRUPTED)
+    cli.report_errors(lambda: cli.run_commands(COMMANDS, prog="python -m generate_instruction",
+                                               flag_help=ENDPOINT_FLAGS), INTERRUPTED)

@@ -51,6 +51,7 @@ import sys
 
 from alpaca import cli, files
 from alpaca.errors import DataError, MissingPathError, UsageError, UserError
+from alpaca.llm.settings import ENDPOINT_FLAGS
 from alpaca.prompts import conversation
 from alpaca.prompts.alpaca import (
     INPUT_ROLE,
@@ -504,24 +505,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--trust_remote_code", type=cli.argparse_bool, nargs="?", const=True, default=False,
                        help="allow model code shipped with the checkpoint to run (off by default)")
     endpoint = parser.add_argument_group("or a model behind an OpenAI-compatible endpoint (key: OPENAI_API_KEY)")
-    endpoint.add_argument("--api_base", default=None,
-                          help="e.g. http://localhost:8000/v1 (vLLM, transformers serve), https://api.openai.com/v1; "
-                               "several servers of one model: comma-separated, or @FILE with one URL a line "
-                               "(docs/fleet.md)")
+    endpoint.add_argument("--api_base", default=None, help=ENDPOINT_FLAGS["api_base"])
     endpoint.add_argument("--model_name", default=None,
                           help="the served model's name (for transformers serve and vLLM: the path it was given)")
     endpoint.add_argument("--api_type", default="chat", choices=["chat", "completions"],
                           help="chat: instruction and input as messages, formatted by the server's chat template; "
                                "completions: the Alpaca prompt as text")
-    endpoint.add_argument("--max_concurrency", type=int, default=8, help="requests in flight at once")
-    endpoint.add_argument("--max_retries", type=int, default=8, help="retries of a failed request, with backoff")
-    endpoint.add_argument("--request_timeout", type=float, default=600.0, help="seconds before a request is retried")
-    endpoint.add_argument("--requests_per_minute", type=float, default=None, help="client-side request rate limit")
-    endpoint.add_argument("--tokens_per_minute", type=float, default=None, help="client-side token rate limit")
+    endpoint.add_argument("--max_concurrency", type=int, default=8, help=ENDPOINT_FLAGS["max_concurrency"])
+    endpoint.add_argument("--max_retries", type=int, default=8, help=ENDPOINT_FLAGS["max_retries"])
+    endpoint.add_argument("--request_timeout", type=float, default=600.0, help=ENDPOINT_FLAGS["request_timeout"])
+    endpoint.add_argument("--requests_per_minute", type=float, default=None,
+                          help=ENDPOINT_FLAGS["requests_per_minute"])
+    endpoint.add_argument("--tokens_per_minute", type=float, default=None, help=ENDPOINT_FLAGS["tokens_per_minute"])
     endpoint.add_argument("--cache_dir", default=None,
                           help="response cache (a re-run is free); default: OUTPUT_PATH.cache beside --output_path")
     endpoint.add_argument("--max_response_bytes", type=int, default=16 * 2**20,
-                          help="the longest reply body read (default 16 MiB); a longer one is refused, not stored")
+                          help=ENDPOINT_FLAGS["max_response_bytes"])
     endpoint.add_argument("--price_per_1k_prompt_tokens", type=float, default=None, help="dollars, for the cost line")
     endpoint.add_argument("--price_per_1k_completion_tokens", type=float, default=None,
                           help="dollars, for the cost line")
