@@ -745,12 +745,13 @@ def check_settings(api_type: str, model_name: str | None, api_base: str | None, 
     API key for OpenAI itself, a malformed base URL; `settings` such as requests_per_minute=-1 or top_p=2 by
     `check_number_settings`), so that a run fails in one sentence before it creates or touches any file."""
     if api_type not in API_TYPES:
-        raise LLMError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
+        raise errors.UsageError(f"--api_type must be one of {', '.join(API_TYPES)}, not '{api_type}'.")
     check_number_settings(**settings)
     if api_type == "local":
         if not model_name or not os.path.isdir(model_name):
-            raise LLMError(f"--api_type local needs --model_name to be a local Hugging Face model directory; "
-                           f"{model_name!r} is not a directory.")
+            raise errors.MissingPathError(
+                "--api_type local needs a local Hugging Face model directory as the model (the generator's "
+                f"--model_name, the judge's and the rater's --judge_model); {model_name!r} is not a directory.")
         return
     for url in parse_api_bases(api_base):
         resolve_api_key(url)

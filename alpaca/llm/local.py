@@ -6,33 +6,24 @@ only when a local endpoint is built, so the client stays light for the HTTP endp
 """
 
 from alpaca.errors import LLMError
-
-
-def local_context_length(config, tokenizer) -> int:
-    """Tokens the local model can attend over: its position limit. A tokenizer's `model_max_length` is only
-    a fallback, since train.py saves its training truncation length there (e.g. 512), not the model's context."""
-    for limit in (getattr(config, "max_position_embeddings", None), tokenizer.model_max_length):
-        if limit and limit < 1e7:  # saved tokenizers without a limit report ~1e30
-            return int(limit)
-    return 2048
+from alpaca.llm.model import load_model, local_context_length  # noqa: F401  (local_context_length: re-exported)
 
 
 class LocalCausalLM:
     """A local causal LM answering completions requests in-process: left-padded batches, sampling with the
     request's temperature and top_p, text cut at the first stop string like the API does."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, lora_path: str | None = None, trust_remote_code: bool = False):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        # The loader inference.py uses: a LoRA adapter directory (alone, or with lora_path), dtype, device, the pad
+        # token, safetensors only.
+        self.model, self.tokenizer = load_model(path, lora_path=lora_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:  # padding positions are masked out, so any id will do
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.bfloat16 if self.device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(self.device)
-        self.model.eval()
+        self.device = self.model.device
         self.context = local_context_length(self.model.config, self.tokenizer)
         self.tokenizer.model_max_length = self.context  # no false "longer than the maximum" warning for long prompts
 

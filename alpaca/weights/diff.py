@@ -552,7 +552,7 @@ def tqdm_bytes(tensors: list, description: str) -> tqdm:
 
 def run_test_inference(model_dir: pathlib.Path, device: str = "cpu", max_new_tokens: int = 128) -> str:
     """Load the recovered model, answer one fixed instruction with the no-input Alpaca prompt, print it."""
-    from alpaca.infer.answer import generate_responses, load_model  # the project's one generation path
+    from alpaca.llm.model import generate_responses, load_model  # the project's one generation path
     from alpaca.prompts.alpaca import format_prompt
 
     model, tokenizer = load_model(str(model_dir), device=device)
