@@ -35,7 +35,6 @@ import math
 import os
 import pathlib
 import random
-import re
 import time
 from contextlib import aclosing
 
@@ -62,66 +61,23 @@ from alpaca.llm.client import (
     check_settings,
     complete_in_order,
 )
+from alpaca.prompts.judge import (  # noqa: F401  (judge.py's names; the prompt lives in prompts/judge.py)
+    ENDINGS,
+    JUDGE_PROMPT,
+    PREFERENCE_FOR_A,
+    VERDICT_PATTERN,
+    judge_prompt,
+    neutralised,
+    parse_verdict,
+)
 
 JUDGE_MODES = ("swap", "logprobs")
 JOURNAL_NAME = "judgments.jsonl"
 LOCK_NAME = ".judge.lock"  # two judges on one directory would pay every judgment twice
 RETRY_TEMPERATURE = 0.7  # a reply without a verdict is asked again at least this hot: a greedy judge repeats itself
 
-# -- the judge prompt (one place; the README shows it) ---------------------------------------------
-
-JUDGE_PROMPT = """\
-You are comparing two answers to the same instruction. Decide which answer a careful, knowledgeable user would \
-prefer: the one that follows the instruction, is correct, and is helpful, clear and complete. Judge the content, \
-not the length of the answers and not the order in which they are shown.
-
-{task}
-<answer_a>
-{answer_a}
-</answer_a>
-
-<answer_b>
-{answer_b}
-</answer_b>
-
-{ending}"""
-ENDINGS = {
-    "swap": "Compare the two answers briefly, then end your reply with exactly one of [[A]] (answer A is better), "
-            "[[B]] (answer B is better) or [[TIE]] (they are equally good).",
-    "logprobs": "Which answer is better? Reply with the single letter A or B and nothing else.\nBetter answer:",
-}
-VERDICT_PATTERN = re.compile(r"\[\[\s*(A|B|TIE)\s*\]\]", re.IGNORECASE)
-PREFERENCE_FOR_A = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # by verdict
-
-
 class JudgeError(UserError):
     """A judge or an endpoint that cannot give verdicts as asked; the message says what to do."""
-
-
-ANSWER_TAG = re.compile(r"<(/?)(answer_[ab])>", re.IGNORECASE)
-VERDICT_LIKE = re.compile(r"\[\[(\s*(?:A|B|TIE)\s*)\]\]", re.IGNORECASE)
-
-
-def neutralised(answer: str) -> str:
-    """An answer as the judge is shown it: a text that spells the prompt's delimiters (`<answer_a>`,
-    `</answer_b>`) or a verdict marker (`[[A]]`) cannot close its block, open another, or put a verdict in the
-    judge's mouth; a space is put inside each such spelling, and nothing else changes."""
-    answer = ANSWER_TAG.sub(lambda m: f"< {m.group(1)}{m.group(2)}>", answer)
-    return VERDICT_LIKE.sub(lambda m: f"[ [{m.group(1)}] ]", answer)
-
-
-def judge_prompt(instruction: str, input: str, answer_a: str, answer_b: str, judge_mode: str) -> str:
-    """The prompt that shows one instruction (and input) and two answers, A then B (each neutralised)."""
-    task = f"Instruction:\n{instruction}\n" + (f"\nInput:\n{input}\n" if input else "")
-    return JUDGE_PROMPT.format(task=task, answer_a=neutralised(answer_a), answer_b=neutralised(answer_b),
-                               ending=ENDINGS[judge_mode])
-
-
-def parse_verdict(reply: str) -> str | None:
-    """"A", "B" or "TIE" from a reasoning judge's reply; None when it has no verdict, or names more than one
-    ("I cannot decide between [[A]] and [[B]]" is no verdict: it is asked again, then left unjudged)."""
-    found = {verdict.upper() for verdict in VERDICT_PATTERN.findall(reply or "")}
-    return found.pop() if len(found) == 1 else None
 
 
 def top_logprobs_of(logprobs: dict | None) -> list[dict[str, float]] | None:

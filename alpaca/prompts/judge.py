@@ -1,0 +1,55 @@
+"""The judge prompt: one instruction (and input) and two answers between `<answer_a>`...`</answer_a>` and
+`<answer_b>`...`</answer_b>`; a reasoning judge ends its reply with `[[A]]`, `[[B]]` or `[[TIE]]` (swap mode), a
+log-probability judge answers the single letter A or B. Other tools and held-out checks rely on this contract
+(docs/evaluation.md shows the prompt)."""
+
+import re
+
+JUDGE_PROMPT = """\
+You are comparing two answers to the same instruction. Decide which answer a careful, knowledgeable user would \
+prefer: the one that follows the instruction, is correct, and is helpful, clear and complete. Judge the content, \
+not the length of the answers and not the order in which they are shown.
+
+{task}
+<answer_a>
+{answer_a}
+</answer_a>
+
+<answer_b>
+{answer_b}
+</answer_b>
+
+{ending}"""
+ENDINGS = {
+    "swap": "Compare the two answers briefly, then end your reply with exactly one of [[A]] (answer A is better), "
+            "[[B]] (answer B is better) or [[TIE]] (they are equally good).",
+    "logprobs": "Which answer is better? Reply with the single letter A or B and nothing else.\nBetter answer:",
+}
+VERDICT_PATTERN = re.compile(r"\[\[\s*(A|B|TIE)\s*\]\]", re.IGNORECASE)
+PREFERENCE_FOR_A = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # by verdict
+
+
+ANSWER_TAG = re.compile(r"<(/?)(answer_[ab])>", re.IGNORECASE)
+VERDICT_LIKE = re.compile(r"\[\[(\s*(?:A|B|TIE)\s*)\]\]", re.IGNORECASE)
+
+
+def neutralised(answer: str) -> str:
+    """An answer as the judge is shown it: a text that spells the prompt's delimiters (`<answer_a>`,
+    `</answer_b>`) or a verdict marker (`[[A]]`) cannot close its block, open another, or put a verdict in the
+    judge's mouth; a space is put inside each such spelling, and nothing else changes."""
+    answer = ANSWER_TAG.sub(lambda m: f"< {m.group(1)}{m.group(2)}>", answer)
+    return VERDICT_LIKE.sub(lambda m: f"[ [{m.group(1)}] ]", answer)
+
+
+def judge_prompt(instruction: str, input: str, answer_a: str, answer_b: str, judge_mode: str) -> str:
+    """The prompt that shows one instruction (and input) and two answers, A then B (each neutralised)."""
+    task = f"Instruction:\n{instruction}\n" + (f"\nInput:\n{input}\n" if input else "")
+    return JUDGE_PROMPT.format(task=task, answer_a=neutralised(answer_a), answer_b=neutralised(answer_b),
+                               ending=ENDINGS[judge_mode])
+
+
+def parse_verdict(reply: str) -> str | None:
+    """"A", "B" or "TIE" from a reasoning judge's reply; None when it has no verdict, or names more than one
+    ("I cannot decide between [[A]] and [[B]]" is no verdict: it is asked again, then left unjudged)."""
+    found = {verdict.upper() for verdict in VERDICT_PATTERN.findall(reply or "")}
+    return found.pop() if len(found) == 1 else None
