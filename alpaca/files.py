@@ -117,6 +117,30 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     return bool(opened)
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that names one key twice (json.loads would silently keep the last value)."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
+def parse_json(text: str, where: str) -> object:
+    """json.loads for data files: an object naming a key twice, or nesting too deep for Python's parser (a line of
+    100,000 '['), is a DataError naming `where` instead of a silent choice or a RecursionError."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as error:
+        raise DataError(f"{where}: a record names the field {str(error)!r} twice; keep one of the two.") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to read; a record is a flat object of fields.") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
     """(line number, JSON value) for every non-blank line of a JSONL file; a bad line is a DataError naming the
     file and the line. A BOM at the start is skipped."""
@@ -130,7 +154,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
             if not line.strip():
                 continue
             try:
-                yield line_number, json.loads(line)
+                yield line_number, parse_json(line, f"{path}, line {line_number}")
             except json.JSONDecodeError as error:
                 raise DataError(f"{path}, line {line_number}: not valid JSON ({error.msg}, column {error.colno}). A "
                                 "JSONL file needs one JSON object per line; a JSON list must start with '['.") from None
@@ -150,7 +174,7 @@ def load_records(path: str | os.PathLike) -> list:
         if file.suffix != ".jsonl" and _starts_with(file, b"{"):
             try:  # a whole file that is one JSON object is a common mistake: say so rather than "bad line 2"
                 value = json.loads(file.read_text(encoding="utf-8-sig"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 value = None
             if isinstance(value, dict) and (file.suffix == ".json" or "\n" in file.read_text("utf-8-sig").strip()):
                 raise DataError(f"{path} holds a single JSON object (keys: {', '.join(list(value)[:5])}); expected a "
@@ -161,7 +185,7 @@ def load_records(path: str | os.PathLike) -> list:
     except UnicodeDecodeError as error:
         raise DataError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.") from None
     try:
-        records = json.loads(text)
+        records = parse_json(text, str(path))
     except json.JSONDecodeError as error:
         raise DataError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
                         "Give a JSON list of records, or one JSON object per line (JSONL).") from None

@@ -39,7 +39,7 @@ def check_template(model_dir: str, examples: list[dict]) -> None:
     """Raise DataError unless the saved template reproduces training's prompt ids for every example."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     for index, example in enumerate(examples):
         rendered = tokenizer.apply_chat_template(chat_messages(example["instruction"], example["input"]),
                                                  tokenize=False, add_generation_prompt=True)
@@ -99,7 +99,7 @@ def add_chat_template(model_dir: str, overwrite: bool = False) -> None:
 
     from alpaca import files
 
-    bos_prefix = choose_bos_prefix(AutoTokenizer.from_pretrained(model_dir))
+    bos_prefix = choose_bos_prefix(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False))
     if bos_prefix is None:
         raise cli.DataError(f"No Alpaca chat template reproduces the token ids of {model_dir}'s tokenizer (tokenized "
                             "as engines do, without special tokens); serve it with --api_type completions instead.")

@@ -582,3 +582,22 @@ def test_missing_files_are_refused_before_any_work(tmp_path):
     with pytest.raises(UsageError, match="at least one data file"):
         data_tools.stats(output_dir=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_stats_never_runs_code_shipped_with_a_tokenizer(tmp_path, monkeypatch):
+    # A tokenizer directory whose config asks for its own Python class: in a terminal transformers used to ask
+    # "run the custom code? [y/N]" and `y` ran it. Now it is refused without asking, and nothing runs.
+    from alpaca.data import stats as data_stats
+
+    planted = tmp_path / "ran"
+    directory = tmp_path / "tok"
+    directory.mkdir()
+    (directory / "evil.py").write_text(f"open({str(planted)!r}, 'w').write('ran')\n"
+                                       "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", None]}, "tokenizer_class": "EvilTokenizer"}))
+    (directory / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    monkeypatch.setattr("builtins.input", lambda *args: "y")  # a user answering transformers' question with y
+    with pytest.raises(Exception):  # noqa: B017  (transformers' own refusal: what matters is that nothing ran)
+        data_stats.load_tokenizer(str(directory))
+    assert not planted.exists()

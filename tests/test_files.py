@@ -142,3 +142,19 @@ def test_a_held_directory_refuses_a_second_run_and_a_file_is_no_directory(tmp_pa
         with files.claimed_directory(tmp_path / "file", ".x.lock", "judge"):
             pass
     assert not (tmp_path / "out").exists()  # created by the run and left empty: removed again
+
+
+# -- reading data files ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_hostile_data_files_are_one_sentence(tmp_path, suffix):
+    deep = tmp_path / f"deep{suffix}"
+    deep.write_text("[" * 100_000 + "\n")
+    with pytest.raises(errors.DataError, match="nested too deeply|not valid JSON"):
+        files.load_records(deep)
+    twice = tmp_path / f"twice{suffix}"
+    record = '{"instruction": "a", "output": "x", "output": "y"}'
+    twice.write_text(f"[{record}]" if suffix == ".json" else record + "\n")
+    with pytest.raises(errors.DataError, match="names the field 'output' twice"):
+        files.load_alpaca_records(twice)

@@ -48,7 +48,7 @@ def load_tokenizer(path: str):
     if not any(os.path.exists(os.path.join(path, name)) for name in TOKENIZER_FILES):
         raise MissingPathError(f"--tokenizer {path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); give the "
                                "directory of a saved tokenizer or model.")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never run code shipped with the files
 
 
 def token_lengths(records: list[dict], tokenizer) -> dict[str, list[int]]:
