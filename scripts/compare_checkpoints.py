@@ -50,8 +50,12 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
     if len(sys.argv) != 3:
-        sys.exit(__doc__)
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)  # a command-line mistake
     difference = first_difference(sys.argv[1], sys.argv[2])
     if difference:
         sys.exit(f"NOT identical: {difference}")

@@ -180,3 +180,10 @@ def test_no_abbreviations_in_argparse_scripts():
     parser.add_argument("--instruction")
     with pytest.raises(cli.UsageError, match=r"--instr \(did you mean --instruction\?\)"):
         parser.parse_args(["--instr", "hi"])
+
+
+def test_compare_checkpoints_help_is_no_error():
+    script = str(REPO / "scripts" / "compare_checkpoints.py")
+    shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "DIR_A DIR_B" in shown.stdout
+    assert subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60).returncode == 2
