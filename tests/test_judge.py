@@ -545,3 +545,13 @@ def test_compute_results_counts_and_categories():
     assert results["win_rate"] == 0.625 and results["avg_length"] == {"model": 30.0, "reference": 20.0}
     assert results["per_category"] == {"a": {"win_rate": 0.5, "n": 2}, "b": {"win_rate": 0.75, "n": 2}}
     assert judge.compute_results([None, None], [1, 2], [1, 2], ["a", "a"], seed=0)["win_rate"] is None
+
+
+def test_the_lc_win_rate_says_when_it_extrapolates():
+    from alpaca.evaluate import win_rates
+
+    shorter = win_rates.compute_results([0.0, 1.0, 0.0, 0.0], [10, 12, 9, 11], [50, 60, 55, 40], ["a"] * 4, seed=0)
+    mixed = win_rates.compute_results([0.0, 1.0, 0.0, 0.0], [10, 62, 9, 11], [50, 60, 55, 40], ["a"] * 4, seed=0)
+    assert shorter["lc_extrapolates"] is True and mixed["lc_extrapolates"] is False
+    assert "extrapolates" in win_rates.format_table({"m": {**shorter, "reference": "r"}})
+    assert "extrapolates" not in win_rates.format_table({"m": {**mixed, "reference": "r"}})
