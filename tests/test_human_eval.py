@@ -409,9 +409,10 @@ def test_browser_annotates_undoes_resumes_after_a_kill_stays_blind_and_never_run
 
     records = read_lines(out / human_eval.ANNOTATIONS_NAME)
     assert [r.get("choice", "undo") for r in records] == ["A", "B", "tie", "undo", "skip", "undo", "A", "A", "B"]
+    order_seed = f"42\0{human_eval.order_secret(str(out))}"  # the server mixed the directory's secret in
     for record in records:
         if "choice" in record and record["choice"] in "AB":
-            model_first = human_eval.model_shown_first(42, "alice", record["instruction"], record["input"])
+            model_first = human_eval.model_shown_first(order_seed, "alice", record["instruction"], record["input"])
             assert record["verdict"] == ("model" if (record["choice"] == "A") == model_first else "reference")
     assert sum(1 for r in seen if r[0].startswith("http")) > 10 and not any(r[0] == "dialog" for r in seen)
     secrets_of_the_pairs = [MODEL, REFERENCE, "secret_model_answers", "secret_reference_answers", "private_inputs",
@@ -452,3 +453,13 @@ def test_browser_off_loopback_needs_the_printed_token(browser, tmp_path):
     finally:
         stop(server)
     assert [r["choice"] for r in read_lines(out / human_eval.ANNOTATIONS_NAME)] == ["B"]
+
+
+def test_the_a_b_order_cannot_be_computed_from_the_public_seed(tmp_path):
+    secret = human_eval.order_secret(str(tmp_path))
+    assert human_eval.order_secret(str(tmp_path)) == secret  # every server on the directory reads the same one
+    assert oct((tmp_path / human_eval.ORDER_SECRET_NAME).stat().st_mode & 0o777) == "0o600"
+    instructions = [f"Task {i}." for i in range(64)]
+    public = [human_eval.model_shown_first(42, "alice", i, "") for i in instructions]
+    mixed = [human_eval.model_shown_first(f"42\0{secret}", "alice", i, "") for i in instructions]
+    assert public != mixed and 16 < sum(mixed) < 48  # another order, still balanced between A and B

@@ -101,10 +101,27 @@ def to_annotate(pairs: list[dict]) -> list[dict]:
     return [pair for pair in pairs if not judge.identical(pair)]
 
 
-def model_shown_first(seed: int, annotator: str, instruction: str, input: str) -> bool:
+def model_shown_first(seed: int | str, annotator: str, instruction: str, input: str) -> bool:
     """Whether the model's answer is shown as A to this annotator on this instruction: fixed by the seed, drawn
-    anew per annotator so that a position bias spreads evenly over the two generators."""
+    anew per annotator so that a position bias spreads evenly over the two generators. `human` passes the seed
+    mixed with the output directory's secret (`order_secret`), so the order cannot be worked out from the seed."""
     return random.Random(f"{seed}\0{annotator}\0{instruction}\0{input}").random() < 0.5
+
+
+ORDER_SECRET_NAME = ".human_order_secret"
+
+
+def order_secret(output_dir: str) -> str:
+    """A random secret kept in output_dir (created once, readable by its owner only): mixed into the seed that
+    orders A and B, so that an annotator who knows --seed (the default is public) and their own name still cannot
+    tell which answer is the model's. Every server on the directory reads the same secret, so the order is stable."""
+    path = os.path.join(output_dir, ORDER_SECRET_NAME)
+    with contextlib.suppress(FileExistsError):
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as f:
+            f.write(secrets.token_hex(16) + "\n")
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
 
 
 def check_annotator(annotator: str) -> str:
@@ -174,7 +191,7 @@ def now() -> str:
 # -- what the page sees -------------------------------------------------------------------------------
 
 
-def page_state(pairs: list[dict], annotator: str, seed: int, stack: list[dict]) -> dict:
+def page_state(pairs: list[dict], annotator: str, seed: int | str, stack: list[dict]) -> dict:
     """The state the page shows: progress, and the first pair this annotator has not judged, as A and B only.
     Nothing here names a generator or a file: this dict is all the browser ever learns about the pairs."""
     shown = to_annotate(pairs)
@@ -194,7 +211,7 @@ def page_state(pairs: list[dict], annotator: str, seed: int, stack: list[dict]) 
     return state
 
 
-def verdict_record(pair: dict, annotator: str, seed: int, choice: str) -> dict:
+def verdict_record(pair: dict, annotator: str, seed: int | str, choice: str) -> dict:
     """The line a choice ("A", "B", "tie", "skip") appends, with the verdict in terms of model and reference."""
     model_first = model_shown_first(seed, annotator, pair["instruction"], pair["input"])
     verdict = {"A": "model" if model_first else "reference", "B": "reference" if model_first else "model",
@@ -205,7 +222,7 @@ def verdict_record(pair: dict, annotator: str, seed: int, choice: str) -> dict:
             "verdict": verdict, "pair_key": pair["key"], "time": now()}
 
 
-def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int, token: str | None):
+def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str, token: str | None):
     """The FastAPI app: GET / (the page), GET /api/state, POST /api/verdict {"id", "choice"}, POST /api/undo.
     Each request reads the annotation file under the lock, so several servers on one directory stay consistent.
     With a token, every request must carry it (`?token=`), else 403."""
@@ -329,6 +346,7 @@ def human(model_outputs: str, reference_outputs: str, output_dir: str, annotator
         raise errors.UsageError(f"--port must be between 0 and 65535, not {port}.")
     pairs = prepare_pairs(model_outputs, reference_outputs, output_dir)
     token = None if host in LOOPBACK_HOSTS else secrets.token_urlsafe(24)
+    seed = f"{seed}\0{order_secret(output_dir)}"  # the A/B order: not computable from the public seed alone
     app = make_app(pairs, output_dir, annotator, seed, token)
     sock = listening_socket(host, port)
     bound_port = sock.getsockname()[1]
@@ -464,8 +482,9 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
                                    for a, b in itertools.combinations(annotators, 2)]}}
     files.write_atomically(os.path.join(output_dir, RESULTS_NAME),
                            json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    table = {f"pooled ({len(annotators)} annotators)": pooled, **{f"human: {name}": per_annotator[name]
-                                                             for name in annotators}}
+    table = {f"human: {annotators[0]}": pooled} if len(annotators) == 1 else \
+        {f"pooled ({len(annotators)} annotators)": pooled, **{f"human: {name}": per_annotator[name]
+                                                              for name in annotators}}
     print(f"Human verdicts on {results['model']} vs {results['reference']} ({len(pairs)} instructions):")
     print(win_rates.format_table(table))
     print(format_agreement(results["agreement"]))
