@@ -463,3 +463,19 @@ def test_the_a_b_order_cannot_be_computed_from_the_public_seed(tmp_path):
     public = [human_eval.model_shown_first(42, "alice", i, "") for i in instructions]
     mixed = [human_eval.model_shown_first(f"42\0{secret}", "alice", i, "") for i in instructions]
     assert public != mixed and 16 < sum(mixed) < 48  # another order, still balanced between A and B
+
+
+def test_hostile_bodies_and_a_damaged_file_get_a_sentence_not_a_traceback(tmp_path):
+    client = make_client(tmp_path, "alice")
+    json_header = {"content-type": "application/json"}
+    for body in (b"NaN", b'{"id": NaN, "choice": "A"}', b'{"id": 1e400, "choice": "A"}'):
+        answer = client.post("/api/verdict", content=body, headers=json_header)
+        assert answer.status_code == 422 and "A verdict is JSON" in answer.text  # was a 500 with a traceback
+    huge = client.post("/api/verdict", content=b'{"id": 0, "choice": "A", "x": "' + b"y" * 100_000 + b'"}',
+                       headers=json_header)
+    assert huge.status_code == 413
+    assert client.post("/api/verdict", json={"id": 0, "choice": "A"}).status_code == 200
+    annotations = tmp_path / "out" / human_eval.ANNOTATIONS_NAME
+    annotations.write_text("garbage\n" + annotations.read_text())
+    damaged = client.get("/api/state")
+    assert damaged.status_code == 500 and "line 1 of 2: not valid JSON" in damaged.text

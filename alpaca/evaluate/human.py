@@ -109,6 +109,7 @@ def model_shown_first(seed: int | str, annotator: str, instruction: str, input: 
 
 
 ORDER_SECRET_NAME = ".human_order_secret"
+MAX_BODY_BYTES = 4096  # the largest request body the annotation server reads
 
 
 def order_secret(output_dir: str) -> str:
@@ -227,6 +228,7 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str
     Each request reads the annotation file under the lock, so several servers on one directory stay consistent.
     With a token, every request must carry it (`?token=`), else 403."""
     from fastapi import FastAPI, HTTPException
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
     from pydantic import BaseModel
 
@@ -257,7 +259,23 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str
         origin = request.headers.get("origin")
         if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
             return forbidden("requests from other sites are refused")
+        if request.method == "POST":  # a verdict is a few dozen bytes: refuse a body before reading it
+            length = request.headers.get("content-length", "")
+            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                return PlainTextResponse(f"A request body must state its length and hold at most {MAX_BODY_BYTES} "
+                                         "bytes.", status_code=413, headers=headers)
         return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(request, error) -> PlainTextResponse:
+        # FastAPI's own answer echoes the input, and a NaN in it made that answer fail with a 500 and a traceback.
+        return PlainTextResponse('A verdict is JSON {"id": <number of the pair>, "choice": "A", "B", "tie" or '
+                                 '"skip"}.', status_code=422, headers=headers)
+
+    @app.exception_handler(errors.UserError)
+    async def user_error(request, error) -> PlainTextResponse:
+        # e.g. a damaged line in the annotation file: the sentence that says which line, not a bare 500.
+        return PlainTextResponse(str(error), status_code=500, headers=headers)
 
     def forbidden(why: str) -> PlainTextResponse:
         return PlainTextResponse(f"Forbidden: {why}.", status_code=403, headers=headers)
