@@ -713,3 +713,22 @@ def test_the_journal_is_flushed_per_line_and_forced_to_disk_once_a_second(tmp_pa
     assert len(synced) == 2
     run_journal.sync_journal(journal)  # the end of a run
     assert len(synced) == 3
+
+
+def test_a_teacher_that_repeats_itself_is_given_up_on(openai_server, seeds, tmp_path, capsys):
+    # Every request gets the same continuation: after the first, every task is a near-duplicate (13,072 requests
+    # for 22 instructions were bought this way before).
+    first: list[str] = []
+
+    def same_tasks(path, prompt, body):
+        first.append(first[0] if first else fake_tasks(prompt))  # every prompt ends at task 4: same numbering
+        return first[0], "stop"
+
+    openai_server.responder = same_tasks
+    kept = generate(openai_server, tmp_path / "out", seeds, num_instructions_to_generate=1000,
+                    max_requests_without_new=3, max_concurrency=1, request_batch_size=1)
+    assert 0 < len(kept) < 1000
+    journal = read_journal(tmp_path / "out")
+    assert [bool(line["kept"]) for line in journal][-3:] == [False, False, False] and len(journal) <= 5
+    assert "the last 3 requests kept no new instruction" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "regen.json").read_text()) == kept  # everything kept is written

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import string
+import sys
 import time
 import unicodedata
 from collections import Counter
@@ -390,6 +391,7 @@ class Totals:
     completion_tokens: int = 0
     cost: float = 0.0
     fruitless_in_a_row: int = 0
+    barren_in_a_row: int = 0  # requests in a row that kept nothing new
     start: float = dataclasses.field(default_factory=time.time)
 
     def add(self, request_index: int, result: dict, parsed: int, kept: list[dict], drops: Counter,
@@ -408,6 +410,7 @@ class Totals:
         self.completion_tokens += paid["completion_tokens"]
         self.cost += cost
         self.fruitless_in_a_row = 0 if parsed else self.fruitless_in_a_row + 1
+        self.barren_in_a_row = 0 if kept else self.barren_in_a_row + 1
         priced = self.price_per_1k_prompt_tokens is not None or self.price_per_1k_completion_tokens is not None
         tqdm.tqdm.write(
             f"Request {request_index}: {len(result['choices'])} completions in {result['seconds']:.2f}s"
@@ -435,6 +438,14 @@ def raise_if_fruitless(totals: Totals, result: dict, api_base: str, output_dir: 
         f"the last one returned {describe_completions(result['choices'])}. Check that --model_name continues text "
         f"(an instruction-tuned model may need --api_type chat), or read the raw responses in "
         f"{os.path.join(output_dir, 'responses')}.")
+
+
+def stale_teacher_message(totals: Totals, limit: int) -> str:
+    """Why a run stops early when its teacher only repeats itself, and how to go on."""
+    return (f"warning: stopping: the last {limit} requests kept no new instruction (this run dropped: "
+            f"{format_counts(totals.drops)}); the teacher keeps writing what the pool already holds. Everything kept "
+            "is saved. To go on: raise --temperature, show more seed tasks (--num_prompt_instructions), use another "
+            "teacher, or pass --max_requests_without_new 0; re-running the command resumes.")
 
 
 def worth_launching(totals: Totals, remaining: int, unprocessed: int) -> bool:
@@ -573,6 +584,7 @@ def generate_instruction_following_data(
     translate_seed_tasks: bool = False,
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     num_turns: int = 1,
+    max_requests_without_new: int = 200,
 ) -> list[dict]:
     """Generate instructions until output_dir/regen.json holds at least `num_instructions_to_generate`.
 
@@ -594,6 +606,8 @@ def generate_instruction_following_data(
         cache: replay and store raw responses in output_dir/responses.
         price_per_1k_prompt_tokens, price_per_1k_completion_tokens: dollars, to log the cost.
         max_requests: stop after this many requests in this run even if fewer instructions were kept.
+        max_requests_without_new: stop after this many requests in a row that kept no new instruction (the teacher
+            repeats itself: everything it writes is a near-duplicate or filtered); 0 never stops for that.
         language: ISO 639-1 code of the language to generate in (default en: the original's prompt and filters).
             Another language: the prompt asks for every task in it; lengths count its units (characters for zh,
             ja, th); tasks whose instruction or output is in another language are dropped as `language`;
@@ -677,6 +691,9 @@ def generate_instruction_following_data(
                         totals.add(request_index, result, parsed, kept, drops, time.time() - process_start)
                         raise_if_fruitless(totals, result, endpoint.api_base, output_dir)
                         if len(generated) >= num_instructions_to_generate:
+                            break
+                        if max_requests_without_new and totals.barren_in_a_row >= max_requests_without_new:
+                            tqdm.tqdm.write(stale_teacher_message(totals, max_requests_without_new), file=sys.stderr)
                             break
 
         try:
