@@ -389,3 +389,16 @@ def test_num_samples_through_transformers_serve_falls_back_to_k_requests(served,
     written = json.loads((tmp_path / "samples.json").read_text())
     assert all(len(r["outputs"]) == 3 and r["output"] == r["outputs"][0] for r in written)
     assert all(len(set(r["outputs"])) == 1 for r in written) and "does not seem to sample" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["", "   ", [{"type": "text"}], [{"type": "text", "text": None}]])
+def test_the_template_refuses_an_empty_instruction_or_a_text_part_without_text(tiny_model_dir, content):
+    from transformers import AutoTokenizer
+
+    from alpaca.prompts.alpaca import alpaca_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = alpaca_chat_template("none")
+    with pytest.raises(TemplateError, match="is empty|needs its 'text'"):  # before: an empty instruction rendered
+        tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                      add_generation_prompt=True)

@@ -85,6 +85,9 @@ _CHAT_TEMPLATE = """\
       {%- if part['type'] != 'text' -%}
         {{- raise_exception(ERROR_NOT_TEXT ~ part['type'] ~ ' part.') -}}
       {%- endif -%}
+      {%- if part['text'] is not string -%}
+        {{- raise_exception(ERROR_PART_NO_TEXT ~ role ~ '.') -}}
+      {%- endif -%}
       {%- set parts.texts = parts.texts + [part['text']] -%}
     {%- endfor -%}
     {%- set texts = parts.texts -%}
@@ -99,6 +102,9 @@ _CHAT_TEMPLATE = """\
       {{- raise_exception(ERROR_PARTS ~ (texts | length) ~ '.') -}}
     {%- endif -%}
     {%- set ns.instruction = texts[0] if texts else '' -%}
+    {%- if ns.instruction | trim == '' -%}
+      {{- raise_exception(ERROR_EMPTY_INSTRUCTION) -}}
+    {%- endif -%}
     {%- set ns.input = texts[1] if texts | length > 1 else '' -%}
     {%- set ns.state = 'user' -%}
   {%- elif role == 'INPUT_ROLE' and ns.state == 'user' -%}
@@ -148,6 +154,8 @@ TEMPLATE_ERRORS = {
                    "and assistant, repeated in this order; a ",
     "ERROR_ROLE": f"The Alpaca chat template knows the roles system, user, {INPUT_ROLE} and assistant, not ",
     "ERROR_NO_USER": "An Alpaca prompt needs a user message: the instruction.",
+    "ERROR_EMPTY_INSTRUCTION": "The user message holds the instruction, and it is empty; an Alpaca prompt needs one.",
+    "ERROR_PART_NO_TEXT": "A text part needs its 'text' (a string); one has none, in a message with role ",
 }
 
 
