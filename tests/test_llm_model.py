@@ -28,3 +28,18 @@ def test_the_local_endpoint_loads_a_lora_adapter_as_inference_does(tiny_model_di
     assert torch.equal(got, expected) and not torch.allclose(got, plain)  # the adapter is applied, as inference's
     request = {"prompt": ["Name a colour."], "max_tokens": 4, "temperature": 0}
     assert local.generate(request, seed=0)["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_a_missing_chat_template_is_a_warning_for_fine_tunes_only(tiny_model_dir, tmp_path, caplog):
+    import shutil
+
+    from alpaca.llm.model import load_model
+
+    with caplog.at_level("WARNING", logger="inference"):
+        load_model(str(tiny_model_dir))  # a base model: nothing the user can act on (the demo warned here)
+    assert "chat template" not in caplog.text
+    tuned = shutil.copytree(tiny_model_dir, tmp_path / "tuned")
+    (tuned / "training_args.bin").write_bytes(b"")  # what train.py leaves in its output
+    with caplog.at_level("WARNING", logger="inference"):
+        load_model(str(tuned))
+    assert "has no chat template" in caplog.text

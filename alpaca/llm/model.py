@@ -144,9 +144,13 @@ def warn_if_not_servable(tokenizer, source: str) -> None:
     if is_alpaca_chat_template(tokenizer.chat_template):
         return
     what = "no chat template" if tokenizer.chat_template is None else "a chat template that is not the Alpaca one"
-    logger.warning("%s has %s (saved before train.py wrote one?). inference.py is unaffected, but a serving engine "
-                   "(vLLM, transformers serve, llama.cpp) would format its prompts wrongly: add the template with "
-                   "`%s %s`.", source, what, CHAT_TEMPLATE_FIX, source)
+    # A base model (nothing train.py wrote: no training_args.bin, no adapter) was never meant to take Alpaca
+    # prompts from a server; saying so at every load of it is noise the user cannot act on.
+    fine_tuned = any((pathlib.Path(source) / name).is_file() for name in ("training_args.bin", "adapter_config.json"))
+    say = logger.warning if fine_tuned else logger.debug
+    say("%s has %s (saved before train.py wrote one?). inference.py is unaffected, but a serving engine (vLLM, "
+        "transformers serve, llama.cpp) would format its prompts wrongly: add the template with `%s %s`.",
+        source, what, CHAT_TEMPLATE_FIX, source)
 
 
 def _has_tokenizer(path: str | None) -> bool:
