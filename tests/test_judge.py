@@ -555,3 +555,15 @@ def test_the_lc_win_rate_says_when_it_extrapolates():
     assert shorter["lc_extrapolates"] is True and mixed["lc_extrapolates"] is False
     assert "extrapolates" in win_rates.format_table({"m": {**shorter, "reference": "r"}})
     assert "extrapolates" not in win_rates.format_table({"m": {**mixed, "reference": "r"}})
+
+
+def test_a_picture_with_no_judged_pair_says_so(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from alpaca.evaluate import win_rates
+
+    said = []
+    monkeypatch.setattr(Axes, "text", lambda self, x, y, s, **kw: said.append(s))
+    result = win_rates.compute_results([None, None], [10, 20], [12, 18], ["a", "a"], seed=0)
+    win_rates.plot_win_rates({"m": {**result, "reference": "r"}}, str(tmp_path / "w.png"))
+    assert any("no judged pairs" in text for text in said) and (tmp_path / "w.png").stat().st_size > 0

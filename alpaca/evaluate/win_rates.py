@@ -177,6 +177,9 @@ def plot_win_rates(results: dict, path: str) -> None:
     left.set_xlabel("share of instructions where the judge prefers the model")
     left.legend(loc="best", fontsize="small")
     left.set_title("win rate against the reference")
+    if all(results[name]["win_rate"] is None for name in names):  # empty axes read as a broken picture
+        left.text(0.5, 0.5, "no judged pairs: every pair is unjudged\n(see the run's log and annotations.jsonl)",
+                  ha="center", va="center", transform=left.transAxes)
     height = 0.8 / max(1, len(names))
     for k, name in enumerate(names):
         per = results[name]["per_category"]
