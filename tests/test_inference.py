@@ -274,7 +274,8 @@ def test_cli_contract_one_error_line_nothing_written_nothing_loaded(repo_dir, tm
     out = tmp_path / "out" / "answers.json"
     model = ["--model_name_or_path", str(tmp_path / "no-such-model")]
     cases = [
-        ([*model, "--instruction", "Hi.", "--max_new_token", "3"], 2, "unrecognized arguments: --max_new_token"),
+        ([*model, "--instruction", "Hi.", "--max_new_token", "3"], 2,
+         "unknown flag --max_new_token (did you mean --max_new_tokens?)"),
         ([*model, "--instruction", "Hi.", "--do_sample", "maybe"], 2, "True or False"),
         ([*model, "--data_path", str(tmp_path / "missing.json"), "--output_path", str(out)], 1, "does not exist"),
         ([*model, "--data_path", str(malformed), "--output_path", str(out)], 1, "line 2"),
