@@ -391,7 +391,8 @@ def test_num_samples_through_transformers_serve_falls_back_to_k_requests(served,
     assert all(len(set(r["outputs"])) == 1 for r in written) and "does not seem to sample" in result.stderr
 
 
-@pytest.mark.parametrize("content", ["", "   ", [{"type": "text"}], [{"type": "text", "text": None}]])
+@pytest.mark.parametrize("content", ["", [{"type": "text", "text": ""}], [{"type": "text"}],
+                                     [{"type": "text", "text": None}]])
 def test_the_template_refuses_an_empty_instruction_or_a_text_part_without_text(tiny_model_dir, content):
     from transformers import AutoTokenizer
 

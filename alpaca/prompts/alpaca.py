@@ -102,7 +102,7 @@ _CHAT_TEMPLATE = """\
       {{- raise_exception(ERROR_PARTS ~ (texts | length) ~ '.') -}}
     {%- endif -%}
     {%- set ns.instruction = texts[0] if texts else '' -%}
-    {%- if ns.instruction | trim == '' -%}
+    {%- if ns.instruction == '' -%}
       {{- raise_exception(ERROR_EMPTY_INSTRUCTION) -}}
     {%- endif -%}
     {%- set ns.input = texts[1] if texts | length > 1 else '' -%}
