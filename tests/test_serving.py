@@ -230,11 +230,13 @@ def test_add_chat_template_repairs_an_old_checkpoint(tmp_path, tiny_model_dir, c
 
 
 def test_inference_names_the_repair_command_for_a_checkpoint_without_template(tmp_path, tiny_model_dir, caplog):
+    old = shutil.copytree(tiny_model_dir, tmp_path / "old")
+    (old / "training_args.bin").write_bytes(b"")  # a fine-tune saved before train.py wrote the template
     with caplog.at_level("WARNING", logger="inference"):
-        inference.load_model(str(tiny_model_dir), device="cpu")
-    assert f"python scripts/add_chat_template.py {tiny_model_dir}" in caplog.text
+        inference.load_model(str(old), device="cpu")
+    assert f"python scripts/add_chat_template.py {old}" in caplog.text
     repaired = tmp_path / "repaired"
-    shutil.copytree(tiny_model_dir, repaired)
+    shutil.copytree(old, repaired)
     (repaired / "chat_template.jinja").write_text(alpaca_chat_template("bos_space"))
     caplog.clear()
     with caplog.at_level("WARNING", logger="inference"):
