@@ -363,7 +363,8 @@ def write_json(path: str | os.PathLike, obj: object, inputs: Sequence[str | os.P
 # -- journals: append-only JSONL files that a run resumes from -------------------------------------------
 #
 # The one rule, for every journal (the generator's, the judge's, the rater's, the annotations, the preference
-# stage's): a record is appended as one line and forced to disk before the run goes on; on reading, a last line
+# stage's): a record is appended as one line and handed to the OS before the run goes on (forced to disk at most once
+# a second, and at the end: see JOURNAL_FSYNC_SECONDS); on reading, a last line
 # without its newline is what a kill mid-write leaves and is cut off (its work is done again), blank lines are
 # skipped, and any other damage is refused with the file and line number. Nothing else is ever deleted.
 
@@ -392,9 +393,11 @@ def append_journal(path: str | os.PathLike, record: dict) -> None:
     mid-write) is cut off first, so the record starts a line of its own."""
     path = os.fspath(path)
     line = journal_line(record)
-    with open(path, "ab") as f:
-        if f.tell() and _last_byte(f) != b"\n":
-            _cut_torn_tail(f)
+    with open(path, "a+b") as f:  # a+: the same handle reads the last byte; every write still goes to the end
+        size = f.seek(0, os.SEEK_END)
+        if size and _byte_at(f, size - 1) != b"\n":
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
         f.write(line)
         f.flush()
         now = time.monotonic()
@@ -403,25 +406,17 @@ def append_journal(path: str | os.PathLike, record: dict) -> None:
             _last_fsync[path] = now
 
 
+def _byte_at(f, offset: int) -> bytes:
+    f.seek(offset)
+    return f.read(1)
+
+
 def sync_journal(path: str | os.PathLike) -> None:
     """Force a journal to disk (at the end of a run: the lines since the last fsync)."""
     path = os.fspath(path)
     with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
         os.fsync(f.fileno())
     _last_fsync.pop(path, None)
-
-
-def _last_byte(f) -> bytes:
-    with open(f.name, "rb") as reader:
-        reader.seek(-1, os.SEEK_END)
-        return reader.read(1)
-
-
-def _cut_torn_tail(f) -> None:
-    with open(f.name, "rb") as reader:
-        data = reader.read()
-    f.truncate(data.rfind(b"\n") + 1)
-    f.seek(0, os.SEEK_END)
 
 
 def read_journal(path: str | os.PathLike, record_problem: Callable[[dict], str | None] | None = None,
@@ -442,23 +437,25 @@ def read_journal(path: str | os.PathLike, record_problem: Callable[[dict], str |
             break
         if not line.strip():
             continue
-        problem = _line_problem(line, record_problem)
+        record, problem = _parsed_line(line, record_problem)
         if problem:
             raise JournalError(f"{path}, line {line_number} of {len(lines)}: {problem}. {writer} appends to this "
                                "journal and resumes from it, and never writes such a line: repair or delete that "
                                "line (nothing was removed from the file).")
-        records.append(json.loads(line))
+        records.append(record)
     return records
 
 
-def _line_problem(line: bytes, record_problem: Callable[[dict], str | None] | None) -> str | None:
+def _parsed_line(line: bytes, record_problem: Callable[[dict], str | None] | None) -> tuple[dict | None, str | None]:
+    """(the record of a journal line, None) or (None, why the line is not a record)."""
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        return "not valid JSON"
+        return None, "not valid JSON"
     if not isinstance(record, dict):
-        return f"a JSON {type(record).__name__}, not an object"
-    return record_problem(record) if record_problem else None
+        return None, f"a JSON {type(record).__name__}, not an object"
+    problem = record_problem(record) if record_problem else None
+    return (None, problem) if problem else (record, None)
 
 
 # -- the lock of an output directory ----------------------------------------------------------------------
