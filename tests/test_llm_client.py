@@ -382,7 +382,8 @@ def test_an_old_per_file_cache_is_not_used_and_said_once(openai_server, tmp_path
     cache.mkdir()
     request = llm_client.build_request("completions", "m", ["p"], OpenAIDecodingArguments(max_tokens=5))
     old_key = llm_client.cache_key("completions", request, "request 0/0")  # as earlier versions keyed it
-    llm_client.cache_store(str(cache), old_key, {"request": request, "response": good_body("stale")})
+    # one entry as earlier versions stored it: a file per response, named by its key
+    (cache / f"{old_key}.json").write_text(json.dumps({"request": request, "response": good_body("stale")}))
     openai_server.push(ok("fresh"))
     with caplog.at_level(logging.WARNING, logger="llm_client"):
         assert complete(openai_server.url, cache_dir=str(cache))["choices"][0]["text"] == "fresh"

@@ -524,10 +524,7 @@ def translated_seed_tasks(seed_tasks: list[dict], language: str, output_dir: str
     lines = [json.dumps({"id": f"seed_task_{i}", "instruction": task["instruction"],
                          "instances": [{"input": task["input"], "output": task["output"]}]}, ensure_ascii=False)
              for i, task in enumerate(translated)]
-    os.makedirs(output_dir, exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(path + ".tmp", path)
+    files.write_atomically(path, "".join(line + "\n" for line in lines))
     print(f"Translated {len(translated)} of {len(seed_tasks)} seed tasks into {name} in {time.time() - start:.1f}s "
           f"with {len(batches)} requests ({len(seed_tasks) - len(translated)} replies not in the format); tokens "
           f"used {usage['prompt_tokens'] + usage['completion_tokens']:,} (prompt {usage['prompt_tokens']:,}, "

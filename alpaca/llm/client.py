@@ -489,29 +489,6 @@ def clear_cache(cache_dir: str) -> int:
     return deleted
 
 
-def cache_load(cache_dir: str | None, key: str) -> dict | None:
-    """An entry of the per-file cache of earlier versions (no longer read by LLMEndpoint; see ResponseCache)."""
-    path = os.path.join(cache_dir, f"{key}.json") if cache_dir else None
-    if path is None or not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):  # a half-written entry from a killed run: ask again
-        return None
-
-
-def cache_store(cache_dir: str | None, key: str, record: dict) -> None:
-    """Write one entry of the per-file cache of earlier versions atomically (temp file + rename)."""
-    if not cache_dir:
-        return
-    os.makedirs(cache_dir, exist_ok=True)
-    path = os.path.join(cache_dir, f"{key}.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f)  # ASCII escapes: a lone surrogate in a reply is stored, not a UnicodeEncodeError
-    os.replace(path + ".tmp", path)
-
-
 # -- plain HTTP/1.1 --------------------------------------------------------------------------------
 #
 # Measured at --max_concurrency 64 against an instant loopback server (bench/bench_generate.py --mode fleet): the
