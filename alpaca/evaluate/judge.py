@@ -413,7 +413,8 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     try:
         check_settings(api_type, judge_model, api_base, temperature=temperature,
                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                       request_timeout=request_timeout, max_response_bytes=max_response_bytes)
+                       request_timeout=request_timeout, max_response_bytes=max_response_bytes,
+                       max_retries=max_retries)
     except LLMError as error:
         raise JudgeError(str(error)) from None
 
