@@ -165,6 +165,10 @@ def test_every_script_gives_max_retries_and_request_timeout_one_meaning():
     (["weight_diff.py", "recovr", "--path_raw", "a"], "unknown command recovr (did you mean recover?)"),
     (["judge.py", "--model_outputs", "a.json", "--reference_outputs", "b.json", "--output_dir", "o",
       "--judge_model", "j", "--api_type", "chta"], "--api_type"),
+    (["judge.py", "preferences", "--samples", "a.json", "--output_dir", "o", "--judge_model", "j",
+      "--api_base", "http://a/v1,notaurl"], "'notaurl' is not a base URL"),
+    (["data_tools.py", "rate", "a.json", "--output", "r.json", "--requests_per_minute", "-1"],
+     "--requests_per_minute must be above 0"),
 ])
 def test_command_line_mistakes_exit_2_and_name_the_closest_real_one(argv, expected, tmp_path):
     for name in ("a.json", "b.json"):

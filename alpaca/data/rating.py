@@ -89,13 +89,10 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     if min_score is not None and not 0 <= min_score <= MAX_SCORE:
         raise UsageError(f"--min_score must be between 0 and {MAX_SCORE:g}, not {min_score}.")
     judge_model = judge_model or DEFAULT_MODEL_NAMES.get(api_type)
-    try:
-        check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
-                       tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
-                       retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
-                       max_response_bytes=max_response_bytes)
-    except LLMError as error:
-        raise UserError(str(error)) from error
+    check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
+                   tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
+                   retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
+                   max_response_bytes=max_response_bytes)
     paths = output_paths(output, min_score, 0)
 
     keys = [record_key(r) for r in records]

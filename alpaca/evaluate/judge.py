@@ -360,11 +360,8 @@ def check_judge_settings(judge_model: str, api_type: str, api_base: str | None, 
             raise UsageError(f"--{flag} must be at least {least}, not {value}.")
     if not judge_model or not str(judge_model).strip():
         raise UsageError("--judge_model is empty; name the judge model (e.g. gpt-4o-mini).")
-    if check_endpoint:
-        try:
-            check_settings(api_type, str(judge_model), api_base)
-        except LLMError as error:
-            raise JudgeError(str(error)) from None
+    if check_endpoint:  # its errors say what to do as they are; a malformed setting stays a usage error (exit 2)
+        check_settings(api_type, str(judge_model), api_base)
     return str(judge_model)
 
 
@@ -410,13 +407,9 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
         if clash:
             raise DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
                                 "'generator' field (inference.py --generator) or file name.")
-    try:
-        check_settings(api_type, judge_model, api_base, temperature=temperature,
-                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                       request_timeout=request_timeout, max_response_bytes=max_response_bytes,
-                       max_retries=max_retries)
-    except LLMError as error:
-        raise JudgeError(str(error)) from None
+    check_settings(api_type, judge_model, api_base, temperature=temperature, requests_per_minute=requests_per_minute,
+                   tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
+                   max_response_bytes=max_response_bytes, max_retries=max_retries)
 
     outputs = [os.path.join(output_dir, name) for name in ("results.json", "annotations.jsonl", "win_rates.png")]
     for output in outputs:
