@@ -170,3 +170,15 @@ def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
     counts = run(openai_server, samples, out)
     assert len(openai_server.requests) - sent_before_kill == total - len(kept)  # nothing judged is asked again
     assert counts["written"] == 4 and all(p["chosen"].startswith("river") for p in read_pairs(out))
+
+
+def test_a_second_preference_run_on_the_same_directory_is_refused(openai_server, tmp_path):
+    from alpaca import errors, files
+    from alpaca.evaluate import judge as judge_module
+
+    samples = tmp_path / "samples.json"
+    samples.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "outputs": ["a", "b"], "output": "a"}]))
+    with files.claimed_directory(tmp_path / "prefs", judge_module.LOCK_NAME, "judge"):
+        with pytest.raises(errors.BusyError, match="in use by another judge"):
+            run(openai_server, str(samples), tmp_path / "prefs")
+    assert openai_server.bodies() == []

@@ -459,7 +459,6 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
                                        request_timeout=request_timeout, max_response_bytes=max_response_bytes,
                                        max_retries=max_retries))
-        files.sync_journal(journal_path)
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
@@ -559,3 +558,4 @@ async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent:
         raise JudgeError(f"{error}{advice} Every verdict so far is saved in {journal_path}.") from None
     finally:
         progress.close()
+        files.sync_journal(journal_path)  # the verdicts since the last fsync, however the run ends

@@ -107,62 +107,63 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
     judge_model = judge.check_judge_settings(judge_model, api_type, api_base, judge_mode, max_concurrency,
                                              verdict_retries, max_tokens)
     records = load_samples(samples)
-    os.makedirs(output_dir, exist_ok=True)
-    journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
-    judgments = judge.load_judgments(journal_path)
-    pairs_of = [round_robin(record) for record in records]
-    jobs: dict[tuple[int, int, int, bool], dict] = {}
-    to_send: dict[str, dict] = {}
-    for r, pairs in enumerate(pairs_of):
-        for pair in pairs:
-            if judge.identical(pair):
-                continue
-            for first in judge.orders_of(pair, judge_mode, seed):
-                job = judge.order_job(pair, first, judge_model, judge_mode)
-                jobs[(r, pair["i"], pair["j"], first)] = job
-                if job["key"] not in judgments:
-                    to_send[job["key"]] = job
-    sizes = sorted({len(record["outputs"]) for record in records})
-    print(f"Preferences from {len(records)} instructions x {'/'.join(map(str, sizes))} samples, judged by "
-          f"{judge_model} ({judge_mode} mode) in a round robin: {len(jobs)} judgments needed, "
-          f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
-    spent = {"prompt_tokens": 0, "completion_tokens": 0}
-    if to_send:
-        asyncio.run(judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
-                                    api_type=api_type, api_base=api_base, judge_mode=judge_mode,
-                                    max_concurrency=max_concurrency, verdict_retries=verdict_retries,
-                                    max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
-                                    requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                    request_timeout=request_timeout))
+    files.check_output_file(os.path.join(output_dir, OUTPUT_NAME), inputs=[samples], flag="the output")
+    with files.claimed_directory(output_dir, judge.LOCK_NAME, "judge"):  # the judge's lock: one journal
+        journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
+        judgments = judge.load_judgments(journal_path)
+        pairs_of = [round_robin(record) for record in records]
+        jobs: dict[tuple[int, int, int, bool], dict] = {}
+        to_send: dict[str, dict] = {}
+        for r, pairs in enumerate(pairs_of):
+            for pair in pairs:
+                if judge.identical(pair):
+                    continue
+                for first in judge.orders_of(pair, judge_mode, seed):
+                    job = judge.order_job(pair, first, judge_model, judge_mode)
+                    jobs[(r, pair["i"], pair["j"], first)] = job
+                    if job["key"] not in judgments:
+                        to_send[job["key"]] = job
+        sizes = sorted({len(record["outputs"]) for record in records})
+        print(f"Preferences from {len(records)} instructions x {'/'.join(map(str, sizes))} samples, judged by "
+              f"{judge_model} ({judge_mode} mode) in a round robin: {len(jobs)} judgments needed, "
+              f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
+        spent = {"prompt_tokens": 0, "completion_tokens": 0}
+        if to_send:
+            asyncio.run(judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
+                                        api_type=api_type, api_base=api_base, judge_mode=judge_mode,
+                                        max_concurrency=max_concurrency, verdict_retries=verdict_retries,
+                                        max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                                        request_timeout=request_timeout))
 
-    counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
-              "judge_calls": len(to_send)}
-    lines = []
-    for r, (record, pairs) in enumerate(zip(records, pairs_of, strict=True)):
-        preference_of = {}
-        for pair in pairs:
-            if judge.identical(pair):
-                preference_of[(pair["i"], pair["j"])] = 0.5
-                continue
-            orders = []
-            for first in judge.orders_of(pair, judge_mode, seed):
-                judgment = judgments.get(jobs[(r, pair["i"], pair["j"], first)]["key"])
-                orders.append(None if judgment is None else judge.model_preference(judgment, first, judge_mode))
-            preference_of[(pair["i"], pair["j"])] = judge.pair_preference(orders)
-        outcome, line = choose_pair(record, pairs, preference_of)
-        counts[outcome] += 1
-        if line is not None:
-            lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode},
-                                    ensure_ascii=False))
-    output_path = os.path.join(output_dir, OUTPUT_NAME)
-    files.write_atomically(output_path, "".join(line + "\n" for line in lines))
-    print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "
-          f"instructions whose best and worst answers the judge did not separate"
-          + (f" and {counts['unjudged']} with pairs still unjudged after {verdict_retries} retries (not counted; a "
-             "re-run asks again)" if counts["unjudged"] else "") + ".")
-    priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
-    cost = (spent["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
-            + spent["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
-    print(f"Judging cost of this run: {len(to_send)} judgments asked, {spent['prompt_tokens']:,} prompt + "
-          f"{spent['completion_tokens']:,} completion tokens" + (f", ${cost:.4f}" if priced else "") + ".")
-    return counts
+        counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
+                  "judge_calls": len(to_send)}
+        lines = []
+        for r, (record, pairs) in enumerate(zip(records, pairs_of, strict=True)):
+            preference_of = {}
+            for pair in pairs:
+                if judge.identical(pair):
+                    preference_of[(pair["i"], pair["j"])] = 0.5
+                    continue
+                orders = []
+                for first in judge.orders_of(pair, judge_mode, seed):
+                    judgment = judgments.get(jobs[(r, pair["i"], pair["j"], first)]["key"])
+                    orders.append(None if judgment is None else judge.model_preference(judgment, first, judge_mode))
+                preference_of[(pair["i"], pair["j"])] = judge.pair_preference(orders)
+            outcome, line = choose_pair(record, pairs, preference_of)
+            counts[outcome] += 1
+            if line is not None:
+                lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode},
+                                        ensure_ascii=False))
+        output_path = os.path.join(output_dir, OUTPUT_NAME)
+        files.write_atomically(output_path, "".join(line + "\n" for line in lines))
+        print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "
+              f"instructions whose best and worst answers the judge did not separate"
+              + (f" and {counts['unjudged']} with pairs still unjudged after {verdict_retries} retries (not counted; a "
+                 "re-run asks again)" if counts["unjudged"] else "") + ".")
+        priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
+        cost = (spent["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
+                + spent["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
+        print(f"Judging cost of this run: {len(to_send)} judgments asked, {spent['prompt_tokens']:,} prompt + "
+              f"{spent['completion_tokens']:,} completion tokens" + (f", ${cost:.4f}" if priced else "") + ".")
+        return counts
