@@ -448,6 +448,7 @@ def test_browser_off_loopback_needs_the_printed_token(browser, tmp_path):
         page = recording_page(browser, seen)
         assert page.goto(bare).status == 403
         page.goto(local)
+        expect(page.locator("#input")).to_have_text(PAIRS[0][1])  # the first pair is shown: the page is ready
         page.click("#choose-b")
         expect(page.locator("#progress-text")).to_have_text("1 / 5 done")
     finally:
