@@ -72,10 +72,10 @@ def timed_run(server: OpenAIServer | str, model: str, reference: str, output_dir
     api_base = server if isinstance(server, str) else server.url
     ask_judge, asking = judge.ask_judge, []
 
-    async def timed_ask_judge(*args, **kwargs):
+    def timed_ask_judge(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return await ask_judge(*args, **kwargs)
+            return ask_judge(*args, **kwargs)
         finally:
             asking.append(time.perf_counter() - start)
 

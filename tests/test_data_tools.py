@@ -434,12 +434,17 @@ def test_rate_scores_retries_garbage_and_resumes_without_calls(tmp_path, judge_s
     assert len(subset) == 3 and all(r in rated for r in subset)
     assert pathlib.Path(output + ".scores.png").read_bytes().startswith(b"\x89PNG")
 
-    # Re-running: everything is in the journal, so no request at all, and the same files.
+    # Re-running: every rating is in the journal; only the unrated record is asked again (the one annotate loop's
+    # rule), and its three replies come from the response cache: nothing reaches the server, the same files.
     before = len(judge_server.requests)
     again = run_rate(judge_server, data, output, min_score=4.5)
-    assert len(judge_server.requests) == before and again["requests"] == 0
+    assert len(judge_server.requests) == before and again["requests"] == again["cached"] == 3
     assert json.loads(pathlib.Path(output).read_text()) == rated
     assert json.loads((tmp_path / "rated.random_3.json").read_text()) == subset  # seeded
+    # Without the cache the unrated record is really asked again, and only it.
+    again = run_rate(judge_server, data, output, min_score=4.5, cache=False)
+    asked = [b["messages"][0]["content"] for b in judge_server.bodies()[before:]]
+    assert again["requests"] == 3 and all("only ever gets garbage" in p for p in asked) and len(asked) == 3
 
 
 @pytest.mark.slow
@@ -474,8 +479,10 @@ def test_rate_re_rates_records_that_changed_since_the_journal(tmp_path, judge_se
     changed = [RATE_RECORDS[0], {**RATE_RECORDS[1], "output": "5"}]
     write_json(tmp_path / "d.json", changed)
     summary = run_rate(judge_server, data, output)
-    assert summary["requests"] == 1 and "1 journal entries" in capsys.readouterr().out
+    assert summary["requests"] == 1 and "1 ratings in" in capsys.readouterr().out
     assert [r["score"] for r in json.loads(pathlib.Path(output).read_text())] == [5.0, 1.0]
+    # A rating belongs to the judge that gave it: another judge model rates every record anew.
+    assert run_rate(judge_server, data, output, judge_model="another-judge")["requests"] == 2
 
 
 @pytest.mark.slow

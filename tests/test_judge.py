@@ -304,7 +304,10 @@ def test_unparsable_replies_are_retried_then_unjudged_not_cached_and_judged_on_r
     assert [b["temperature"] for b in stubborn_calls[:2]] == [0.0, 0.0]
     assert {b["temperature"] for b in stubborn_calls[2:]} == {judge.RETRY_TEMPERATURE}
     journal = [json.loads(line) for line in (tmp_path / "out" / judge.JOURNAL_NAME).read_text().splitlines()]
-    assert len(journal) == 10 and all(record["verdict"] for record in journal)
+    # The journal accounts for every reply paid for: 10 verdicts, and the stubborn pair's 2 x 3 replies without one.
+    assert sum("verdict" in record for record in journal) == 10 and len(journal) == 16
+    assert sorted(r["attempt"] for r in journal if "verdict" not in r) == [0, 0, 1, 1, 2, 2]
+    assert {r["reply"] for r in journal if "verdict" not in r} == {"Both answers have merit."}
     annotations = [json.loads(line) for line in (tmp_path / "out" / "annotations.jsonl").read_text().splitlines()]
     assert [a["raw_reply"] for a in annotations if a["verdict"] is None] == ["Both answers have merit."] * 2
 

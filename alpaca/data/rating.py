@@ -1,9 +1,10 @@
 """`data_tools.py rate`: score each example 0-5 with an LLM judge, resumable, through the project's client.
 
-The prompt is ours (RATING_PROMPT); the reply must end with `Score: N`, N from 0 to 5. A reply without one is asked
-again with a reminder, and after `score_retries` such retries the record stays unrated. Every reply is appended
-to an fsync'ed journal as it arrives (record index, a hash of the record, attempt, score, reply, usage): a re-run
-takes every journaled rating as done and asks only for the rest.
+The rater is a prompt and a parser on the one annotate loop (alpaca/llm/annotate.py). The prompt is ours
+(RATING_PROMPT); the reply must end with `Score: N`, N from 0 to 5. A reply without one is asked again with a
+reminder, and after `score_retries` such retries the record stays unrated this run (never given a default score).
+Every reply is appended to the journal as it arrives (a hash of the record, attempt, score, reply, usage): a re-run
+takes every journaled rating as done and asks only for the rest, the unrated records included.
 """
 
 import asyncio
@@ -12,13 +13,10 @@ import json
 import os
 import random
 import time
-from contextlib import aclosing
 
-from tqdm import tqdm
-
-from alpaca import files
 from alpaca.data import records as data_records
 from alpaca.errors import UsageError, UserError
+from alpaca.llm import annotate
 from alpaca.llm.client import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MODEL_NAMES,
@@ -26,7 +24,6 @@ from alpaca.llm.client import (
     LLMError,
     OpenAIDecodingArguments,
     check_settings,
-    complete_in_order,
 )
 from alpaca.prompts.rating import MAX_SCORE, RATING_PROMPT, REMINDER, SCORE_AT_END, parse_score  # noqa: F401
 
@@ -39,23 +36,30 @@ def rating_prompt(record: dict, attempt: int = 0) -> str:
     return prompt + (REMINDER.format(attempt=attempt + 1) if attempt else "")
 
 
-def record_key(record: dict) -> str:
-    """sha256 of a record's instruction, input and output: a journal entry applies only to the record it rated."""
+def record_key(record: dict, judge_model: str) -> str:
+    """sha256 of the judge model and a record's instruction, input and output: a journal entry applies only to the
+    record it rated, by the judge that rated it (the journal is a cache keyed by content, not by place)."""
     task = data_records.task_of(record)
-    return hashlib.sha256(json.dumps([task[f] for f in data_records.FIELDS]).encode("utf-8")).hexdigest()
+    identity = [judge_model] + [task[f] for f in data_records.FIELDS]
+    return hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()
 
 
-def rating_problem(entry: dict) -> str | None:
-    """Why a journal line is not a rating this rater writes, or None when it is."""
-    if not isinstance(entry.get("key"), str):
-        return f"not a rating (it has no 'key'; {json.dumps(entry)[:60]!r})"
-    return None
+def parse_reply(choice: dict) -> dict | None:
+    """The rater's parser for the annotate loop: {"score": N} from a reply ending in `Score: N`, or None."""
+    score = parse_score(choice["text"])
+    return None if score is None else {"score": score}
 
 
-def read_journal(path: str) -> list[dict]:
-    """The journal's entries, read by the one journal rule (files.read_journal): a torn last line is cut off; any
-    other damaged line is refused with its number, and nothing is deleted."""
-    return files.read_journal(path, rating_problem, writer="The rater")
+def is_rating(entry: dict) -> bool:
+    """Whether a journal entry holds a score to use (replies without one, score null, are asked again)."""
+    score = entry.get("score")
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= MAX_SCORE
+
+
+def read_ratings(path: str) -> dict[str, dict]:
+    """{record key: journal entry} of the records rated, by the one journal rule (annotate.read_answers: a torn
+    last line is cut off; any other damaged line is refused with its number, and nothing is deleted)."""
+    return annotate.read_answers(path, is_rating, writer="The rater")
 
 
 def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[str, str]:
@@ -95,37 +99,20 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                    max_response_bytes=max_response_bytes)
     paths = output_paths(output, min_score, 0)
 
-    keys = [record_key(r) for r in records]
-    scores: list[float | None] = [None] * len(records)
-    attempts = [0] * len(records)
-    stale = 0
-    # Ratings are keyed by the record's content, not its place in the file: a record moved, or rated under another
-    # --output's journal copied here, keeps its rating; a record whose text changed is rated again.
-    places: dict[str, list[int]] = {}
-    for i, key in enumerate(keys):
-        places.setdefault(key, []).append(i)
-    for entry in read_journal(paths["journal"]):
-        if entry["key"] not in places:
-            stale += 1  # the data file changed since: that rating belongs to a record no longer there
-            continue
-        score = entry.get("score")
-        usable = isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= MAX_SCORE
-        for i in places[entry["key"]]:
-            attempts[i] += 1
-            if usable:
-                scores[i] = score
+    ratings = read_ratings(paths["journal"])
+    keys = [record_key(r, judge_model) for r in records]
+    jobs = {key: {"key": key, "record": record} for key, record in zip(keys, records, strict=True)
+            if key not in ratings}  # a record found twice is rated once
+    stale = len(ratings.keys() - set(keys))
     if stale:
-        print(f"note: {stale} journal entries in {paths['journal']} do not match the records of {data_path} (the "
-              "file changed); those records are rated again.")
-    finished = sum(s is not None or a > score_retries for s, a in zip(scores, attempts, strict=True))
-    if finished:
-        print(f"Resuming: {finished:,} of {len(records):,} records already rated (or out of attempts) in "
-              f"{paths['journal']}")
+        print(f"note: {stale} ratings in {paths['journal']} match no record of {data_path} rated by {judge_model} "
+              "(the file or the judge changed); records without a rating are rated now.")
+    done = len(records) - sum(key in jobs for key in keys)
+    if done:
+        print(f"Resuming: {done:,} of {len(records):,} records already rated in {paths['journal']}")
     decoding_args = OpenAIDecodingArguments(max_tokens=max_tokens, temperature=temperature, top_p=1.0, n=1)
-    totals = {"requests": 0, "cached": 0, "prompt_tokens": 0, "completion_tokens": 0, "unparsed_replies": 0}
-    progress = tqdm(total=len(records), initial=finished, desc="rated", unit="record")
 
-    async def run() -> None:
+    async def run() -> dict:
         async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, max_retries=max_retries,
@@ -133,44 +120,18 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                                request_timeout=request_timeout,
                                cache_dir=paths["cache"] if cache else None,
                                max_response_bytes=max_response_bytes) as endpoint:
-            for attempt in range(score_retries + 1):
-                todo = [i for i in range(len(records)) if scores[i] is None and attempts[i] == attempt]
-                if not todo:
-                    continue
-                # Batches are numbered by record index when the records to ask form a run (a first pass, or one
-                # resumed after a kill), so that the cache's request tags match the earlier run's and responses
-                # that arrived after the journal's last line are replayed, not bought again.
-                offset = todo[0] if todo[-1] - todo[0] + 1 == len(todo) else 0
-                results = complete_in_order(
-                    endpoint, lambda k, a=attempt, t=todo, o=offset: [rating_prompt(records[t[k - o]], a)],
-                    decoding_args, offset, offset + len(todo) - 1)
-                async with aclosing(results) as stream:
-                    async for k, _, result in stream:
-                        i = todo[k - offset]
-                        reply = result["choices"][0]["text"]
-                        score = parse_score(reply)
-                        files.append_journal(paths["journal"], {"record_index": i, "key": keys[i], "attempt": attempt,
-                                                          "score": score, "reply": reply, "usage": result["usage"]})
-                        attempts[i] += 1
-                        scores[i] = score
-                        totals["requests"] += 1
-                        totals["cached"] += result["cached"]
-                        totals["unparsed_replies"] += score is None
-                        if not result["cached"]:
-                            totals["prompt_tokens"] += result["usage"]["prompt_tokens"]
-                            totals["completion_tokens"] += result["usage"]["completion_tokens"]
-                        if score is not None or attempt == score_retries:
-                            progress.update(1)
+            return await annotate.annotate(
+                endpoint, list(jobs.values()), paths["journal"],
+                prompt_of=lambda job, attempt: rating_prompt(job["record"], attempt), parse=parse_reply,
+                decoding_args=decoding_args, retries=score_retries, answers=ratings, unit="record", desc="rated")
 
     start = time.time()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     try:
-        asyncio.run(run())
+        totals = asyncio.run(run()) if jobs else dict.fromkeys(annotate.COUNTS, 0)
     except LLMError as error:
         raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
-    finally:
-        progress.close()
-        files.sync_journal(paths["journal"])
+    scores = [ratings[key]["score"] if key in ratings else None for key in keys]
     rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
     data_records.write_records(output, rated, [data_path])
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
@@ -181,11 +142,13 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     attempts_text = f"{score_retries + 1} attempt{'s' if score_retries else ''}"
     print(f"Rated {num_rated:,} of {len(records):,} records with {judge_model} ({len(records) - num_rated:,} unrated "
           f"after {attempts_text}) in {time.time() - start:.1f}s: {totals['requests']:,} requests "
-          f"({totals['cached']:,} replayed from the cache, {totals['unparsed_replies']:,} replies without a score), "
+          f"({totals['cached']:,} replayed from the cache, {totals['unparsed']:,} replies without a score), "
           f"tokens {totals['prompt_tokens'] + totals['completion_tokens']:,} (prompt {totals['prompt_tokens']:,}, "
           f"completion {totals['completion_tokens']:,})" + (f", cost ${cost:.4f}" if priced else "")
           + f". Wrote {output} and {paths['picture']}.")
-    summary = {"records": len(records), "rated": num_rated, **totals, "cost": cost}
+    summary = {"records": len(records), "rated": num_rated, "requests": totals["requests"],
+               "cached": totals["cached"], "unparsed_replies": totals["unparsed"],
+               "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"], "cost": cost}
     if min_score is not None:
         kept = [r for r in rated if r["score"] is not None and r["score"] >= min_score]
         paths = output_paths(output, min_score, len(kept))

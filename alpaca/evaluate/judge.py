@@ -28,17 +28,12 @@ each other and writes the preference pairs train_dpo.py trains on.
 """
 
 import asyncio
-import dataclasses
 import hashlib
 import json
 import math
 import os
 import pathlib
 import random
-import time
-from contextlib import aclosing
-
-from tqdm.auto import tqdm
 
 from alpaca import files
 from alpaca.errors import DataError, UsageError, UserError
@@ -52,6 +47,7 @@ from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py
     plot_win_rates,
     rounded,
 )
+from alpaca.llm import annotate
 from alpaca.llm.client import (
     API_TYPES,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -59,7 +55,6 @@ from alpaca.llm.client import (
     LLMError,
     OpenAIDecodingArguments,
     check_settings,
-    complete_in_order,
 )
 from alpaca.prompts.judge import (  # noqa: F401  (judge.py's names; the prompt lives in prompts/judge.py)
     ENDINGS,
@@ -114,12 +109,13 @@ def is_log_probability(value: object) -> bool:
 
 
 def read_reply(choice: dict, judge_mode: str) -> dict | None:
-    """The judgment in one reply: {"verdict", "raw_reply"} (+ "p_a", "top_logprobs" in logprobs mode), or None
-    when it holds no verdict. Raises JudgeError for an endpoint that returns no log-probabilities."""
+    """The judgment in one reply: {"verdict"} (+ "p_a", "top_logprobs" in logprobs mode), or None when it holds no
+    verdict (the annotate loop journals the reply itself). Raises JudgeError for an endpoint that returns no
+    log-probabilities."""
     text = choice["text"]
     if judge_mode == "swap":
         verdict = parse_verdict(text)
-        return None if verdict is None else {"verdict": verdict, "raw_reply": text}
+        return None if verdict is None else {"verdict": verdict}
     positions = top_logprobs_of(choice.get("logprobs"))
     if positions is None:
         raise JudgeError("The judge endpoint returned no log-probabilities (as Ollama and `transformers serve` do), "
@@ -128,7 +124,7 @@ def read_reply(choice: dict, judge_mode: str) -> dict | None:
     if p_a is None:
         return None
     verdict = "A" if p_a > 0.5 else "B" if p_a < 0.5 else "TIE"
-    return {"verdict": verdict, "p_a": p_a, "raw_reply": text, "top_logprobs": positions[:3]}
+    return {"verdict": verdict, "p_a": p_a, "top_logprobs": positions[:3]}
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -210,63 +206,33 @@ def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, 
 
 
 def judgment_problem(record: dict) -> str | None:
-    """Why a journal record is not a judgment this judge writes, or None when it is."""
-    if not isinstance(record.get("key"), str) or record.get("verdict") not in PREFERENCE_FOR_A:
+    """Why a journal record is not one this judge writes (a 'key', and a verdict only of A, B or TIE), or None."""
+    if not isinstance(record.get("key"), str) or record.get("verdict", "A") not in PREFERENCE_FOR_A:
         return f"not a judgment of this judge (it needs a 'key' and a 'verdict'; {json.dumps(record)[:60]!r})"
     return None
 
 
 def is_usable(judgment: dict) -> bool:
-    """False for a log-probability verdict whose P(A) is not a finite number in [0, 1] (earlier versions journaled
-    NaN from a reply with an infinite log-probability): such a pair is asked again, never counted."""
+    """Whether a journal record is a verdict to count: it has one, and in logprobs mode its P(A) is a finite number
+    in [0, 1] (earlier versions journaled NaN from a reply with an infinite log-probability). Anything else (a reply
+    without a verdict) is asked again, never counted."""
     p_a = judgment.get("p_a")
-    return p_a is None or (isinstance(p_a, (int, float)) and math.isfinite(p_a) and 0.0 <= p_a <= 1.0)
+    return "verdict" in judgment and (
+        p_a is None or (isinstance(p_a, (int, float)) and math.isfinite(p_a) and 0.0 <= p_a <= 1.0))
 
 
 def load_judgments(path: str) -> dict[str, dict]:
-    """{key: judgment} from the journal, read by the one journal rule (files.read_journal): a torn last line is cut
-    off; any other damaged line is refused with its number, and nothing is deleted. Unusable verdicts are left out,
-    so they are asked again."""
-    records = files.read_journal(path, judgment_problem, writer="The judge")
-    return {record["key"]: record for record in records if is_usable(record)}
+    """{key: judgment} from the journal (annotate.read_answers: the one journal rule). Replies without a usable
+    verdict are left out, so they are asked again."""
+    return annotate.read_answers(path, is_usable, writer="The judge", problem=judgment_problem)
 
 
-append_judgment = files.append_journal  # the one journal rule: files.py
+def reply_of(judgment: dict) -> str:
+    """The judge's reply behind a journaled verdict (journals before the annotate loop called it raw_reply)."""
+    return judgment["reply"] if "reply" in judgment else judgment["raw_reply"]
 
 
-# -- calling the judge -------------------------------------------------------------------------------
-
-
-async def judge_jobs(endpoint: LLMEndpoint, jobs: list[dict], judge_mode: str, decoding_args: OpenAIDecodingArguments,
-                     verdict_retries: int, on_reply) -> dict[str, str]:
-    """Ask the judge each job's prompt ({"key", "prompt"}) until its reply holds a verdict, at most 1 + verdict_retries
-    times, `max_concurrency` requests in flight. Every reply goes to `on_reply(job, judgment or None, usage)` as it
-    arrives (in job order). Returns {key: last reply} of the jobs that never got a verdict."""
-    pending, failed = list(jobs), {}
-    for attempt in range(verdict_retries + 1):
-        if not pending:
-            break
-        args = decoding_args if attempt == 0 else dataclasses.replace(
-            decoding_args, temperature=max(decoding_args.temperature, RETRY_TEMPERATURE))
-        offset = attempt * len(jobs)  # each attempt has its own request tags, so a local judge samples anew
-
-        def make_prompts(index: int, batch: list = pending, offset: int = offset) -> list[str]:
-            return [batch[index - offset]["prompt"]]
-
-        still_pending = []
-        results = complete_in_order(endpoint, make_prompts, args, offset, offset + len(pending) - 1)
-        async with aclosing(results) as stream:
-            async for index, _, result in stream:
-                job = pending[index - offset]
-                judgment = read_reply(result["choices"][0], judge_mode)
-                on_reply(job, judgment, result["usage"])
-                if judgment is None:
-                    still_pending.append(job)
-                    failed[job["key"]] = result["choices"][0]["text"]
-                    continue
-                failed.pop(job["key"], None)
-        pending = still_pending
-    return failed
+# -- calling the judge: the one annotate loop (alpaca/llm/annotate.py) with the judge's prompt and parser ---
 
 
 def model_shown_first(seed: int, instruction: str, input: str) -> bool:
@@ -334,7 +300,7 @@ def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, 
                 if judgment is None:
                     line.update(verdict=None, raw_reply=failed.get(key), note="unjudged: no verdict in the reply")
                 else:
-                    line.update(verdict=judgment["verdict"], raw_reply=judgment["raw_reply"])
+                    line.update(verdict=judgment["verdict"], raw_reply=reply_of(judgment))
                     if "p_a" in judgment:
                         line["p_a"] = judgment["p_a"]
             lines.append(json.dumps(line, ensure_ascii=False))
@@ -452,13 +418,12 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
           f"with {judge_model} ({judge_mode} mode): {len(jobs)} judgments needed, "
           f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} to ask.")
     if to_send:
-        failed = asyncio.run(ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
-                                       api_type=api_type, api_base=api_base, judge_mode=judge_mode,
-                                       max_concurrency=max_concurrency, verdict_retries=verdict_retries,
-                                       max_tokens=max_tokens, temperature=temperature,
-                                       requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                       request_timeout=request_timeout, max_response_bytes=max_response_bytes,
-                                       max_retries=max_retries))
+        failed = ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
+                           api_type=api_type, api_base=api_base, judge_mode=judge_mode,
+                           max_concurrency=max_concurrency, verdict_retries=verdict_retries, max_tokens=max_tokens,
+                           temperature=temperature, requests_per_minute=requests_per_minute,
+                           tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
+                           max_response_bytes=max_response_bytes, max_retries=max_retries)
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
@@ -521,41 +486,39 @@ def report_unjudged(results: dict, names: list[str], verdict_retries: int) -> No
                  f"{judged} pairs and mean little." if r["n_unjudged"] * 2 > r["n_total"] else ""))
 
 
-async def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
-                    api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, verdict_retries: int,
-                    max_tokens: int | None, temperature: float, requests_per_minute: float | None,
-                    tokens_per_minute: float | None, request_timeout: float,
-                    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_retries: int = 8) -> dict[str, str]:
-    """Judge `jobs`, journaling each verdict as it arrives (and adding it to `judgments`); returns the jobs' last
-    replies that had no verdict. The endpoint's response cache is off: the journal is the cache, and a reply
-    without a verdict must be asked again next run, not replayed."""
+def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
+              api_type: str, api_base: str | None, judge_mode: str, max_concurrency: int, verdict_retries: int,
+              max_tokens: int | None, temperature: float, requests_per_minute: float | None,
+              tokens_per_minute: float | None, request_timeout: float,
+              max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, max_retries: int = 8) -> dict[str, str]:
+    """Judge `jobs` ({"key", "prompt"}) through the one annotate loop: each reply journaled as it arrives, a reply
+    without a verdict asked again (at least RETRY_TEMPERATURE hot: a greedy judge repeats itself) up to
+    `verdict_retries` times. Adds each verdict to `judgments` and the tokens sent to `spent`; returns {key: last
+    reply} of the jobs still without a verdict. The endpoint's response cache is off: the journal is the cache, and
+    a reply without a verdict must be asked again next run, not replayed."""
     logprobs = judge_mode == "logprobs"
     decoding_args = OpenAIDecodingArguments(max_tokens=max_tokens or (3 if logprobs else 512), temperature=temperature,
                                             top_p=1.0, logprobs=5 if logprobs else None)
-    progress = tqdm(total=len(jobs), unit="judgment", desc="judged")
 
-    def on_reply(job: dict, judgment: dict | None, usage: dict) -> None:
-        for k in spent:  # a reply without a verdict is paid for too
-            spent[k] += usage[k]
-        if judgment is None:
-            return
-        record = {"key": job["key"], "judge_model": judge_model, "judge_mode": judge_mode, **judgment,
-                  "usage": {k: usage[k] for k in ("prompt_tokens", "completion_tokens")}, "time": time.time()}
-        append_judgment(journal_path, record)
-        judgments[job["key"]] = record
-        progress.update(1)
-
-    try:
+    async def run() -> dict:
         async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
                                max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
                                tokens_per_minute=tokens_per_minute, request_timeout=request_timeout,
                                max_retries=max_retries, cache_dir=None,
                                max_response_bytes=max_response_bytes) as endpoint:
-            return await judge_jobs(endpoint, jobs, judge_mode, decoding_args, verdict_retries, on_reply)
+            return await annotate.annotate(
+                endpoint, jobs, journal_path, prompt_of=lambda job, attempt: job["prompt"],
+                parse=lambda choice: read_reply(choice, judge_mode), decoding_args=decoding_args,
+                retries=verdict_retries, retry_temperature=RETRY_TEMPERATURE,
+                context={"judge_model": judge_model, "judge_mode": judge_mode}, answers=judgments, unit="judgment",
+                desc="judged")
+
+    try:
+        tally = asyncio.run(run())
     except LLMError as error:
         advice = " If it does not support log-probabilities, use --judge_mode swap." \
             if logprobs and "rejected the request" in str(error) else ""
         raise JudgeError(f"{error}{advice} Every verdict so far is saved in {journal_path}.") from None
-    finally:
-        progress.close()
-        files.sync_journal(journal_path)  # the verdicts since the last fsync, however the run ends
+    for k in spent:  # a reply without a verdict is paid for too
+        spent[k] += tally[k]
+    return tally["failed"]

@@ -21,7 +21,6 @@ prompt training uses), `chosen`, `rejected`, `instruction`, `input`, `wins` (per
 `rejected_index`, `judge_model`, `judge_mode`.
 """
 
-import asyncio
 import json
 import os
 from itertools import combinations
@@ -129,12 +128,12 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
               f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
         spent = {"prompt_tokens": 0, "completion_tokens": 0}
         if to_send:
-            asyncio.run(judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
-                                        api_type=api_type, api_base=api_base, judge_mode=judge_mode,
-                                        max_concurrency=max_concurrency, verdict_retries=verdict_retries,
-                                        max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
-                                        requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
-                                        request_timeout=request_timeout))
+            judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
+                            api_type=api_type, api_base=api_base, judge_mode=judge_mode,
+                            max_concurrency=max_concurrency, verdict_retries=verdict_retries,
+                            max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+                            requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
+                            request_timeout=request_timeout)
 
         counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
                   "judge_calls": len(to_send)}

@@ -1125,11 +1125,13 @@ class LLMEndpoint:
 async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int], list[str]],
                             decoding_args: OpenAIDecodingArguments, first_index: int = 0,
                             last_index: int | None = None, should_launch: Callable[[int], bool] = lambda pending: True,
+                            tag_of: Callable[[int], str] = "request {}".format,
                             **decoding_kwargs) -> AsyncIterator[tuple[int, list[str], dict]]:
     """Yield (index, prompts, result) for batches first_index, first_index+1, ... strictly in index order,
     while up to `endpoint.max_concurrency` requests are in flight. `make_prompts(index)` builds a batch
     (it must not depend on other batches' results); `should_launch(unprocessed)` may hold back new batches
-    (e.g. when those already sent will likely reach the goal). A fatal error stops new launches; the
+    (e.g. when those already sent will likely reach the goal); `tag_of(index)` names the batch for the cache and a
+    local model's seed (by default its place in the run). A fatal error stops new launches; the
     batches before it are still yielded, then it is raised. Use with contextlib.aclosing."""
     tasks: dict[int, tuple[list[str], asyncio.Task]] = {}
     next_launch = next_yield = first_index
@@ -1143,7 +1145,7 @@ async def complete_in_order(endpoint: LLMEndpoint, make_prompts: Callable[[int],
                    and sum(not t.done() for _, t in tasks.values()) < slots
                    and (not tasks or should_launch(len(tasks)))):
                 prompts = make_prompts(next_launch)
-                task = asyncio.create_task(endpoint.complete(prompts, decoding_args, f"request {next_launch}",
+                task = asyncio.create_task(endpoint.complete(prompts, decoding_args, tag_of(next_launch),
                                                              **decoding_kwargs))
                 tasks[next_launch] = (prompts, task)
                 next_launch += 1
