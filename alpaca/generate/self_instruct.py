@@ -633,15 +633,13 @@ def generate_instruction_following_data(
                    retry_max_delay=retry_max_delay, request_timeout=request_timeout, temperature=temperature,
                    top_p=top_p, max_response_bytes=max_response_bytes)
     print(f"Loaded {len(seed_tasks)} human-written seed instructions")
-    regen_path = os.path.join(output_dir, "regen.json")
-    journal_path = os.path.join(output_dir, JOURNAL_NAME)
     endpoint_settings = dict(
         api_type=api_type, model_name=model_name, api_base=api_base, max_concurrency=max_concurrency,
         requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute, max_retries=max_retries,
         retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay, request_timeout=request_timeout,
         cache_dir=os.path.join(output_dir, "responses") if cache else None, max_response_bytes=max_response_bytes)
     decoding_args = OpenAIDecodingArguments(temperature=temperature, n=1, max_tokens=max_tokens, top_p=top_p,
-                                                  stop=STOP_SEQUENCES)
+                                            stop=STOP_SEQUENCES)
     totals = Totals(price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
 
     with claimed_output_dir(output_dir):
@@ -651,58 +649,94 @@ def generate_instruction_following_data(
             check_flags(len(seed_tasks), TRANSLATED_SEEDS_NAME.format(language=language), num_prompt_instructions)
         elif language != "en":
             note_seed_language(seed_tasks, language, seed_tasks_path)
-        prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size,
-                                        seed, language=language)
         generated, first_request = load_generated(output_dir)
         if generated:
             print(f"Loaded {len(generated)} machine-generated instructions")
-        pool = InstructionPool([conversations.first_instruction(t) for t in seed_tasks + generated],
-                               num_threads=num_cpus, language=language)
-        progress_bar = tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
-                                 desc="kept")
-
-        async def generate() -> None:
-            async with LLMEndpoint(**endpoint_settings) as endpoint:
-                tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({api_type}), "
-                                f"{max_concurrency} requests in flight, from request {first_request}")
-                last_request = first_request + max_requests - 1 if max_requests is not None else None
-                results = complete_in_order(
-                    endpoint, prompts_for, decoding_args, first_request, last_request, logit_bias=logit_bias,
-                    should_launch=lambda unprocessed: worth_launching(
-                        totals, num_instructions_to_generate - len(generated), unprocessed))
-                async with aclosing(results) as stream:
-                    async for request_index, _, result in stream:
-                        process_start = time.time()
-                        tasks, parsed, drops = parse_result(result, num_prompt_instructions, api_type, language)
-                        kept = keep_novel_tasks(tasks, pool, clean, drops)
-                        if num_turns > 1:  # each kept task becomes a conversation, before it is journaled
-                            kept, usage = await conversations.grow_conversations(
-                                endpoint, kept, num_turns, decoding_args, api_type, request_index)
-                            result = {**result, "usage": {k: v + usage.get(k, 0) for k, v in result["usage"].items()}}
-                        with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
-                            append_journal(journal_path, {"request_index": request_index, "kept": kept,
-                                                          "parsed": parsed, "dropped": dict(drops),
-                                                          "usage": result["usage"]})
-                            generated.extend(kept)
-                        progress_bar.update(len(kept))
-                        totals.add(request_index, result, parsed, kept, drops, time.time() - process_start)
-                        raise_if_fruitless(totals, result, endpoint.api_base, output_dir)
-                        if len(generated) >= num_instructions_to_generate:
-                            break
-                        if max_requests_without_new and totals.barren_in_a_row >= max_requests_without_new:
-                            tqdm.tqdm.write(stale_teacher_message(totals, max_requests_without_new), file=sys.stderr)
-                            break
-
+        run = Run(output_dir=output_dir, goal=num_instructions_to_generate,
+                  num_prompt_instructions=num_prompt_instructions, api_type=api_type, language=language, clean=clean,
+                  num_turns=num_turns, max_requests_without_new=max_requests_without_new,
+                  pool=InstructionPool([conversations.first_instruction(t) for t in seed_tasks + generated],
+                                       num_threads=num_cpus, language=language),
+                  generated=generated, totals=totals, decoding_args=decoding_args,
+                  progress=tqdm.tqdm(total=num_instructions_to_generate, initial=len(generated), unit="instr",
+                                     desc="kept"))
+        prompts_for = functools.partial(request_prompts, seed_tasks, num_prompt_instructions, request_batch_size,
+                                        seed, language=language)
+        last_request = first_request + max_requests - 1 if max_requests is not None else None
         try:
             if len(generated) < num_instructions_to_generate:
-                asyncio.run(generate())
+                asyncio.run(generate(run, endpoint_settings, prompts_for, first_request, last_request, logit_bias))
         finally:
-            progress_bar.close()
-            sync_journal(journal_path)
+            run.progress.close()
+            sync_journal(run.journal_path)
+            regen_path = os.path.join(output_dir, "regen.json")
             if totals.requests or generated:  # an endpoint that never answered leaves no empty regen.json
                 write_regen_json(regen_path, generated)
             print(totals.summary(len(generated), regen_path))
     return generated
+
+
+@dataclasses.dataclass
+class Run:
+    """What the steps of one generation run share: the settings that decide what is kept, the pool of instructions
+    to be novel against, the instructions kept so far (regen.json's content) and the run's counts."""
+    output_dir: str
+    goal: int  # --num_instructions_to_generate
+    num_prompt_instructions: int
+    api_type: str
+    language: str
+    clean: bool
+    num_turns: int
+    max_requests_without_new: int
+    pool: InstructionPool
+    generated: list[dict]
+    totals: Totals
+    decoding_args: OpenAIDecodingArguments
+    progress: tqdm.tqdm
+
+    @property
+    def journal_path(self) -> str:
+        return os.path.join(self.output_dir, JOURNAL_NAME)
+
+
+async def generate(run: Run, endpoint_settings: dict, prompts_for, first_request: int, last_request: int | None,
+                   logit_bias: dict | None) -> None:
+    """Send requests first_request, first_request + 1, ... (up to last_request) with `max_concurrency` in flight,
+    and keep what each reply adds, in request order, until the goal is reached or the teacher has gone stale."""
+    async with LLMEndpoint(**endpoint_settings) as endpoint:
+        tqdm.tqdm.write(f"Generating with {endpoint.model_name} at {endpoint.api_base} ({run.api_type}), "
+                        f"{endpoint.max_concurrency} requests in flight, from request {first_request}")
+        results = complete_in_order(
+            endpoint, prompts_for, run.decoding_args, first_request, last_request, logit_bias=logit_bias,
+            should_launch=lambda unprocessed: worth_launching(run.totals, run.goal - len(run.generated), unprocessed))
+        async with aclosing(results) as stream:
+            async for request_index, _, result in stream:
+                await keep_from_reply(run, endpoint, request_index, result)
+                if len(run.generated) >= run.goal:
+                    break
+                if run.max_requests_without_new and run.totals.barren_in_a_row >= run.max_requests_without_new:
+                    tqdm.tqdm.write(stale_teacher_message(run.totals, run.max_requests_without_new), file=sys.stderr)
+                    break
+
+
+async def keep_from_reply(run: Run, endpoint: LLMEndpoint, request_index: int, result: dict) -> None:
+    """One reply's work: parse its tasks, filter them, keep the novel ones (grown into conversations with
+    --num_turns), journal them with the request's counts and add them to regen.json's list, in one step that an
+    interrupt cannot split. Raises FruitlessRunError after MAX_FRUITLESS_REQUESTS replies in a row without a task."""
+    process_start = time.time()
+    tasks, parsed, drops = parse_result(result, run.num_prompt_instructions, run.api_type, run.language)
+    kept = keep_novel_tasks(tasks, run.pool, run.clean, drops)
+    if run.num_turns > 1:  # each kept task becomes a conversation, before it is journaled
+        kept, usage = await conversations.grow_conversations(endpoint, kept, run.num_turns, run.decoding_args,
+                                                             run.api_type, request_index)
+        result = {**result, "usage": {k: v + usage.get(k, 0) for k, v in result["usage"].items()}}
+    with interrupts_deferred():  # regen.json, written from `generated`, equals the journal
+        append_journal(run.journal_path, {"request_index": request_index, "kept": kept, "parsed": parsed,
+                                          "dropped": dict(drops), "usage": result["usage"]})
+        run.generated.extend(kept)
+    run.progress.update(len(kept))
+    run.totals.add(request_index, result, parsed, kept, drops, time.time() - process_start)
+    raise_if_fruitless(run.totals, result, endpoint.api_base, run.output_dir)
 
 
 COMMANDS = {"generate_instruction_following_data": generate_instruction_following_data}
