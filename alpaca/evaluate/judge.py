@@ -277,6 +277,23 @@ def identical(pair: dict) -> bool:
     return pair["model_output"].strip() == pair["reference_output"].strip()
 
 
+def jobs_of_pair(pair: dict, judge_model: str, judge_mode: str, seed: int) -> dict[bool, dict]:
+    """{model shown first: the judge's job} for each order a pair is judged in; none for identical answers."""
+    if identical(pair):
+        return {}
+    return {first: order_job(pair, first, judge_model, judge_mode) for first in orders_of(pair, judge_mode, seed)}
+
+
+def judged_preference(pair: dict, pair_jobs: dict[bool, dict], judgments: dict, judge_mode: str) -> float | None:
+    """A pair's preference for the model from the verdicts on its jobs (jobs_of_pair): 0.5 for identical answers,
+    None while an order is unjudged."""
+    if identical(pair):
+        return 0.5
+    judged = {first: judgments.get(job["key"]) for first, job in pair_jobs.items()}
+    return pair_preference([None if judgment is None else model_preference(judgment, first, judge_mode)
+                            for first, judgment in judged.items()])
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 
@@ -295,7 +312,7 @@ def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, 
             if identical(pair):
                 line.update(verdict="TIE", raw_reply=None, note="identical answers: a tie without a call")
             else:
-                key = jobs[(id(pair), model_first)]["key"]
+                key = jobs[id(pair)][model_first]["key"]
                 judgment = judgments.get(key)
                 if judgment is None:
                     line.update(verdict=None, raw_reply=failed.get(key), note="unjudged: no verdict in the reply")
@@ -401,22 +418,15 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     lock)."""
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
     judgments = load_judgments(journal_path)
-    jobs: dict[tuple[int, bool], dict] = {}
-    to_send: dict[str, dict] = {}
-    for pairs in runs:
-        for pair in pairs:
-            if identical(pair):
-                continue
-            for model_first in orders_of(pair, judge_mode, seed):
-                job = order_job(pair, model_first, judge_model, judge_mode)
-                jobs[(id(pair), model_first)] = job
-                if job["key"] not in judgments:
-                    to_send[job["key"]] = job
+    jobs = {id(pair): jobs_of_pair(pair, judge_model, judge_mode, seed) for pairs in runs for pair in pairs}
+    to_send = {job["key"]: job for pair_jobs in jobs.values() for job in pair_jobs.values()
+               if job["key"] not in judgments}
+    needed = sum(map(len, jobs.values()))
     spent = {"prompt_tokens": 0, "completion_tokens": 0}
     failed: dict[str, str] = {}
     print(f"Judging {len(paths)} model(s) against {runs[0][0]['reference_generator']} on {len(runs[0])} instructions "
-          f"with {judge_model} ({judge_mode} mode): {len(jobs)} judgments needed, "
-          f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} to ask.")
+          f"with {judge_model} ({judge_mode} mode): {needed} judgments needed, "
+          f"{needed - len(to_send)} found in {journal_path}, {len(to_send)} to ask.")
     if to_send:
         failed = ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
                            api_type=api_type, api_base=api_base, judge_mode=judge_mode,
@@ -437,15 +447,10 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     for name, pairs in zip(names, runs, strict=True):
         preferences, cost = [], 0.0
         for pair in pairs:
-            if identical(pair):
-                preferences.append(0.5)
-                continue
-            orders = []
-            for model_first in orders_of(pair, judge_mode, seed):
-                judgment = judgments.get(jobs[(id(pair), model_first)]["key"])
-                orders.append(None if judgment is None else model_preference(judgment, model_first, judge_mode))
-                cost += dollars(judgment.get("usage", {})) if judgment else 0.0
-            preferences.append(pair_preference(orders))
+            pair_jobs = jobs[id(pair)]
+            preferences.append(judged_preference(pair, pair_jobs, judgments, judge_mode))
+            cost += sum(dollars(judgments[job["key"]].get("usage", {})) for job in pair_jobs.values()
+                        if job["key"] in judgments)
         result = compute_results(preferences, [len(p["model_output"]) for p in pairs],
                                  [len(p["reference_output"]) for p in pairs], [p["category"] for p in pairs], seed)
         result.update(reference=pairs[0]["reference_generator"], judge_model=judge_model, judge_mode=judge_mode)

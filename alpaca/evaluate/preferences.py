@@ -111,21 +111,15 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
         journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
         judgments = judge.load_judgments(journal_path)
         pairs_of = [round_robin(record) for record in records]
-        jobs: dict[tuple[int, int, int, bool], dict] = {}
-        to_send: dict[str, dict] = {}
-        for r, pairs in enumerate(pairs_of):
-            for pair in pairs:
-                if judge.identical(pair):
-                    continue
-                for first in judge.orders_of(pair, judge_mode, seed):
-                    job = judge.order_job(pair, first, judge_model, judge_mode)
-                    jobs[(r, pair["i"], pair["j"], first)] = job
-                    if job["key"] not in judgments:
-                        to_send[job["key"]] = job
+        jobs = {id(pair): judge.jobs_of_pair(pair, judge_model, judge_mode, seed)
+                for pairs in pairs_of for pair in pairs}
+        to_send = {job["key"]: job for pair_jobs in jobs.values() for job in pair_jobs.values()
+                   if job["key"] not in judgments}
+        needed = sum(map(len, jobs.values()))
         sizes = sorted({len(record["outputs"]) for record in records})
         print(f"Preferences from {len(records)} instructions x {'/'.join(map(str, sizes))} samples, judged by "
-              f"{judge_model} ({judge_mode} mode) in a round robin: {len(jobs)} judgments needed, "
-              f"{len(jobs) - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
+              f"{judge_model} ({judge_mode} mode) in a round robin: {needed} judgments needed, "
+              f"{needed - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
         spent = {"prompt_tokens": 0, "completion_tokens": 0}
         if to_send:
             judge.ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,
@@ -138,17 +132,9 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
         counts = {"instructions": len(records), "written": 0, "not_separated": 0, "unjudged": 0,
                   "judge_calls": len(to_send)}
         lines = []
-        for r, (record, pairs) in enumerate(zip(records, pairs_of, strict=True)):
-            preference_of = {}
-            for pair in pairs:
-                if judge.identical(pair):
-                    preference_of[(pair["i"], pair["j"])] = 0.5
-                    continue
-                orders = []
-                for first in judge.orders_of(pair, judge_mode, seed):
-                    judgment = judgments.get(jobs[(r, pair["i"], pair["j"], first)]["key"])
-                    orders.append(None if judgment is None else judge.model_preference(judgment, first, judge_mode))
-                preference_of[(pair["i"], pair["j"])] = judge.pair_preference(orders)
+        for record, pairs in zip(records, pairs_of, strict=True):
+            preference_of = {(pair["i"], pair["j"]): judge.judged_preference(pair, jobs[id(pair)], judgments,
+                                                                             judge_mode) for pair in pairs}
             outcome, line = choose_pair(record, pairs, preference_of)
             counts[outcome] += 1
             if line is not None:
