@@ -72,6 +72,30 @@ def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[st
     return paths
 
 
+def write_best_and_random(rated: list[dict], data_path: str, output: str, min_score: float, seed: int) -> dict:
+    """--min_score's files: the records scoring at least min_score, and as many drawn at random (with `seed`) from
+    the whole file to train and judge against them. Returns their count and paths."""
+    kept = [r for r in rated if r["score"] is not None and r["score"] >= min_score]
+    paths = output_paths(output, min_score, len(kept))
+    chosen = sorted(random.Random(seed).sample(range(len(rated)), len(kept)))
+    data_records.write_records(paths["kept"], kept, [data_path])
+    data_records.write_records(paths["random"], [rated[i] for i in chosen], [data_path])
+    print(f"{len(kept):,} records score at least {min_score:g}: {paths['kept']}; a random subset of the same size "
+          f"(seed {seed}) for comparison: {paths['random']}.")
+    return {"kept": len(kept), "kept_path": paths["kept"], "random_path": paths["random"]}
+
+
+def check_rate_flags(max_concurrency: int, max_tokens: int, score_retries: int, min_score: float | None) -> None:
+    """Refuse the rater's own flags' impossible values before any work (exit 2)."""
+    for flag, value in (("max_concurrency", max_concurrency), ("max_tokens", max_tokens)):
+        if value < 1:
+            raise UsageError(f"--{flag} must be at least 1, not {value}.")
+    if score_retries < 0:
+        raise UsageError(f"--score_retries must be 0 or more, not {score_retries}.")
+    if min_score is not None and not 0 <= min_score <= MAX_SCORE:
+        raise UsageError(f"--min_score must be between 0 and {MAX_SCORE:g}, not {min_score}.")
+
+
 def rate_records(data_path: str, output: str, judge_model: str | None, api_type: str, api_base: str | None,
                  min_score: float | None, seed: int, max_concurrency: int, requests_per_minute: float | None,
                  tokens_per_minute: float | None, max_retries: int, retry_base_delay: float, retry_max_delay: float,
@@ -85,13 +109,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     beside = output_paths(output, min_score, 0)  # the random subset's name needs the count: checked when written
     data_records.check_output_path(output, [data_path],
                                    also=tuple(beside[k] for k in ("kept", "picture") if k in beside))
-    for flag, value in (("max_concurrency", max_concurrency), ("max_tokens", max_tokens)):
-        if value < 1:
-            raise UsageError(f"--{flag} must be at least 1, not {value}.")
-    if score_retries < 0:
-        raise UsageError(f"--score_retries must be 0 or more, not {score_retries}.")
-    if min_score is not None and not 0 <= min_score <= MAX_SCORE:
-        raise UsageError(f"--min_score must be between 0 and {MAX_SCORE:g}, not {min_score}.")
+    check_rate_flags(max_concurrency, max_tokens, score_retries, min_score)
     judge_model = judge_model or DEFAULT_MODEL_NAMES.get(api_type)
     check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
                    tokens_per_minute=tokens_per_minute, max_retries=max_retries, retry_base_delay=retry_base_delay,
@@ -150,12 +168,5 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                "cached": totals["cached"], "unparsed_replies": totals["unparsed"],
                "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"], "cost": cost}
     if min_score is not None:
-        kept = [r for r in rated if r["score"] is not None and r["score"] >= min_score]
-        paths = output_paths(output, min_score, len(kept))
-        chosen = sorted(random.Random(seed).sample(range(len(rated)), len(kept)))
-        data_records.write_records(paths["kept"], kept, [data_path])
-        data_records.write_records(paths["random"], [rated[i] for i in chosen], [data_path])
-        print(f"{len(kept):,} records score at least {min_score:g}: {paths['kept']}; a random subset of the same size "
-              f"(seed {seed}) for comparison: {paths['random']}.")
-        summary.update(kept=len(kept), kept_path=paths["kept"], random_path=paths["random"])
+        summary.update(write_best_and_random(rated, data_path, output, min_score, seed))
     return summary
