@@ -103,3 +103,13 @@ def test_the_top_level_holds_only_the_entry_points():
     scripts = sorted(path.name for path in REPO.glob("*.py"))
     assert scripts == ["data_tools.py", "generate_instruction.py", "inference.py", "judge.py", "train.py",
                        "train_dpo.py", "utils.py", "weight_diff.py"]
+
+
+def test_tests_mirror_the_package():
+    """Each stage folder of alpaca/ has its tests in the folder of the same name under tests/, and tests/ has no
+    folder the package lacks (the shared modules, the scripts and the docs are tested at its top)."""
+    stages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    test_folders = {p.name for p in (REPO / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert test_folders == stages - {"prompts"}, "prompts/ is tested through its users: serving, training, judging"
+    for folder in test_folders:
+        assert list((REPO / "tests" / folder).glob("test_*.py")), folder

@@ -13,7 +13,7 @@ import sys
 import pytest
 import transformers
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SLURM = REPO / "scripts" / "slurm_train.sh"
 sys.path.insert(0, str(REPO))
 

@@ -15,7 +15,7 @@ from alpaca.files import load_alpaca_records
 from alpaca.generate.rouge_l import RougeLIndex
 from alpaca.generate.self_instruct import filter_drop_reason
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 EVAL_PATH = REPO / "eval_instructions.jsonl"
 SEED_PATH = REPO / "seed_tasks.jsonl"
 DEMO_PATH = REPO / "data" / "demo_alpaca.json"

@@ -9,16 +9,6 @@ import random
 import pytest
 import torch
 from jinja2.exceptions import TemplateError
-from test_serving import (  # noqa: F401  (byte_level_bpe and served: fixtures)
-    DEMO,
-    KINDS,
-    _post,
-    _run,
-    _train_like,
-    byte_level_bpe,
-    make_tokenizer,
-    served,
-)
 from test_train import make_examples, run_train, write_json
 
 from alpaca import files
@@ -27,6 +17,7 @@ from alpaca.infer import answer as inference
 from alpaca.prompts.alpaca import INPUT_ROLE, alpaca_chat_template, format_prompt
 from alpaca.prompts.conversation import check_messages, format_conversation, prompt_messages, turns
 from alpaca.train.sft import IGNORE_INDEX, DataArguments, SupervisedDataset, make_supervised_data_module
+from conftest import DEMO, KINDS, make_tokenizer, post_json, run_script, train_like
 
 WORDS = ("give three tips for staying healthy translate the sentence into french name a colour write short poem "
          "déjà vu 日本語 ünïcödé 😀 ### Response: {instruction} {{ jinja }}").split(" ")
@@ -35,7 +26,7 @@ HEADERS = {"user": "### Instruction:\n", INPUT_ROLE: "### Input:\n", "assistant"
 
 @pytest.fixture(scope="module", params=list(KINDS))
 def family(request, tiny_model_dir, byte_level_bpe):  # noqa: F811
-    return request.param, _train_like(make_tokenizer(request.param, tiny_model_dir, byte_level_bpe))
+    return request.param, train_like(make_tokenizer(request.param, tiny_model_dir, byte_level_bpe))
 
 
 def random_text(rng: random.Random, allow_empty: bool = False) -> str:
@@ -335,17 +326,17 @@ def test_a_served_two_turn_conversation_gets_inference_py_s_greedy_answer(served
     data = tmp_path / "chats.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in TWO_TURNS))
     common = ["--data_path", str(data), "--max_new_tokens", str(NEW_TOKENS)]
-    local = _run(["inference.py", "--model_name_or_path", str(model_dir), "--output_path", str(tmp_path / "l.json"),
-                  *common])
+    local = run_script(["inference.py", "--model_name_or_path", str(model_dir), "--output_path",
+                        str(tmp_path / "l.json"), *common])
     assert local.returncode == 0, local.stderr
-    remote = _run(["inference.py", "--api_base", api_base, "--model_name", str(model_dir), "--api_type", "chat",
+    remote = run_script(["inference.py", "--api_base", api_base, "--model_name", str(model_dir), "--api_type", "chat",
                    "--output_path", str(tmp_path / "s.json"), *common])
     assert remote.returncode == 0, remote.stderr
     written = json.loads((tmp_path / "l.json").read_text())
     assert json.loads((tmp_path / "s.json").read_text()) == written and all(r["output"] for r in written)
     assert [r["messages"] for r in written] == [r["messages"] for r in TWO_TURNS]
     for record in written:  # the raw request, as any OpenAI client sends it
-        chat = _post(f"{api_base}/chat/completions", {"model": str(model_dir), "messages": prompt_messages(
+        chat = post_json(f"{api_base}/chat/completions", {"model": str(model_dir), "messages": prompt_messages(
             record["messages"]), "max_tokens": NEW_TOKENS, "temperature": 0})
         assert chat["choices"][0]["message"]["content"].strip() == record["output"]
     print("served two-turn exchange:", json.dumps({"messages": prompt_messages(written[0]["messages"]),

@@ -16,7 +16,7 @@ from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
 from alpaca.prompts.alpaca import format_prompt
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = "river"
 
 

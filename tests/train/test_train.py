@@ -38,7 +38,7 @@ from alpaca.train.sft import (
     preprocess,
 )
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WORDS = ("give three tips for staying healthy translate the sentence into french name a colour write short poem "
          "about sea summarise paragraph in one model data alpaca llama good morning weather is lovely today").split()
 

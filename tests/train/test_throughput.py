@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(REPO / "scripts"), str(REPO / "bench")]
 
 from alpaca.train import sft as train  # noqa: E402

@@ -21,7 +21,7 @@ from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import human as human_eval
 from alpaca.evaluate import win_rates
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 MODEL, REFERENCE = "zebra-model-7b", "okapi-reference-3"  # names that must never reach the browser
 UNSAFE = 'Use <b>bold</b>.\n<script>window.__pwned = "script"</script>\n<img src=x onerror="window.__pwned = \'img\'">'

@@ -21,7 +21,7 @@ from alpaca import errors
 from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CATEGORIES = ["writing", "coding", "math", "advice"]
 
 

@@ -17,7 +17,7 @@ from alpaca.data import rating, verb_objects
 from alpaca.data import tools as data_tools
 from alpaca.testing.openai_server import OpenAIServer, ok
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 
