@@ -324,6 +324,39 @@ def test_stats_without_a_spacy_model_says_how_to_install_one_and_prints_the_rest
     assert not (tmp_path / "out" / "d_verbs.png").exists()
 
 
+
+def drawn_pictures(monkeypatch) -> dict:
+    """{file name: the matplotlib Figure} of every picture data_plots writes from now on (still written)."""
+    from alpaca.data import plots as data_plots
+
+    drawn, save = {}, data_plots.save_figure
+
+    def record(figure, path):
+        drawn[pathlib.Path(path).name] = figure
+        save(figure, path)
+
+    monkeypatch.setattr(data_plots, "save_figure", record)
+    return drawn
+
+
+def assert_log_axes_say_so(figure) -> None:
+    for axes in figure.axes:
+        assert ("(log scale)" in axes.get_xlabel()) == (axes.get_xscale() == "log"), axes.get_xlabel()
+        assert axes.get_yscale() == "linear" and axes.get_ylabel() == "examples per bin"
+
+
+def test_length_pictures_say_which_axes_are_logarithmic(tmp_path, monkeypatch):
+    # short instructions (a linear axis) beside outputs of up to 400 words (a log axis)
+    records = [{**r, "output": " ".join(["word"] * n)} for r, n in zip(GOOD, (4, 40, 400), strict=True)]
+    drawn = drawn_pictures(monkeypatch)
+    data_tools.stats(write_json(tmp_path / "d.json", records), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    figure = drawn["lengths.png"]
+    assert [axes.get_xlabel() for axes in figure.axes] == [
+        "words per instruction", "words per input (non-empty)", "words per output (log scale)"]
+    assert [axes.get_xscale() for axes in figure.axes] == ["linear", "linear", "log"]
+    assert_log_axes_say_so(figure)
+
 def test_a_spacy_pipeline_without_a_parser_is_reported_not_used(tmp_path):
     import spacy
 
@@ -343,15 +376,19 @@ def test_stats_with_an_installed_english_model():
 
 
 @pytest.mark.slow
-def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
+def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
+    drawn = drawn_pictures(monkeypatch)
     path = write_json(tmp_path / "d.json", GOOD)
     result = data_tools.stats(path, output_dir=str(tmp_path / "out"), tokenizer=str(tiny_model_dir), num_cpus=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     lengths = [len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in GOOD]
     assert result["d"]["tokens"]["output"]["max"] == max(lengths)
     assert (tmp_path / "out" / "token_lengths.png").exists()
+    assert_log_axes_say_so(drawn["token_lengths.png"])
+    assert [axes.get_xlabel().split(" (")[0] for axes in drawn["token_lengths.png"].axes] == [
+        "tokens per instruction", "tokens per input", "tokens per output"]
 
 
 @pytest.mark.slow
