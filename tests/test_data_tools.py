@@ -318,9 +318,9 @@ def test_stats_without_a_spacy_model_says_how_to_install_one_and_prints_the_rest
     path = write_json(tmp_path / "d.json", GOOD)
     result = data_tools.stats(path, output_dir=str(tmp_path / "out"), spacy_model="no_such_spacy_model_xyz",
                               num_cpus=1, language_mix=False)  # lingua's model loading (~9 s) is tested elsewhere
-    printed = capsys.readouterr().out
-    assert printed.count("python -m spacy download en_core_web_sm") == 1
-    assert "| records | 3 |" in printed and result["d"]["verbs"] is None
+    printed = capsys.readouterr()
+    assert printed.err.count("python -m spacy download en_core_web_sm") == 1  # a note: stdout is the report
+    assert "| records | 3 |" in printed.out and result["d"]["verbs"] is None
     assert not (tmp_path / "out" / "d_verbs.png").exists()
 
 
@@ -356,6 +356,32 @@ def test_length_pictures_say_which_axes_are_logarithmic(tmp_path, monkeypatch):
         "words per instruction", "words per input (non-empty)", "words per output (log scale)"]
     assert [axes.get_xscale() for axes in figure.axes] == ["linear", "linear", "log"]
     assert_log_axes_say_so(figure)
+
+
+def test_stats_report_starts_with_its_title_after_the_progress_bars_are_done(tmp_path, monkeypatch):
+    # `data_tools.py stats ... > log 2>&1`: stdout and stderr in one stream, in the order they were written. The
+    # near-duplicates bar used to end with a bare carriage return, so the title went on the bar's line.
+    import io
+
+    merged = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", merged)
+    monkeypatch.setattr(sys, "stderr", merged)
+    data_tools.stats(write_json(tmp_path / "d.json", GOOD), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    text = merged.getvalue()
+    assert "near-duplicates" in text  # the progress bar was there, on the same stream
+    before, title, _ = text.partition("# Data statistics\n")
+    assert title and (before == "" or before.endswith("\n")), repr(text[:300])
+    assert (tmp_path / "out" / "stats.md").read_text().startswith("# Data statistics\n")
+
+
+def test_stats_prints_only_the_report_on_stdout_before_its_summary(tmp_path, capsys):
+    # `data_tools.py stats ... > report.md`: the report's title comes first; notes and progress go to stderr.
+    data_tools.stats(write_json(tmp_path / "d.json", GOOD), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    printed = capsys.readouterr()
+    assert printed.out.startswith("# Data statistics\n")
+    assert "near-duplicates" in printed.err and "near-duplicates" not in printed.out
 
 def test_a_spacy_pipeline_without_a_parser_is_reported_not_used(tmp_path):
     import spacy
