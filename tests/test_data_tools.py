@@ -383,6 +383,37 @@ def test_stats_prints_only_the_report_on_stdout_before_its_summary(tmp_path, cap
     assert printed.out.startswith("# Data statistics\n")
     assert "near-duplicates" in printed.err and "near-duplicates" not in printed.out
 
+
+def test_stats_on_one_huge_record_needs_a_small_multiple_of_its_size(tmp_path):
+    # One 200 MB line used 3.4 GB: every word of the output became its own str (~10x the text). Python's own
+    # allocations are counted (tracemalloc), after a first run has paid for imports, compilation and fonts.
+    import tracemalloc
+
+    run = {"spacy_model": "no_such_spacy_model_xyz", "num_cpus": 1, "language_mix": False}
+    data_tools.stats(write_json(tmp_path / "small.json", GOOD), output_dir=str(tmp_path / "warm"), **run)
+    output = "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 140_000  # 7.8 MB, 1.1M words
+    path = write_jsonl(tmp_path / "huge.jsonl", [{**GOOD[0], "output": output}])
+    size = pathlib.Path(path).stat().st_size
+    tracemalloc.start()
+    try:
+        result = data_tools.stats(path, output_dir=str(tmp_path / "out"), **run)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result["huge"]["words"]["output"]["max"] == len(output.split())
+    assert peak < 4 * size, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB record"
+
+
+@pytest.mark.parametrize("text", [
+    "word " * 20, " lead and trail ", "one\u00a0two\u2003three\x1cfour\tfive\nsix", "abcdefghijklmnopqrstuvw",
+    "a b  c   d    e     f", "\u3000".join(["日本語"] * 9), "x" * 7 + " " + "y" * 7 + "\n\n" + "z" * 14, "  ", ""])
+def test_counting_a_long_text_slice_by_slice_gives_the_word_list_length(text, monkeypatch):
+    from alpaca.generate import language
+
+    monkeypatch.setattr(language, "COUNT_SLICE_CHARACTERS", 7)  # every text here is cut, at every kind of place
+    assert language.count_units(text, "en") == len(text.split())
+    assert language.count_units(text, "de") == len(language.units(text))
+
 def test_a_spacy_pipeline_without_a_parser_is_reported_not_used(tmp_path):
     import spacy
 
