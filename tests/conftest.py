@@ -1,7 +1,8 @@
 """Shared fixtures and helpers: the tiny local base model every test trains, diffs or samples from, the loopback
-OpenAI-compatible server, the text of a Self-Instruct task as a model writes it, and the tokenizer families and
-`transformers serve` fixture of the chat-template tests. The tests mirror the package: tests/generate/ tests
-alpaca/generate/, and so on; the top level holds the tests of the shared modules, the scripts and the docs."""
+OpenAI-compatible server, the pictures a test draws (as matplotlib Figures), the text of a Self-Instruct task as a
+model writes it, and the tokenizer families and `transformers serve` fixture of the chat-template tests. The tests
+mirror the package: tests/generate/ tests alpaca/generate/, and so on; the top level holds the tests of the shared
+modules, the scripts and the docs."""
 
 import copy
 import json
@@ -50,6 +51,22 @@ def openai_server(monkeypatch):
     monkeypatch.delenv("OPENAI_ORG", raising=False)
     with OpenAIServer() as server:
         yield server
+
+
+@pytest.fixture
+def saved_figures(monkeypatch) -> dict:
+    """{file name: the matplotlib Figure saved there}, filled as the code under test saves its pictures, so that a
+    test reads the artists (texts, colours, bar sizes) of a picture instead of comparing pixels."""
+    from matplotlib.figure import Figure
+
+    saved, original = {}, Figure.savefig
+
+    def record(self, path, *args, **kwargs):
+        saved[os.path.basename(str(path))] = self
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return saved
 
 
 def task(n: int, instruction: str, task_input: str = "<noinput>", output: str = "An answer.") -> str:

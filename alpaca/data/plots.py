@@ -2,7 +2,8 @@
 
 - `verb_sunburst`: the two-level pie of the Alpaca data figure: the top root verbs on the inner ring, each
   verb's commonest direct objects on the outer ring, wedge sizes proportional to counts.
-- `length_histograms`: words (or tokens) per instruction, input and output, one outline per data set.
+- `length_histograms`: words (or tokens) per instruction, input and output, one outline per data set; a panel
+  of long texts has a log x axis and says so in its label.
 - `score_histogram`: how many examples got each rating 0-5.
 """
 
@@ -84,9 +85,11 @@ def verb_sunburst(top: list[dict], path: str, title: str) -> None:
 
 
 def length_histograms(lengths: dict[str, dict[str, list[int]]], path: str, unit: str = "words") -> None:
-    """One panel per field (instruction, input, output): a histogram outline per data set, log-spaced bins.
+    """One panel per field (instruction, input, output): a histogram outline per data set.
 
     lengths: {data set label: {field: [length of each record, in `unit`]}}; inputs count only non-empty ones.
+    A panel whose longest text has more than 100 units has a log x axis with log-spaced bins and says "(log scale)"
+    in its label; the others are linear. The y axes are linear: examples per bin.
     """
     plt = _pyplot()
     fields = ("instruction", "input", "output")
@@ -105,8 +108,10 @@ def length_histograms(lengths: dict[str, dict[str, list[int]]], path: str, unit:
                 ax.hist(data, bins=bins, histtype="step", linewidth=1.5, label=f"{label} ({len(data)})")
         if logarithmic:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{unit} per {field}" + (" (non-empty)" if field == "input" else ""))
-        ax.set_ylabel("examples")
+        # The panels' scales can differ (a short field linear, a long one log): each label names its own.
+        ax.set_xlabel(f"{unit} per {field}" + (" (non-empty)" if field == "input" else "")
+                      + (" (log scale)" if logarithmic else ""))
+        ax.set_ylabel("examples per bin")
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     save_figure(figure, path)

@@ -25,7 +25,8 @@ def load_inputs(paths: list[str], require_output: bool = True, conversations: bo
 def has_input(record: dict) -> bool:
     """Whether the record has an input: not empty, not only spaces, not the generator's "<noinput>" marker."""
     text = record["input"].strip()
-    return bool(text) and text.lower() != NOINPUT_MARKER
+    # the length first: lower() would copy a long input just to compare it with a 9-character marker
+    return bool(text) and not (len(text) == len(NOINPUT_MARKER) and text.lower() == NOINPUT_MARKER)
 
 
 def task_of(record: dict) -> dict:

@@ -71,7 +71,9 @@ def near_duplicates(instructions: list[str], threshold: float, num_examples: int
     index = RougeLIndex(num_threads=num_cpus, language=language)
     pairs = records_with_pair = identical = 0
     examples = []
-    for i, instruction in enumerate(tqdm(instructions, desc="near-duplicates", unit="instr", leave=False)):
+    # leave=True: the finished bar ends with a newline. A cleared one (leave=False) ends with a bare carriage
+    # return, and in a log (`stats ... > log 2>&1`) the report's title was written on the bar's line.
+    for i, instruction in enumerate(tqdm(instructions, desc="near-duplicates", unit="instr", leave=True)):
         scores = index.scores(instruction)
         above = np.flatnonzero(scores > threshold)
         if len(above):

@@ -17,6 +17,7 @@ pictures) and rating.py (the LLM rater).
 
 import json
 import os
+import sys
 from collections import Counter
 
 import numpy as np
@@ -91,8 +92,8 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
     datasets = load_inputs(paths, conversations=True)
     loaded_tokenizer = data_stats.load_tokenizer(tokenizer) if tokenizer else None
     nlp, verbs_note = verb_objects.load_pipeline(spacy_model)
-    if verbs_note:
-        print(f"note: {verbs_note}")
+    if verbs_note:  # on stderr: stdout is the report (`stats ... > report.md`), and the report says it too
+        print(f"note: {verbs_note}", file=sys.stderr)
     labels = data_stats.unique_labels(paths)
     all_stats, lengths = {}, {}
     for label, path, records in zip(labels, paths, datasets, strict=True):

@@ -49,7 +49,8 @@ def extract_all(nlp, instructions: Iterable[str], total: int | None = None) -> l
     from tqdm import tqdm
 
     docs = nlp.pipe(instructions, batch_size=256)
-    return [verb_object(doc) for doc in tqdm(docs, total=total, desc="parsing", unit="instr", leave=False)]
+    # leave=True, as stats' other bar: a cleared bar ends without a newline and the report would follow on its line
+    return [verb_object(doc) for doc in tqdm(docs, total=total, desc="parsing", unit="instr", leave=True)]
 
 
 def top_verb_objects(pairs: Iterable[tuple[str | None, str | None]], num_verbs: int = 20,

@@ -507,7 +507,8 @@ def human_results(output_dir: str, judge_dir: str | None = None, seed: int = 42,
     print(win_rates.format_table(table))
     print(format_agreement(results["agreement"]))
     if plot:
-        win_rates.plot_win_rates(table, os.path.join(output_dir, "human_win_rates.png"))
+        win_rates.plot_win_rates(table, os.path.join(output_dir, "human_win_rates.png"),
+                                 judged_by="the annotators" if len(annotators) > 1 else "the annotator")
         plot_agreement(results["agreement"], annotators, os.path.join(output_dir, "human_agreement.png"))
     pictures = ", human_win_rates.png, human_agreement.png" if plot else ""
     print(f"Wrote {RESULTS_NAME}{pictures} to {output_dir}")

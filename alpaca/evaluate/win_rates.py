@@ -147,50 +147,94 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_win_rates(results: dict, path: str) -> None:
+def model_colours(results: dict) -> dict[str, str]:
+    """{model: its colour}, in the table's order (model_names): one colour per model in every panel of the figure."""
+    return {name: f"C{k % 10}" for k, name in enumerate(model_names(results))}
+
+
+def plot_win_rates(results: dict, path: str, judged_by: str = "the judge") -> None:
     """win_rates.png: each model's win rate and length-controlled win rate with their 95% intervals (left), and
-    its win rate per category (right; n = judged pairs). Drawn with matplotlib's Agg canvas, no display needed."""
+    its win rate per category (right; n = judged pairs). `judged_by` names who gave the verdicts in the x-axis
+    label ("the judge", "the annotators"). Drawn with matplotlib's Agg canvas, no display needed."""
+    win_rates_figure(results, judged_by).savefig(path, dpi=100)
+
+
+def win_rates_figure(results: dict, judged_by: str = "the judge"):
+    """The matplotlib Figure of plot_win_rates. A colour means one model in both panels; the left panel tells the
+    two metrics apart by marker (filled circle: win rate, open square: length-controlled). Legends list the models
+    in the table's order, best first."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = model_names(results)[::-1]  # best at the top
-    categories = sorted({c for name in names for c in results[name]["per_category"]})
+    names = model_names(results)
+    colours = model_colours(results)
+    categories = judged_categories(results)
     figure = Figure(figsize=(13, 2.5 + 0.4 * max(len(names) * 2, len(categories))))
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-    for offset, (field, label, marker) in enumerate([("win_rate", "win rate", "o"),
-                                                     ("lc_win_rate", "length-controlled", "s")]):
-        ys, xs, errors = [], [], [[], []]
-        for y, name in enumerate(names):
+    draw_overall(left, results, names, colours, judged_by)
+    draw_per_category(right, results, names, colours, categories)
+    figure.tight_layout()
+    return figure
+
+
+METRIC_MARKERS = [("win_rate", "win rate", {"marker": "o"}),
+                  ("lc_win_rate", "length-controlled", {"marker": "s", "markerfacecolor": "white"})]
+
+
+def draw_overall(axes, results: dict, names: list[str], colours: dict[str, str], judged_by: str) -> None:
+    """The left panel: per model (best at the top), its win rate and LC win rate with their 95% intervals."""
+    from matplotlib.lines import Line2D
+
+    for row, name in enumerate(names):
+        for offset, (field, _, style) in enumerate(METRIC_MARKERS):
             value, ci = results[name][field], results[name][f"{field}_ci95"]
             if value is None:
                 continue
-            ys.append(y + 0.15 - 0.3 * offset)
-            xs.append(value)
-            errors[0].append(value - ci[0])
-            errors[1].append(ci[1] - value)
-        left.errorbar(xs, ys, xerr=errors, fmt=marker, capsize=4, label=f"{label} (95% CI)")
-    left.set_yticks(range(len(names)), names)
-    left.set_ylim(-0.6, len(names) - 0.4)
-    left.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-    left.set_xlim(0, 1)
-    left.set_xlabel("share of instructions where the judge prefers the model")
-    left.legend(loc="best", fontsize="small")
-    left.set_title("win rate against the reference")
+            axes.errorbar([value], [row - 0.15 + 0.3 * offset], xerr=[[value - ci[0]], [ci[1] - value]],
+                          linestyle="none", capsize=4, color=colours[name], **style)
+    axes.set_yticks(range(len(names)), names)
+    axes.set_ylim(len(names) - 0.4, -0.6)  # inverted: rows top to bottom in the table's order, best first
+    axes.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel(f"share of instructions where {judged_by} preferred the model")
+    # The legend explains the markers only, in black: colour stays the model's (named on the y axis).
+    axes.legend([Line2D([], [], color="black", linestyle="none", **style) for _, _, style in METRIC_MARKERS],
+                [f"{label} (95% CI)" for _, label, _ in METRIC_MARKERS], loc="best", fontsize="small")
+    axes.set_title("win rate against the reference")
     if all(results[name]["win_rate"] is None for name in names):  # empty axes read as a broken picture
-        left.text(0.5, 0.5, "no judged pairs: every pair is unjudged\n(see the run's log and annotations.jsonl)",
-                  ha="center", va="center", transform=left.transAxes)
+        axes.text(0.5, 0.5, "no judged pairs: every pair is unjudged\n(see the run's log and annotations.jsonl)",
+                  ha="center", va="center", transform=axes.transAxes)
+
+
+def judged_categories(results: dict) -> list[str]:
+    """The categories in which at least one model has a judged pair, sorted: a category nobody judged has no win
+    rate to draw (a bar of 0 there would read as a loss on every pair)."""
+    return sorted({category for name in model_names(results)
+                   for category, entry in results[name]["per_category"].items() if entry["n"]})
+
+
+def draw_per_category(axes, results: dict, names: list[str], colours: dict[str, str], categories: list[str]) -> None:
+    """The right panel: per category, one bar per model with a judged pair there (best model at the top of each
+    group), its value written beside it so that a win rate of 0 is seen too."""
     height = 0.8 / max(1, len(names))
+    handles = {}
     for k, name in enumerate(names):
-        per = results[name]["per_category"]
-        values = [per.get(c, {}).get("win_rate") or 0.0 for c in categories]
-        right.barh([i - 0.4 + height * (k + 0.5) for i in range(len(categories))], values, height=height, label=name)
-    right.set_yticks(range(len(categories)),
-                     [f"{c} (n={max(results[name]['per_category'].get(c, {}).get('n', 0) for name in names)})"
-                      for c in categories])
-    right.axvline(0.5, color="grey", linestyle="--", linewidth=1)
-    right.set_xlim(0, 1)
-    right.set_title("win rate per category")
-    right.legend(loc="best", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+        for i, category in enumerate(categories):
+            entry = results[name]["per_category"].get(category, {"n": 0})
+            if not entry["n"]:
+                continue  # no judged pair of this model here: nothing to draw, not a 0
+            y = i - 0.4 + height * (k + 0.5)
+            handles[name] = axes.barh([y], [entry["win_rate"]], height=height, color=colours[name])
+            axes.text(entry["win_rate"] + 0.01, y, f"{entry['win_rate']:.2f}", va="center", fontsize=7)
+    axes.set_yticks(range(len(categories)),
+                    [f"{c} (n={max(results[name]['per_category'].get(c, {}).get('n', 0) for name in names)})"
+                     for c in categories])
+    if categories:
+        axes.set_ylim(len(categories) - 0.5, -0.5)  # inverted, as the left panel: read top to bottom
+    axes.axvline(0.5, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlim(0, 1)
+    axes.set_title("win rate per category")
+    if handles:
+        axes.legend([handles[name] for name in names if name in handles], [n for n in names if n in handles],
+                    loc="best", fontsize="small")

@@ -318,11 +318,101 @@ def test_stats_without_a_spacy_model_says_how_to_install_one_and_prints_the_rest
     path = write_json(tmp_path / "d.json", GOOD)
     result = data_tools.stats(path, output_dir=str(tmp_path / "out"), spacy_model="no_such_spacy_model_xyz",
                               num_cpus=1, language_mix=False)  # lingua's model loading (~9 s) is tested elsewhere
-    printed = capsys.readouterr().out
-    assert printed.count("python -m spacy download en_core_web_sm") == 1
-    assert "| records | 3 |" in printed and result["d"]["verbs"] is None
+    printed = capsys.readouterr()
+    assert printed.err.count("python -m spacy download en_core_web_sm") == 1  # a note: stdout is the report
+    assert "| records | 3 |" in printed.out and result["d"]["verbs"] is None
     assert not (tmp_path / "out" / "d_verbs.png").exists()
 
+
+
+def drawn_pictures(monkeypatch) -> dict:
+    """{file name: the matplotlib Figure} of every picture data_plots writes from now on (still written)."""
+    from alpaca.data import plots as data_plots
+
+    drawn, save = {}, data_plots.save_figure
+
+    def record(figure, path):
+        drawn[pathlib.Path(path).name] = figure
+        save(figure, path)
+
+    monkeypatch.setattr(data_plots, "save_figure", record)
+    return drawn
+
+
+def assert_log_axes_say_so(figure) -> None:
+    for axes in figure.axes:
+        assert ("(log scale)" in axes.get_xlabel()) == (axes.get_xscale() == "log"), axes.get_xlabel()
+        assert axes.get_yscale() == "linear" and axes.get_ylabel() == "examples per bin"
+
+
+def test_length_pictures_say_which_axes_are_logarithmic(tmp_path, monkeypatch):
+    # short instructions (a linear axis) beside outputs of up to 400 words (a log axis)
+    records = [{**r, "output": " ".join(["word"] * n)} for r, n in zip(GOOD, (4, 40, 400), strict=True)]
+    drawn = drawn_pictures(monkeypatch)
+    data_tools.stats(write_json(tmp_path / "d.json", records), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    figure = drawn["lengths.png"]
+    assert [axes.get_xlabel() for axes in figure.axes] == [
+        "words per instruction", "words per input (non-empty)", "words per output (log scale)"]
+    assert [axes.get_xscale() for axes in figure.axes] == ["linear", "linear", "log"]
+    assert_log_axes_say_so(figure)
+
+
+def test_stats_report_starts_with_its_title_after_the_progress_bars_are_done(tmp_path, monkeypatch):
+    # `data_tools.py stats ... > log 2>&1`: stdout and stderr in one stream, in the order they were written. The
+    # near-duplicates bar used to end with a bare carriage return, so the title went on the bar's line.
+    import io
+
+    merged = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", merged)
+    monkeypatch.setattr(sys, "stderr", merged)
+    data_tools.stats(write_json(tmp_path / "d.json", GOOD), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    text = merged.getvalue()
+    assert "near-duplicates" in text  # the progress bar was there, on the same stream
+    before, title, _ = text.partition("# Data statistics\n")
+    assert title and (before == "" or before.endswith("\n")), repr(text[:300])
+    assert (tmp_path / "out" / "stats.md").read_text().startswith("# Data statistics\n")
+
+
+def test_stats_prints_only_the_report_on_stdout_before_its_summary(tmp_path, capsys):
+    # `data_tools.py stats ... > report.md`: the report's title comes first; notes and progress go to stderr.
+    data_tools.stats(write_json(tmp_path / "d.json", GOOD), output_dir=str(tmp_path / "out"),
+                     spacy_model="no_such_spacy_model_xyz", num_cpus=1, language_mix=False)
+    printed = capsys.readouterr()
+    assert printed.out.startswith("# Data statistics\n")
+    assert "near-duplicates" in printed.err and "near-duplicates" not in printed.out
+
+
+def test_stats_on_one_huge_record_needs_a_small_multiple_of_its_size(tmp_path):
+    # One 200 MB line used 3.4 GB: every word of the output became its own str (~10x the text). Python's own
+    # allocations are counted (tracemalloc), after a first run has paid for imports, compilation and fonts.
+    import tracemalloc
+
+    run = {"spacy_model": "no_such_spacy_model_xyz", "num_cpus": 1, "language_mix": False}
+    data_tools.stats(write_json(tmp_path / "small.json", GOOD), output_dir=str(tmp_path / "warm"), **run)
+    output = "lorem ipsum dolor sit amet, consectetur adipiscing elit " * 140_000  # 7.8 MB, 1.1M words
+    path = write_jsonl(tmp_path / "huge.jsonl", [{**GOOD[0], "output": output}])
+    size = pathlib.Path(path).stat().st_size
+    tracemalloc.start()
+    try:
+        result = data_tools.stats(path, output_dir=str(tmp_path / "out"), **run)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result["huge"]["words"]["output"]["max"] == len(output.split())
+    assert peak < 4 * size, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB record"
+
+
+@pytest.mark.parametrize("text", [
+    "word " * 20, " lead and trail ", "one\u00a0two\u2003three\x1cfour\tfive\nsix", "abcdefghijklmnopqrstuvw",
+    "a b  c   d    e     f", "\u3000".join(["日本語"] * 9), "x" * 7 + " " + "y" * 7 + "\n\n" + "z" * 14, "  ", ""])
+def test_counting_a_long_text_slice_by_slice_gives_the_word_list_length(text, monkeypatch):
+    from alpaca.generate import language
+
+    monkeypatch.setattr(language, "COUNT_SLICE_CHARACTERS", 7)  # every text here is cut, at every kind of place
+    assert language.count_units(text, "en") == len(text.split())
+    assert language.count_units(text, "de") == len(language.units(text))
 
 def test_a_spacy_pipeline_without_a_parser_is_reported_not_used(tmp_path):
     import spacy
@@ -343,15 +433,19 @@ def test_stats_with_an_installed_english_model():
 
 
 @pytest.mark.slow
-def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir):
+def test_stats_counts_tokens_with_a_local_tokenizer(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoTokenizer
 
+    drawn = drawn_pictures(monkeypatch)
     path = write_json(tmp_path / "d.json", GOOD)
     result = data_tools.stats(path, output_dir=str(tmp_path / "out"), tokenizer=str(tiny_model_dir), num_cpus=1)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     lengths = [len(tokenizer(r["output"], add_special_tokens=False)["input_ids"]) for r in GOOD]
     assert result["d"]["tokens"]["output"]["max"] == max(lengths)
     assert (tmp_path / "out" / "token_lengths.png").exists()
+    assert_log_axes_say_so(drawn["token_lengths.png"])
+    assert [axes.get_xlabel().split(" (")[0] for axes in drawn["token_lengths.png"].axes] == [
+        "tokens per instruction", "tokens per input", "tokens per output"]
 
 
 @pytest.mark.slow

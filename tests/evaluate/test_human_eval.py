@@ -205,6 +205,26 @@ def test_results_without_verdicts_or_judge_say_so(tmp_path, capsys):
     assert "carol vs the LLM judge: agree on 100% of 1 shared pairs, Cohen's kappa undefined" in capsys.readouterr().out
 
 
+def test_human_win_rates_picture_names_the_annotator_and_draws_only_judged_categories(tmp_path, saved_figures):
+    """One annotator judged two pairs: the model loses on "rewriting" (a real 0) and wins on "math"; "open_qa"
+    (identical answers) is a tie without a look. The categories nobody judged are not drawn as bars of 0."""
+    model, reference = write_answer_files(tmp_path / "files")
+    out = tmp_path / "out"
+    stored = human_eval.prepare_pairs(model, reference, str(out))
+    for index, verdict in ((0, "reference"), (3, "model")):  # PAIRS[0] is rewriting, PAIRS[3] math
+        human_eval.append_annotation(str(out / human_eval.ANNOTATIONS_NAME),
+                                     {**human_eval.verdict_record(stored[index], "carol", 42, "A"), "verdict": verdict})
+    human_eval.human_results(str(out), plot=True)
+    left, right = saved_figures["human_win_rates.png"].axes
+    assert left.get_xlabel() == "share of instructions where the annotator preferred the model"
+    labels = [label.get_text() for label in right.get_yticklabels()]
+    assert labels == ["math (n=1)", "open_qa (n=1)", "rewriting (n=1)"]  # not coding, advice, classification
+    assert sorted(bar.get_width() for bar in right.patches) == [0.0, 0.5, 1.0]
+    # one annotator: one row, named after them, and no "pooled" row repeating it
+    assert [text.get_text() for text in right.get_legend().get_texts()] == ["human: carol"]
+    assert [label.get_text() for label in left.get_yticklabels()] == ["human: carol"]
+
+
 # -- the HTTP API, in-process ------------------------------------------------------------------------------
 
 

@@ -570,3 +570,69 @@ def test_a_picture_with_no_judged_pair_says_so(tmp_path, monkeypatch):
     result = win_rates.compute_results([None, None], [10, 20], [12, 18], ["a", "a"], seed=0)
     win_rates.plot_win_rates({"m": {**result, "reference": "r"}}, str(tmp_path / "w.png"))
     assert any("no judged pairs" in text for text in said) and (tmp_path / "w.png").stat().st_size > 0
+
+
+def top_to_bottom(labels) -> list[str]:
+    """The texts of y-axis tick labels in the order a reader sees them, top first."""
+    return [label.get_text() for label in sorted(labels, key=lambda label: -label.get_window_extent().y0)]
+
+
+def test_win_rates_picture_gives_each_model_one_colour_and_lists_models_in_table_order(tmp_path, saved_figures):
+    from matplotlib.colors import to_hex
+
+    from alpaca.evaluate import win_rates
+
+    lengths, reference = [30, 50, 40, 60, 35, 55, 45, 65, 20, 70, 42, 58], [45] * 12
+    categories = ["advice", "coding"] * 6
+
+    def model(wins: int) -> dict:
+        preferences = [1.0] * wins + [0.0] * (12 - wins)
+        return {**win_rates.compute_results(preferences, lengths, reference, categories, seed=0), "reference": "r"}
+
+    results = {"weak": model(2), "strong": model(10), "middle": model(6)}  # not in the table's order
+    table_order = win_rates.model_names(results)
+    assert table_order == ["strong", "middle", "weak"]
+    win_rates.plot_win_rates(results, str(tmp_path / "win_rates.png"))
+    left, right = saved_figures["win_rates.png"].axes
+
+    # the per-category legend lists the models as the table does, best first; its colours name the models
+    assert [text.get_text() for text in right.get_legend().get_texts()] == table_order
+    colour_of = {name: to_hex(handle.get_facecolor()) for name, handle in
+                 zip(table_order, right.get_legend().legend_handles, strict=True)}
+    assert len(set(colour_of.values())) == 3
+    # right panel: every model has one bar per category, all in its colour
+    bar_colours = [to_hex(bar.get_facecolor()) for bar in right.patches]
+    assert sorted(bar_colours) == sorted(list(colour_of.values()) * 2)
+    # left panel: models top to bottom in the table's order; both of a model's markers are in its colour
+    assert top_to_bottom(left.get_yticklabels()) == table_order
+    row_of = {label.get_text(): tick for label, tick in zip(left.get_yticklabels(), left.get_yticks(), strict=True)}
+    markers = {}
+    for container in left.containers:
+        line = container.lines[0]
+        (y,) = line.get_ydata()
+        name = min(row_of, key=lambda n: abs(row_of[n] - y))
+        assert to_hex(line.get_color()) == colour_of[name], name
+        markers.setdefault(name, set()).add((line.get_marker(), to_hex(line.get_markerfacecolor())))
+    assert {name: len(found) for name, found in markers.items()} == {name: 2 for name in table_order}
+    # the left legend explains the two markers (filled: win rate, open: length-controlled), in no model's colour
+    legend = left.get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["win rate (95% CI)", "length-controlled (95% CI)"]
+    assert not {to_hex(handle.get_color()) for handle in legend.legend_handles} & set(colour_of.values())
+    assert left.get_xlabel() == "share of instructions where the judge preferred the model"
+
+
+def test_win_rates_picture_leaves_out_categories_nobody_judged_and_draws_a_real_zero(tmp_path, saved_figures):
+    from alpaca.evaluate import win_rates
+
+    # category "a": judged, all lost (a real 0); "b": judged by "m" only; "c": every pair unjudged
+    m = win_rates.compute_results([0.0, 0.0, 1.0, None], [10, 30, 20, 40], [20] * 4, ["a", "a", "b", "c"], seed=0)
+    other = win_rates.compute_results([0.0, None, None, None], [10, 30, 20, 40], [20] * 4, ["a", "a", "b", "c"],
+                                      seed=0)
+    win_rates.plot_win_rates({"m": {**m, "reference": "r"}, "other": {**other, "reference": "r"}},
+                             str(tmp_path / "win_rates.png"), judged_by="the annotators")
+    left, right = saved_figures["win_rates.png"].axes
+    assert top_to_bottom(right.get_yticklabels()) == ["a (n=2)", "b (n=1)"]  # no "c (n=0)"
+    widths = sorted(bar.get_width() for bar in right.patches)
+    assert widths == [0.0, 0.0, 1.0]  # m and other in a (both 0 with n > 0), m in b; no bar for other in b
+    assert [text.get_text() for text in right.texts].count("0.00") == 2  # a bar of width 0 is seen by its label
+    assert left.get_xlabel() == "share of instructions where the annotators preferred the model"
