@@ -6,7 +6,12 @@
 The code lives in alpaca/infer/; docs/serving.md explains the flags.
 """
 
-from alpaca.infer.answer import (  # noqa: F401  (the 2023 names, importable from here)
+if __name__ == "__main__":  # a mistyped model path is reported at once, before torch and transformers load
+    from alpaca.infer.checks import check_paths_first
+
+    check_paths_first()
+
+from alpaca.infer.answer import (  # noqa: E402, F401  (the 2023 names, importable from here)
     entry_point,
     format_prompt,
     generate_responses,

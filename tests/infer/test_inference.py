@@ -446,3 +446,37 @@ def test_num_samples_through_an_endpoint_uses_n_or_k_requests(tmp_path, monkeypa
         inference.main(["--api_base", server.url, *argv])  # a re-run: every answer from the cache, in place
         assert len(server.bodies()) == len(bodies) + (0 if server_takes_n else 1)  # (the probe is asked again)
         assert json.loads((tmp_path / "samples.json").read_text()) == written
+
+
+# Runs `python inference.py ARGV` in a fresh Python (runpy, as the interpreter runs a script) and prints the exit
+# code, stderr, and whether torch / transformers had been imported when it exited.
+_RUN_INFERENCE_PY_AND_REPORT = """
+import contextlib, io, json, runpy, sys
+sys.argv, err = ["inference.py", *json.loads(sys.argv[1])], io.StringIO()
+with contextlib.redirect_stderr(err):
+    try:
+        runpy.run_path("inference.py", run_name="__main__")
+        code = 0
+    except SystemExit as exit:
+        code = exit.code
+print(json.dumps(dict(code=code, err=err.getvalue(), torch="torch" in sys.modules,
+                      transformers="transformers" in sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("flag", ["--model_name_or_path", "--lora_path"])
+def test_a_missing_model_path_is_one_sentence_before_torch_is_imported(repo_dir, tmp_path, tiny_model_dir, flag):
+    """The newcomer's `inference.py --model_name_or_path demo_out/nope` with the Hub off: our sentence, not the Hub
+    library's "Repo id must be in the form ...", and before the seconds of importing torch and transformers."""
+    data = tmp_path / "d.json"
+    data.write_text('[{"instruction": "Say hi."}]')
+    model = ["--model_name_or_path", str(tiny_model_dir)] if flag == "--lora_path" else []
+    argv = [*model, flag, "demo_out/nope", "--data_path", str(data), "--output_path", str(tmp_path / "o.json")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", _RUN_INFERENCE_PY_AND_REPORT, json.dumps(argv)], cwd=repo_dir,
+                            env=env, capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["code"] == 1 and report["err"].count("\n") == 1, report
+    assert report["err"].startswith("error: There is no local model directory 'demo_out/nope', and the Hugging Face "
+                                    "Hub is switched off (HF_HUB_OFFLINE is set)"), report
+    assert not report["torch"] and not report["transformers"]
