@@ -223,6 +223,38 @@ def verdict_record(pair: dict, annotator: str, seed: int | str, choice: str) -> 
             "verdict": verdict, "pair_key": pair["key"], "time": now()}
 
 
+def response_headers(page: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(headers of every answer, those of the page): no caching, no sniffing, no referrer; the page's Content
+    Security Policy allows its own inline script (by hash) and requests to this server, nothing else."""
+    script = re.search(r"<script>(.*?)</script>", page, flags=re.S).group(1)
+    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    return headers, {**headers, "Content-Security-Policy": (
+        f"default-src 'none'; script-src '{script_hash}'; style-src 'unsafe-inline'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")}
+
+
+def refusal(request, token: str | None) -> tuple[int, str] | None:
+    """(HTTP status, sentence) for a request the annotation server refuses, or None: without the token (token
+    mode), from another host than this machine's (no token), from another site's page, or a POST whose body does
+    not state a length within MAX_BODY_BYTES."""
+    if token is not None and not secrets.compare_digest(request.query_params.get("token", "").encode(),
+                                                        token.encode()):
+        return 403, "Forbidden: open the full address the server printed (it carries the token)."
+    # Without a token only this machine is served: a page elsewhere that renames itself 127.0.0.1 (DNS rebinding)
+    # or posts to us from its own origin is refused.
+    if token is None and request.url.hostname not in LOOPBACK_HOSTS:
+        return 403, "Forbidden: this server answers to 127.0.0.1 only; use the address it printed."
+    origin = request.headers.get("origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
+        return 403, "Forbidden: requests from other sites are refused."
+    if request.method == "POST":  # a verdict is a few dozen bytes: refuse a body before reading it
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return 413, f"A request body must state its length and hold at most {MAX_BODY_BYTES} bytes."
+    return None
+
+
 def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str, token: str | None):
     """The FastAPI app: GET / (the page), GET /api/state, POST /api/verdict {"id", "choice"}, POST /api/undo.
     Each request reads the annotation file under the lock, so several servers on one directory stay consistent.
@@ -235,12 +267,7 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str
     path = os.path.join(output_dir, ANNOTATIONS_NAME)
     shown = to_annotate(pairs)
     page = PAGE.read_text(encoding="utf-8")
-    script = re.search(r"<script>(.*?)</script>", page, flags=re.S).group(1)
-    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode()
-    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-    page_headers = {**headers, "Content-Security-Policy": (
-        f"default-src 'none'; script-src '{script_hash}'; style-src 'unsafe-inline'; connect-src 'self'; "
-        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")}
+    headers, page_headers = response_headers(page)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     class Verdict(BaseModel):
@@ -249,21 +276,9 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str
 
     @app.middleware("http")
     async def guard(request, call_next):
-        if token is not None and not secrets.compare_digest(request.query_params.get("token", "").encode(),
-                                                            token.encode()):
-            return forbidden("open the full address the server printed (it carries the token)")
-        # Without a token only this machine is served: a page elsewhere that renames itself 127.0.0.1 (DNS
-        # rebinding) or posts to us from its own origin is refused.
-        if token is None and request.url.hostname not in LOOPBACK_HOSTS:
-            return forbidden("this server answers to 127.0.0.1 only; use the address it printed")
-        origin = request.headers.get("origin")
-        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host"):
-            return forbidden("requests from other sites are refused")
-        if request.method == "POST":  # a verdict is a few dozen bytes: refuse a body before reading it
-            length = request.headers.get("content-length", "")
-            if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-                return PlainTextResponse(f"A request body must state its length and hold at most {MAX_BODY_BYTES} "
-                                         "bytes.", status_code=413, headers=headers)
+        refused = refusal(request, token)
+        if refused is not None:
+            return PlainTextResponse(refused[1], status_code=refused[0], headers=headers)
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
@@ -276,9 +291,6 @@ def make_app(pairs: list[dict], output_dir: str, annotator: str, seed: int | str
     async def user_error(request, error) -> PlainTextResponse:
         # e.g. a damaged line in the annotation file: the sentence that says which line, not a bare 500.
         return PlainTextResponse(str(error), status_code=500, headers=headers)
-
-    def forbidden(why: str) -> PlainTextResponse:
-        return PlainTextResponse(f"Forbidden: {why}.", status_code=403, headers=headers)
 
     def current_stack() -> list[dict]:
         return standing_verdicts(read_annotations(path)).get(annotator, [])
