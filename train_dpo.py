@@ -1,8 +1,10 @@
 """Preference optimisation (DPO) of a fine-tuned Alpaca model on judged preference pairs, with TRL's DPOTrainer.
 
-The pairs come from `judge.py preferences` (PREFS/preferences.jsonl: prompt, chosen, rejected); the flags are
-train.py's (LoRA, --use_cpu, FSDP and DeepSpeed configs, --seed, --max_steps, learning rate, batch sizes, gradient
-checkpointing, --resume_from_checkpoint) plus TRL's DPO settings (--beta, --loss_type, ...). One GPU:
+The pairs come from `judge.py preferences` (PREFS/preferences.jsonl: prompt, chosen, rejected) or any file of such
+records, or of {messages, chosen, rejected} records whose prompt is a conversation ending with a user turn (rendered
+as train.py renders a conversation; docs/preferences.md), or both. The flags are train.py's (LoRA, --use_cpu, FSDP
+and DeepSpeed configs, --seed, --max_steps, learning rate, batch sizes, gradient checkpointing,
+--resume_from_checkpoint) plus TRL's DPO settings (--beta, --loss_type, ...). One GPU:
 
     python train_dpo.py --model_name_or_path output/alpaca --data_path prefs/preferences.jsonl \
         --output_dir output/alpaca-dpo --beta 0.1 --learning_rate 5e-7 --num_train_epochs 1 \

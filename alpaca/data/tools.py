@@ -6,9 +6,10 @@
     python data_tools.py rate regen.json --judge_model gpt-4o-mini --output rated.json --min_score 4.5
     python data_tools.py convert regen.json --to release|messages|jsonl --output out.json
 
-Every input (a JSON list or JSONL of {"instruction", "input", "output"}, extra fields kept) is checked before any
-work starts; an input "<noinput>" counts as no input, as in the generator. Outputs are written to a temporary file
-and renamed into place, so a failure never leaves half a file. `python data_tools.py COMMAND --help` lists a
+Every input (a JSON list or JSONL of {"instruction", "input", "output"}, extra fields kept, or, for stats, clean,
+contamination and convert, of conversations {"messages": [...]} too) is checked before any work starts; an input
+"<noinput>" counts as no input, as in the generator. Outputs are written to a temporary file and renamed into
+place, so a failure never leaves half a file. `python data_tools.py COMMAND --help` lists a
 command's flags. The generator's filters, `--clean` filters and the ROUGE-L index are the generator's own
 (`generate_instruction.filter_drop_reason`, `clean_drop_reason`, `rouge_l.RougeLIndex`). The commands live here;
 their helpers in data_stats.py (the statistics), verb_objects.py (spaCy's verbs and objects), data_plots.py (the
@@ -24,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from alpaca import cli, errors, files
+from alpaca.data import conversations as data_conversations
 from alpaca.data.records import (  # noqa: F401  (the commands' record helpers, importable from here too)
     CONTROL_CHARACTERS,
     FIELDS,
@@ -82,7 +84,6 @@ def stats(*data_paths: str, output_dir: str = "data_stats", tokenizer: str | Non
         language_mix: report the languages of the instructions (lingua; its first Latin-script text loads ~9 s
             of models).
     """
-    from alpaca.data import conversations as data_conversations
     from alpaca.data import plots as data_plots
     from alpaca.data import stats as data_stats
     from alpaca.data import verb_objects
@@ -149,12 +150,45 @@ def normalised(record: dict) -> dict:
     return fixed
 
 
+def normalised_with_repairs(original: dict) -> tuple[dict, Counter]:
+    """(the record `normalised`, a conversation's every message too; what was repaired: control_characters and
+    noinput_marker, 1 or 0 each)."""
+    if is_conversation(original):
+        messages = original["messages"]
+        return ({**original, "messages": data_conversations.normalised_messages(messages)},
+                data_conversations.repairs(messages))
+    control = any(CONTROL_CHARACTERS.search(original[field] or "") for field in FIELDS
+                  if isinstance(original.get(field), str))
+    return normalised(original), Counter(control_characters=int(control),
+                                         noinput_marker=int(original["input"].strip().lower() == NOINPUT_MARKER))
+
+
 def eval_index(eval_path: str, num_cpus: int | None, language: str = "en") -> tuple[list[str], RougeLIndex]:
     """The instructions of an evaluation file (outputs optional) and a ROUGE-L index over them (in the units of
     `language`)."""
     eval_records = files.load_alpaca_records(eval_path, require_output=False)
     instructions = [r["instruction"] for r in eval_records]
     return instructions, RougeLIndex(instructions, num_threads=num_cpus, language=language)
+
+
+def turn_drop_reason(task: dict, language: str, generator_filters: bool, clean_filters: bool,
+                     excluded: tuple[list[str], RougeLIndex] | None, threshold: float) -> tuple[str | None, dict]:
+    """(the first reason `clean` drops one user turn's task for, or None; its details): the generator's filters, its
+    --clean filters, then contamination against `excluded` (the evaluation instructions and their index)."""
+    reason = None
+    if generator_filters:
+        reason = filter_drop_reason(task["instruction"], language)
+        if reason is None and language != "en":
+            reason = language_drop_reason(task, language)
+    if reason is None and clean_filters:
+        reason = clean_drop_reason(task)
+    if reason is None and excluded is not None and len(excluded[1]):
+        eval_instructions, index = excluded
+        scores = index.scores(task["instruction"])
+        best = int(np.argmax(scores))
+        if scores[best] > threshold:
+            return "contamination", {"similar_to": eval_instructions[best], "rouge_l": float(scores[best])}
+    return reason, {}
 
 
 def clean(data_path: str, output: str, exclude: str | None = None, generator_filters: bool = True,
@@ -170,12 +204,15 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
       - contamination: ROUGE-L F1 above the threshold against an instruction of --exclude;
       - duplicate: the same instruction as an earlier kept record;
       - similarity: ROUGE-L F1 above the threshold against an earlier kept instruction (as the generator does).
+    A conversation ({"messages": [...]}) is checked turn by turn: the first three apply to every user turn, and the
+    first turn that fails drops the whole conversation ("drop_turn" says which, counting from 1); duplicate and
+    similarity compare its first instruction only, as the generator's novelty filter does.
     Cleaning a cleaned file drops nothing. Writes --output (a JSON list, or JSONL when it ends in .jsonl),
     OUTPUT.dropped.jsonl (each dropped record with "drop_reason", "record_index" and, for similarity and
     contamination, "similar_to" and "rouge_l"), and prints the counts by reason.
 
     Arguments:
-        DATA_PATH: the data file (JSON list or JSONL of Alpaca records).
+        DATA_PATH: the data file (JSON list or JSONL of Alpaca records or conversations, or both).
         output: where the kept records go (not the input file).
         exclude: an evaluation file (JSON list or JSONL with "instruction"); its near-duplicates are dropped.
         generator_filters: apply the generator's per-instruction filters (True/False).
@@ -189,42 +226,40 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
     language = check_language(language)
     if not 0 <= similarity_threshold <= 1:
         raise UsageError(f"--similarity_threshold must be between 0 and 1, not {similarity_threshold}.")
-    (records,) = load_inputs([data_path])
+    (records,) = load_inputs([data_path], conversations=True)
     inputs = [data_path] + ([exclude] if exclude else [])
     check_output_path(output, inputs, also=(f"{output}.dropped.jsonl",))
-    eval_instructions, excluded = eval_index(exclude, num_cpus, language) if exclude else ([], None)
+    excluded = eval_index(exclude, num_cpus, language) if exclude else None
     kept_index = RougeLIndex(num_threads=num_cpus, language=language)
     kept, kept_instructions, dropped, counts = [], [], [], Counter()
+    turn_counts = Counter()  # (reason, user turn) of each dropped conversation
     seen = set()
     fixed = Counter()  # repairs made to kept and dropped records alike
     for record_index, original in enumerate(tqdm(records, desc="cleaning", unit="record")):
-        record = normalised(original)
-        fixed["control_characters"] += any(CONTROL_CHARACTERS.search(original[field] or "") for field in FIELDS
-                                           if isinstance(original.get(field), str))
-        fixed["noinput_marker"] += original["input"].strip().lower() == NOINPUT_MARKER
-        instruction = record["instruction"]
-        reason, detail = None, {}
-        if generator_filters:
-            reason = filter_drop_reason(instruction, language)
-            if reason is None and language != "en":
-                reason = language_drop_reason(task_of(record), language)
-        if reason is None and clean_filters:
-            reason = clean_drop_reason(task_of(record))
-        if reason is None and excluded is not None and len(excluded):
-            scores = excluded.scores(instruction)
-            best = int(np.argmax(scores))
-            if scores[best] > similarity_threshold:
-                reason, detail = "contamination", {"similar_to": eval_instructions[best],
-                                                   "rouge_l": float(scores[best])}
+        record, repairs = normalised_with_repairs(original)
+        fixed.update(repairs)
+        tasks = data_conversations.user_turn_tasks(record)
+        reason, detail, turn = None, {}, 1
+        for number, task in enumerate(tasks, start=1):  # the first user turn that fails drops the record
+            reason, detail = turn_drop_reason(task, language, generator_filters, clean_filters, excluded,
+                                              similarity_threshold)
+            if reason:
+                turn = number
+                break
+        instruction = tasks[0]["instruction"]  # the novelty filter's instruction: the first turn's
         if reason is None and instruction in seen:
-            reason = "duplicate"
+            reason, turn = "duplicate", 1
         if reason is None and len(kept_index):
             scores = kept_index.scores(instruction)
             best = int(np.argmax(scores))
             if scores[best] > similarity_threshold:
-                reason, detail = "similarity", {"similar_to": kept_instructions[best], "rouge_l": float(scores[best])}
+                reason, turn = "similarity", 1
+                detail = {"similar_to": kept_instructions[best], "rouge_l": float(scores[best])}
         if reason:
             counts[reason] += 1
+            if is_conversation(record):
+                turn_counts[reason, turn] += 1
+                detail = {**detail, "drop_turn": turn}
             dropped.append({**record, "drop_reason": reason, "record_index": record_index, **detail})
             continue
         kept.append(record)
@@ -233,44 +268,72 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
         kept_index.add(instruction)
     write_records(output, kept, inputs)
     files.write_atomically(f"{output}.dropped.jsonl", records_text(dropped, ".jsonl"), inputs)
+    by_turn = format_turn_counts(counts, turn_counts)
     print(f"Kept {len(kept):,} of {len(records):,} records in {output}; dropped {len(dropped):,}: "
-          f"{format_counts(counts)} (listed in {output}.dropped.jsonl). Fixed in kept and dropped records: "
-          f"{format_counts(fixed)}.")
-    return {"kept": len(kept), "dropped": dict(counts), "fixed": {k: v for k, v in fixed.items() if v}}
+          f"{format_counts(counts)} (listed in {output}.dropped.jsonl). "
+          + (f"Conversations dropped, by the user turn that failed: {by_turn}. " if by_turn else "")
+          + f"Fixed in kept and dropped records: {format_counts(fixed)}.")
+    result = {"kept": len(kept), "dropped": dict(counts), "fixed": {k: v for k, v in fixed.items() if v}}
+    if any(map(is_conversation, records)):  # {reason: {user turn: conversations}}
+        result["dropped_conversations_by_turn"] = by_reason = {}
+        for (reason, turn), n in sorted(turn_counts.items()):
+            by_reason.setdefault(reason, {})[str(turn)] = n
+    return result
+
+
+def format_turn_counts(counts: Counter, turn_counts: Counter) -> str:
+    """The dropped conversations by reason (in `counts`' order) and failing user turn: "length at turn 2: 3, at
+    turn 3: 1; duplicate at turn 1: 1", or "" when none."""
+    parts = []
+    for reason, _ in counts.most_common():
+        at = [f"at turn {turn}: {n:,}" for (r, turn), n in sorted(turn_counts.items()) if r == reason]
+        if at:
+            parts.append(f"{reason} " + ", ".join(at))
+    return "; ".join(parts)
 
 
 def contamination(train_path: str, eval: str, output: str | None = None, threshold: float = SIMILARITY_THRESHOLD,
                   num_cpus: int | None = None, language: str = "en") -> list[dict]:
     """Training instructions that are near-duplicates of evaluation instructions (ROUGE-L F1 > --threshold).
 
-    Prints each one with its closest evaluation instruction and the score, and writes them to --output (JSONL)
-    when given. `clean DATA --exclude EVAL` drops them.
+    Every user turn of a conversation is a training instruction: each one near an evaluation instruction is listed,
+    with its record and turn. Prints each one with its closest evaluation instruction and the score, and writes
+    them to --output (JSONL) when given. `clean DATA --exclude EVAL` drops them (a conversation as a whole).
 
     Arguments:
-        TRAIN_PATH: the training data (JSON list or JSONL of Alpaca records).
+        TRAIN_PATH: the training data (JSON list or JSONL of Alpaca records or conversations, or both).
         eval: the evaluation instructions (JSON list or JSONL with "instruction"; "output" optional).
-        output: a JSONL file for the list ({"record_index", "instruction", "eval_instruction", "rouge_l"}).
+        output: a JSONL file for the list ({"record_index", "instruction", "eval_instruction", "rouge_l"}; a
+            conversation's also "turn", its user turn counting from 1, after "record_index").
         threshold: ROUGE-L F1 above which a training instruction counts as contaminated.
         num_cpus: threads for ROUGE-L scoring (default: all cores).
         language: ISO 639-1 code: ROUGE-L over that language's units, as the generator's filter (default en).
     """
     language = check_language(language)
-    (records,) = load_inputs([train_path])
+    (records,) = load_inputs([train_path], conversations=True)
     eval_instructions, index = eval_index(eval, num_cpus, language)
     if output:
         check_output_path(output, [train_path, eval])
-    found = []
+    found, n_instructions = [], 0
     for record_index, record in enumerate(tqdm(records, desc="contamination", unit="record", leave=False)):
-        scores = index.scores(record["instruction"])
-        best = int(np.argmax(scores))
-        if scores[best] > threshold:
-            found.append({"record_index": record_index, "instruction": record["instruction"],
-                          "eval_instruction": eval_instructions[best], "rouge_l": float(scores[best])})
+        instructions = [t["instruction"] for t in turns(record["messages"])] if is_conversation(record) else \
+            [record["instruction"]]
+        n_instructions += len(instructions)
+        for turn, instruction in enumerate(instructions, start=1):
+            scores = index.scores(instruction)
+            best = int(np.argmax(scores))
+            if scores[best] > threshold:
+                where = {"record_index": record_index, "turn": turn} if is_conversation(record) else \
+                    {"record_index": record_index}
+                found.append({**where, "instruction": instruction, "eval_instruction": eval_instructions[best],
+                              "rouge_l": float(scores[best])})
     for item in found:
-        print(f"record {item['record_index']} (ROUGE-L {item['rouge_l']:.3f}): {item['instruction']!r} ~ "
-              f"{item['eval_instruction']!r}")
-    print(f"{len(found):,} of {len(records):,} training instructions have ROUGE-L F1 > {threshold} against one of "
-          f"the {len(eval_instructions):,} evaluation instructions in {eval}.")
+        place = f"record {item['record_index']}" + (f", turn {item['turn']}" if "turn" in item else "")
+        print(f"{place} (ROUGE-L {item['rouge_l']:.3f}): {item['instruction']!r} ~ {item['eval_instruction']!r}")
+    conversations = sum(map(is_conversation, records))
+    counted = f" (every user turn of the {conversations:,} conversations counts)" if conversations else ""
+    print(f"{len(found):,} of {n_instructions:,} training instructions{counted} have ROUGE-L F1 > {threshold} "
+          f"against one of the {len(eval_instructions):,} evaluation instructions in {eval}.")
     if output:
         files.write_atomically(output, records_text(found, ".jsonl"), [train_path, eval])
         print(f"Listed in {output}")

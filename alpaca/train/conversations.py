@@ -21,15 +21,21 @@ logger = logging.getLogger(__name__)
 CHUNK = 512  # conversations rendered and tokenized per apply_chat_template call
 
 
+def check_chat_template(tokenizer) -> None:
+    """DataError unless the tokenizer carries the Alpaca chat template (train.py attaches it when one reproduces
+    the tokenizer's prompt ids): without it a conversation has no rendering that serving engines share."""
+    if not is_alpaca_chat_template(tokenizer.chat_template):
+        raise DataError("Conversation records need the Alpaca chat template, and none reproduces this tokenizer's "
+                        "prompt ids (train.py warned above); convert them to Alpaca records or use another "
+                        "tokenizer.")
+
+
 def tokenize_conversations(conversations: Sequence[list[dict]], tokenizer,
                            ignore_index: int) -> dict[str, list[torch.Tensor]]:
     """dict(input_ids, labels): one int64 tensor [tokens] per conversation, labels = ids on assistant tokens and
     `ignore_index` elsewhere. A conversation longer than model_max_length is cut there, and after its last assistant
     token (later tokens teach nothing)."""
-    if not is_alpaca_chat_template(tokenizer.chat_template):
-        raise DataError("Conversation records need the Alpaca chat template, and none reproduces this tokenizer's "
-                        "prompt ids (train.py warned above); convert them to Alpaca records or use another "
-                        "tokenizer.")
+    check_chat_template(tokenizer)
     input_ids, labels = [], []
     for start in range(0, len(conversations), CHUNK):
         batch = tokenizer.apply_chat_template(list(conversations[start:start + CHUNK]), tokenize=True,

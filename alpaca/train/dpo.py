@@ -19,21 +19,26 @@ from trl import DPOConfig
 
 from alpaca import files
 from alpaca.errors import DataError, UsageError
+from alpaca.prompts.conversation import check_messages, format_conversation, is_conversation
 from alpaca.train import setup as train_setup
 from alpaca.train import sft as train
 from alpaca.train import throughput
+from alpaca.train.conversations import check_chat_template
 
 logger = logging.getLogger(__name__)
 
 PREFERENCE_FIELDS = ("prompt", "chosen", "rejected")
-DATA_DESCRIPTION = "a JSON list or JSONL of {prompt, chosen, rejected} records (judge.py preferences writes one)"
+DATA_DESCRIPTION = ("a JSON list or JSONL of {prompt, chosen, rejected} records (judge.py preferences writes one) "
+                    "and/or {messages, chosen, rejected} records whose messages end with a user turn")
 
 
 @dataclass
 class DPODataArguments:
     data_path: str | None = field(default=None, metadata={
         "help": "Preference pairs: a JSON list or JSONL of {prompt, chosen, rejected} records, the prompt being the "
-                "exact Alpaca prompt (judge.py preferences writes PREFS/preferences.jsonl)."})
+                "exact Alpaca prompt (judge.py preferences writes PREFS/preferences.jsonl), and/or {messages, "
+                "chosen, rejected} records, messages a conversation ending with the user turn the two answers "
+                "answer (rendered as train.py renders a conversation)."})
     eval_data_path: str | None = field(default=None, metadata={"help": "Evaluation pairs, same format."})
     val_set_size: int = field(default=0, metadata={
         "help": "Hold out this many training pairs (chosen with --seed) as the evaluation set."})
@@ -74,8 +79,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[train.ModelArguments, DPO
 # ----------------------------------------------------------------------------- data
 
 def load_preferences(path: str) -> list[dict]:
-    """The preference pairs of a JSON list or JSONL file: dicts with string `prompt`, `chosen`, `rejected` (other
-    fields are kept). A missing or non-string field is a DataError naming the file and the line (JSONL) or record."""
+    """The preference pairs of a JSON list or JSONL file: dicts with string `chosen` and `rejected`, and the prompt
+    they answer as either a string `prompt` (the Alpaca prompt) or `messages` (a conversation ending with a user
+    turn, docs/conversations.md); other fields are kept. A mistake is a DataError naming the file and the line
+    (JSONL) or record."""
     records = files.load_records(path)
     if not records:
         raise DataError(f"{path} holds no preference pairs.")
@@ -83,18 +90,35 @@ def load_preferences(path: str) -> list[dict]:
     places = [f"line {n}" for n, _ in files.read_jsonl(path)] if jsonl else \
         [f"record {i}" for i in range(len(records))]
     for place, record in zip(places, records, strict=True):
-        where = f"{path}, {place}"
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: expected an object with prompt, chosen and rejected, got "
-                            f"{type(record).__name__}.")
-        for name in PREFERENCE_FIELDS:
-            if name not in record:
-                raise DataError(f"{where}: field '{name}' is missing; every pair needs prompt, chosen and rejected.")
-            if not isinstance(record[name], str):
-                raise DataError(f"{where}: field '{name}' must be a string, got {type(record[name]).__name__}.")
-        if not record["prompt"].strip():
-            raise DataError(f"{where}: field 'prompt' is empty; give the Alpaca prompt the answers respond to.")
+        check_pair(record, f"{path}, {place}")
     return records
+
+
+def check_pair(record: object, where: str) -> None:
+    """DataError, one sentence naming `where`, unless `record` is a preference pair (load_preferences)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object with prompt (or messages), chosen and rejected, got "
+                        f"{type(record).__name__}.")
+    if "prompt" in record and "messages" in record:
+        raise DataError(f"{where}: give the prompt once, as 'prompt' (the Alpaca prompt) or as 'messages' (a "
+                        "conversation ending with a user turn), not both.")
+    if "messages" in record:
+        messages = record["messages"]
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
+                and messages[-1].get("role") == "assistant":
+            raise DataError(f"{where}: the messages end with an assistant turn; a pair's messages end with the user "
+                            "turn that chosen and rejected answer, so leave its answer out of them.")
+        check_messages(messages, where, last="user")
+    for name in PREFERENCE_FIELDS:
+        if name == "prompt" and "messages" in record:
+            continue
+        if name not in record:
+            raise DataError(f"{where}: field '{name}' is missing; every pair needs prompt (or messages), chosen and "
+                            "rejected.")
+        if not isinstance(record[name], str):
+            raise DataError(f"{where}: field '{name}' must be a string, got {type(record[name]).__name__}.")
+    if "prompt" in record and not record["prompt"].strip():
+        raise DataError(f"{where}: field 'prompt' is empty; give the Alpaca prompt the answers respond to.")
 
 
 def _first_char_is(path: str, char: str) -> bool:
@@ -118,12 +142,24 @@ def split_preferences(pairs: list[dict], data_args: DPODataArguments, seed: int)
     return [pairs[i] for i in sorted(order[data_args.val_set_size:])], held_out
 
 
-def as_dataset(pairs: list[dict]):
-    """A datasets.Dataset of the pairs' prompt, chosen and rejected (TRL adds eos to the answers and tokenizes
-    prompt + answer as one text, as train.py tokenizes prompt + output)."""
+def prompt_text(pair: dict, eos_token: str) -> str:
+    """The prompt of a pair as text: its `prompt`, or its `messages` rendered as the Alpaca chat template renders
+    them for the next answer (format_conversation: each earlier answer + eos, then "### Response:"), without the
+    BOS text, which the tokenizer adds as it does to train.py's prompts."""
+    return format_conversation(pair["messages"], eos_token) if is_conversation(pair) else pair["prompt"]
+
+
+def as_dataset(pairs: list[dict], tokenizer):
+    """A datasets.Dataset of the pairs' prompt (text, `prompt_text`), chosen and rejected. TRL adds eos to the
+    answers and tokenizes prompt + answer as one text, with the tokenizer's special tokens: the ids train.py gives
+    prompt + output + eos, and, for a conversation, the ids of the conversation with the answer as its last
+    assistant turn through the chat template (tests/train/test_train_dpo.py compares them)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{name: pair[name] for name in PREFERENCE_FIELDS} for pair in pairs])
+    if any(is_conversation(pair) for pair in pairs):
+        check_chat_template(tokenizer)
+    return Dataset.from_list([{"prompt": prompt_text(pair, tokenizer.eos_token), "chosen": pair["chosen"],
+                               "rejected": pair["rejected"]} for pair in pairs])
 
 
 def check_lengths(trainer, n_pairs: int, max_length: int, name: str = "training") -> None:
@@ -176,13 +212,17 @@ def train_dpo(argv: list[str] | None = None) -> None:
         ref_model.requires_grad_(False).eval()
     use_cache = model.config.use_cache
     model.config.use_cache = False
-    logger.info(f"{len(train_pairs)} training pairs" + (f", {len(eval_pairs)} evaluation pairs" if eval_pairs else "")
+    conversations = sum(map(is_conversation, train_pairs))
+    kinds = f" ({conversations} with a conversation as prompt)" if conversations else ""
+    logger.info(f"{len(train_pairs)} training pairs{kinds}" + (f", {len(eval_pairs)} evaluation pairs" if eval_pairs
+                                                                else "")
                 + f"; beta {training_args.beta}, reference: "
                 + ("the model with its LoRA adapter off" if peft_config else "a frozen copy of the starting model"))
 
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args, train_dataset=as_dataset(train_pairs),
-                         eval_dataset=as_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=training_args,
+                         train_dataset=as_dataset(train_pairs, tokenizer),
+                         eval_dataset=as_dataset(eval_pairs, tokenizer) if eval_pairs else None,
+                         processing_class=tokenizer, peft_config=peft_config)
     check_lengths(trainer, len(train_pairs), training_args.max_length)
     if eval_pairs:
         check_lengths(trainer, len(eval_pairs), training_args.max_length, name="evaluation")

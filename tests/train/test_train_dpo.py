@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from alpaca import cli
 from alpaca.prompts.alpaca import format_prompt
 from alpaca.train import dpo
+from alpaca.train import sft as train
 
 WORDS = "stone lantern harbor meadow copper violin orchard glacier pepper candle ribbon".split()
 LIKED = "river"  # the hidden preference: chosen answers say it, rejected ones never do
@@ -28,6 +29,27 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
         pairs.append({"prompt": format_prompt(instruction), "instruction": instruction, "input": "",
                       "chosen": " ".join([LIKED] * 3 + rng.sample(WORDS, 3)) + ".",
                       "rejected": " ".join(rng.sample(WORDS, 6)) + "."})
+    return pairs
+
+
+def make_conversation_pairs(n: int, seed: int = 1) -> list[dict]:
+    """Pairs whose prompt is a conversation of one to three user turns (a system message, inputs as a role and as
+    a second text part), ending with the user turn the two answers answer."""
+    rng = random.Random(seed)
+    pairs = []
+    for i, pair in enumerate(make_pairs(n, seed)):
+        messages = [{"role": "system", "content": "You answer in lists."}] if i % 2 else []
+        for _ in range(i % 3):
+            messages += [{"role": "user", "content": f"Name a {rng.choice(WORDS)}."},
+                         {"role": "assistant", "content": " ".join(rng.sample(WORDS, 2)) + "."}]
+        if i % 4 == 3:
+            messages += [{"role": "user", "content": [{"type": "text", "text": pair["instruction"]},
+                                                      {"type": "text", "text": rng.choice(WORDS)}]}]
+        else:
+            messages += [{"role": "user", "content": pair["instruction"]}]
+            if i % 4 == 1:
+                messages.append({"role": "input", "content": rng.choice(WORDS)})
+        pairs.append({"messages": messages, "chosen": pair["chosen"], "rejected": pair["rejected"]})
     return pairs
 
 
@@ -113,6 +135,89 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_model_dir, tmp_
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-6)
 
 
+def prepared_dataset(model_dir, data, out, monkeypatch):
+    """train_dpo up to training: the dataset TRL tokenized (prompt_ids, chosen_ids, rejected_ids) and the
+    tokenizer, as train_dpo loaded them."""
+    from trl import DPOTrainer
+
+    class Prepared(Exception):
+        pass
+
+    seen = {}
+
+    def stop(trainer, *args, **kwargs):
+        seen.update(dataset=trainer.train_dataset, tokenizer=trainer.processing_class)
+        raise Prepared
+
+    monkeypatch.setattr(DPOTrainer, "train", stop)
+    with pytest.raises(Prepared):
+        run_dpo(model_dir, data, out, "--model_max_length", "512")
+    return seen["dataset"], seen["tokenizer"]
+
+
+def test_conversation_prompts_tokenize_as_train_py_tokenizes_the_conversation(tiny_model_dir, tmp_path,
+                                                                            monkeypatch):
+    """prompt + chosen (and + rejected) as TRL tokenizes a pair is, token for token, train.py's tokenization of the
+    conversation with that answer as its last assistant turn; the answer starts where train.py's labels of that
+    turn start. Alpaca pairs in the same file keep train.py's ids for prompt + output."""
+    conversations, alpaca = make_conversation_pairs(8), make_pairs(3, seed=5)
+    pairs = conversations[:4] + alpaca + conversations[4:]
+    data = write_jsonl(tmp_path / "prefs.jsonl", pairs)
+    dataset, tokenizer = prepared_dataset(tiny_model_dir, data, tmp_path / "out", monkeypatch)
+    examples = []
+    for pair in pairs:
+        for answer in ("chosen", "rejected"):
+            if "messages" in pair:
+                examples.append({"messages": pair["messages"] + [{"role": "assistant", "content": pair[answer]}]})
+            else:
+                examples.append({"instruction": pair["instruction"], "input": "", "output": pair[answer]})
+    reference = train.SupervisedDataset(examples, tokenizer)  # train.py's preprocessing, mixed file and all
+    assert len(dataset) == len(pairs) and len(reference) == 2 * len(pairs)
+    for i, row in enumerate(dataset):
+        for j, answer in enumerate(("chosen", "rejected")):
+            expected = reference[2 * i + j]
+            assert row["prompt_ids"] + row[f"{answer}_ids"] == expected["input_ids"].tolist(), (i, answer)
+            start = len(row["prompt_ids"])  # where TRL's loss starts is where train.py's labels of the answer start
+            labels = expected["labels"].tolist()
+            assert labels[start - 1] == train.IGNORE_INDEX and labels[start:] == row[f"{answer}_ids"], (i, answer)
+
+
+def test_a_conversation_prompt_renders_as_the_chat_template_in_every_tokenizer_family(tiny_model_dir,
+                                                                                      byte_level_bpe):
+    """TRL tokenizes prompt + answer + eos with the tokenizer's special tokens; for each tokenizer family that is the
+    template's rendering of the conversation with the answer, tokenized as engines and train.py tokenize it."""
+    from conftest import KINDS, make_tokenizer, train_like
+
+    for kind in KINDS:
+        tokenizer = train_like(make_tokenizer(kind, tiny_model_dir, byte_level_bpe))
+        for pair in make_conversation_pairs(8):
+            text = dpo.prompt_text(pair, tokenizer.eos_token) + pair["chosen"] + tokenizer.eos_token
+            messages = pair["messages"] + [{"role": "assistant", "content": pair["chosen"]}]
+            assert tokenizer(text)["input_ids"] == tokenizer.apply_chat_template(messages, tokenize=True,
+                                                                                 return_dict=True)["input_ids"], kind
+
+
+def test_conversation_prompts_need_the_alpaca_chat_template_as_train_py_does(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = None  # as train.py leaves a tokenizer no Alpaca template reproduces
+    assert len(dpo.as_dataset(make_pairs(2), tokenizer)) == 2  # Alpaca prompts are text: no template needed
+    with pytest.raises(cli.DataError, match="^Conversation records need the Alpaca chat template"):
+        dpo.as_dataset(make_pairs(1) + make_conversation_pairs(1), tokenizer)
+
+
+@pytest.mark.slow
+def test_dpo_trains_on_a_file_mixing_conversation_and_alpaca_prompts(tiny_model_dir, tmp_path):
+    pairs = make_conversation_pairs(8) + make_pairs(8)
+    random.Random(0).shuffle(pairs)
+    data = write_jsonl(tmp_path / "prefs.jsonl", pairs)
+    state = run_dpo(tiny_model_dir, data, tmp_path / "dpo", "--max_steps", "6", "--learning_rate", "1e-3",
+                    "--model_max_length", "256")
+    margins = [e["rewards/margins"] for e in state["log_history"] if "rewards/margins" in e]
+    assert margins[0] == pytest.approx(0, abs=1e-5) and margins[-1] > margins[0]
+
+
 # ----------------------------------------------------------------------------- mistakes
 
 @pytest.mark.parametrize("line, message", [
@@ -120,6 +225,17 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_model_dir, tmp_
     ({"prompt": "p", "chosen": 3, "rejected": "b"}, "line 2: field 'chosen' must be a string"),
     ({"prompt": " ", "chosen": "a", "rejected": "b"}, "line 2: field 'prompt' is empty"),
     (["p", "a", "b"], "line 2: expected an object"),
+    ({"chosen": "a", "rejected": "b"}, "line 2: field 'prompt' is missing; every pair needs prompt \\(or messages\\)"),
+    ({"messages": [{"role": "user", "content": "Hi."}], "chosen": "a"}, "line 2: field 'rejected' is missing"),
+    ({"prompt": "p", "messages": [{"role": "user", "content": "Hi."}], "chosen": "a", "rejected": "b"},
+     "line 2: give the prompt once, as 'prompt' .* or as 'messages'"),
+    ({"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "a"}], "chosen": "a",
+      "rejected": "b"}, "line 2: the messages end with an assistant turn; a pair's messages end with the user turn"),
+    ({"messages": [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Again."}], "chosen": "a",
+      "rejected": "b"}, "line 2, message 1: a user message cannot come here"),
+    ({"messages": [{"role": "system", "content": "Be brief."}], "chosen": "a", "rejected": "b"},
+     "line 2: the conversation has no user turn"),
+    ({"messages": "Hi.", "chosen": "a", "rejected": "b"}, "line 2: field 'messages' must be a non-empty list"),
 ])
 def test_bad_pairs_are_named_by_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "prefs.jsonl", [make_pairs(1)[0], line])
