@@ -12,8 +12,8 @@ contamination and convert, of conversations {"messages": [...]} too) is checked 
 place, so a failure never leaves half a file. `python data_tools.py COMMAND --help` lists a
 command's flags. The generator's filters, `--clean` filters and the ROUGE-L index are the generator's own
 (`generate_instruction.filter_drop_reason`, `clean_drop_reason`, `rouge_l.RougeLIndex`). The commands live here;
-their helpers in data_stats.py (the statistics), verb_objects.py (spaCy's verbs and objects), data_plots.py (the
-pictures) and rating.py (the LLM rater).
+their helpers in alpaca/data/: stats.py (the statistics), verb_objects.py (spaCy's verbs and objects), plots.py
+(the pictures), conversations.py (conversation records) and rating.py (the LLM rater, on the one annotate loop).
 """
 
 import json
