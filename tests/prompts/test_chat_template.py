@@ -139,3 +139,12 @@ def test_the_template_refuses_an_empty_instruction_or_a_text_part_without_text(t
     with pytest.raises(TemplateError, match="is empty|needs its 'text'"):  # before: an empty instruction rendered
         tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                       add_generation_prompt=True)
+
+
+def test_a_conversation_ending_with_the_wrong_turn_is_named_in_plain_english():
+    from alpaca.errors import DataError
+    from alpaca.prompts.conversation import check_messages
+
+    answered = [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]
+    with pytest.raises(DataError, match="must end with a user turn, not with an assistant message"):
+        check_messages(answered, "record 1", last="user")
