@@ -18,7 +18,9 @@ counted from part of its verdicts) and asked again on the next.
 Every verdict goes to output_dir/judgments.jsonl (judge.py's journal: the cache, safe against a kill), so a re-run
 makes no calls. Output: output_dir/preferences.jsonl, one line per separated instruction: `prompt` (the exact Alpaca
 prompt training uses), `chosen`, `rejected`, `instruction`, `input`, `wins` (per sample), `chosen_index`,
-`rejected_index`, `judge_model`, `judge_mode`.
+`rejected_index`, `judge_model`, `judge_mode`, and `provenance` (alpaca/evaluate/provenance.py: the samples file's
+path, sha256, generators and decoding fields, the judge, its mode and prompt template hash, the seed; the same on
+every line, so each pair says where it came from; train_dpo.py reads prompt, chosen and rejected and ignores the rest).
 """
 
 import json
@@ -26,7 +28,7 @@ import os
 from itertools import combinations
 
 from alpaca import errors, files
-from alpaca.evaluate import judge
+from alpaca.evaluate import judge, provenance
 from alpaca.prompts.alpaca import format_prompt
 
 OUTPUT_NAME = "preferences.jsonl"
@@ -107,6 +109,7 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
                                              verdict_retries, max_tokens)
     records = load_samples(samples)
     files.check_output_file(os.path.join(output_dir, OUTPUT_NAME), inputs=[samples], flag="the output")
+    run_provenance = provenance.of_run(judge_model, judge_mode, seed, samples=provenance.input_file(samples, records))
     with files.claimed_directory(output_dir, judge.LOCK_NAME, "judge"):  # the judge's lock: one journal
         journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
         judgments = judge.load_judgments(journal_path)
@@ -138,8 +141,8 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
             outcome, line = choose_pair(record, pairs, preference_of)
             counts[outcome] += 1
             if line is not None:
-                lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode},
-                                        ensure_ascii=False))
+                lines.append(json.dumps({**line, "judge_model": judge_model, "judge_mode": judge_mode,
+                                         "provenance": run_provenance}, ensure_ascii=False))
         output_path = os.path.join(output_dir, OUTPUT_NAME)
         files.write_atomically(output_path, "".join(line + "\n" for line in lines))
         print(f"Wrote {counts['written']} preference pairs to {output_path}; skipped {counts['not_separated']} "

@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 
-DIFFERENCES_KEY = "win_rate_differences"  # the one key of results.json that is not a model
+DIFFERENCES_KEY = "win_rate_differences"  # results.json's paired differences between its models
+PROVENANCE_KEY = "provenance"  # results.json's record of what produced it (alpaca/evaluate/provenance.py)
+NOT_MODELS = (DIFFERENCES_KEY, PROVENANCE_KEY)  # the keys of results.json that are not models
 N_BOOTSTRAP = 2000  # resamples of the instructions for the win rate's interval
 N_BOOTSTRAP_LC = 200  # for the length-controlled one: each resample refits the regression (a few ms)
 # L2 strength of the length regression (sklearn's C; the intercept is not penalised). A judge that always picks the
@@ -112,7 +114,7 @@ def paired_difference_ci(preferences_a: list[float | None], preferences_b: list[
 
 def model_names(results: dict) -> list[str]:
     """The models of a results dict, best length-controlled win rate first (unjudged models last)."""
-    names = [name for name in results if name != DIFFERENCES_KEY]
+    names = [name for name in results if name not in NOT_MODELS]
     return sorted(names, key=lambda name: -(results[name]["lc_win_rate"] if results[name]["lc_win_rate"] is not None
                                             else -1.0))
 

@@ -98,6 +98,36 @@ def test_the_pairs_train_dpo_reads_are_the_pairs_written(openai_server, tmp_path
     assert load_preferences(str(tmp_path / "prefs" / "preferences.jsonl")) == read_pairs(tmp_path / "prefs")
 
 
+def test_every_pair_records_its_samples_file_judge_and_seed(openai_server, tmp_path):
+    import hashlib
+
+    from alpaca.prompts.judge import template_sha256
+
+    openai_server.responder = marker_judge
+    samples = write_samples(tmp_path, SAMPLES)
+    records = json.loads(open(samples).read())
+    for record in records:  # settings a sampler wrote beside the answers
+        record["temperature"] = 1.0
+    with open(samples, "w") as f:
+        json.dump(records, f)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    written = (tmp_path / "prefs" / "preferences.jsonl").read_bytes()
+    sha256 = hashlib.sha256(open(samples, "rb").read()).hexdigest()
+    expected = {"judge_model": "judge-test", "judge_mode": "swap", "judge_prompt_sha256": template_sha256("swap"),
+                "seed": 3, "samples": {"path": samples, "sha256": sha256, "records": 4, "generators": ["sft"],
+                                       "decoding": {"temperature": 1.0}}}
+    assert [pair["provenance"] for pair in read_pairs(tmp_path / "prefs")] == [expected, expected]
+    calls = len(openai_server.requests)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    assert (tmp_path / "prefs" / "preferences.jsonl").read_bytes() == written  # no timestamp: the same bytes
+    with open(samples, "w") as f:  # the same samples, written differently: no call, another sha256 on record
+        json.dump(records, f, indent=1)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    assert len(openai_server.requests) == calls
+    assert {pair["provenance"]["samples"]["sha256"] for pair in read_pairs(tmp_path / "prefs")} == \
+        {hashlib.sha256(open(samples, "rb").read()).hexdigest()} != {expected["samples"]["sha256"]}
+
+
 def test_a_judge_that_prefers_the_worse_answer_head_to_head_is_not_written(openai_server, tmp_path):
     """A cycle: c beats a and b on wins, but loses to the worst answer a in their own pair; not a clean preference."""
     order = {"a": 0, "b": 1, "c": 2}
