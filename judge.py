@@ -2,8 +2,9 @@
 
     python judge.py --model_outputs outputs/alpaca.json --reference_outputs outputs/reference.json \
         --output_dir judged --judge_model gpt-4o-mini
-    python judge.py human ...          # blind verdicts from people on the same pairs
-    python judge.py preferences ...    # preference pairs for train_dpo.py
+    python judge.py human ...            # blind verdicts from people on the same pairs
+    python judge.py preferences ...      # preference pairs for train_dpo.py
+    python judge.py leaderboard DIR ...  # one table from several judge.py runs
 
 The code lives in alpaca/evaluate/ (the judge in judge.py, this command line in command.py); docs/evaluation.md
 explains the method.

@@ -10,6 +10,7 @@ output directory.
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import json
 import logging
@@ -242,6 +243,16 @@ def load_alpaca_records(path: str | os.PathLike, require_output: bool = True,
             raise DataError(f"{where}: field 'output' is missing.")
         examples.append({**record, "input": record.get("input") or ""})
     return examples
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes (hex), read 1 MiB at a time: what a run records of each input it read, so that
+    a result names the exact files behind it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def jdump(obj, f, mode: str = "w", indent: int = 4, default=str) -> None:

@@ -169,6 +169,7 @@ def test_every_script_gives_max_retries_and_request_timeout_one_meaning():
       "--api_base", "http://a/v1,notaurl"], "'notaurl' is not a base URL"),
     (["data_tools.py", "rate", "a.json", "--output", "r.json", "--requests_per_minute", "-1"],
      "--requests_per_minute must be above 0"),
+    (["judge.py", "leaderboard", "judged", "--outptu", "board.md"], "unknown flag --outptu (did you mean --output?)"),
 ])
 def test_command_line_mistakes_exit_2_and_name_the_closest_real_one(argv, expected, tmp_path):
     for name in ("a.json", "b.json"):

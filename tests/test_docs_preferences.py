@@ -33,3 +33,11 @@ def test_the_documented_loop_runs_and_dpo_wins(tmp_path):
     assert len(pairs) >= 8
     results = json.loads((tmp_path / "loop" / "judged" / "results.json").read_text())
     assert results["dpo"]["win_rate"] > 0.75 and results["dpo"]["n_unjudged"] == 0
+    # the best-of-4 answers come from the same verdicts: one sample per instruction, chosen's rule
+    samples = {r["instruction"]: r["outputs"] for r in json.loads((tmp_path / "loop" / "samples.json").read_text())}
+    best = json.loads((tmp_path / "loop" / "best_of_4.json").read_text())
+    assert len(best) == len(samples) == 24 and all(r["generator"] == "sft-best-of-4" for r in best)
+    assert all(r["output"] in samples[r["instruction"]] for r in best)
+    best_of = {r["instruction"]: r["output"] for r in best}
+    assert all(best_of[pair["instruction"]] == pair["chosen"] for pair in map(json.loads, pairs))
+    assert "| 1 | dpo |" in (tmp_path / "loop" / "leaderboard.md").read_text()

@@ -1,13 +1,13 @@
-"""The command line of `python judge.py`: the judge (the default command), blind human evaluation, and preference
-pairs for train_dpo.py, each a function whose signature is its flags (alpaca/cli.py)."""
+"""The command line of `python judge.py`: the judge (the default command), blind human evaluation, preference pairs
+for train_dpo.py, and one table from several runs, each a function whose signature is its flags (alpaca/cli.py)."""
 
 from alpaca import cli
-from alpaca.evaluate import human, preferences
+from alpaca.evaluate import human, leaderboard, preferences
 from alpaca.evaluate.judge import evaluate
 from alpaca.llm.settings import ENDPOINT_FLAGS
 
 COMMANDS = {"evaluate": evaluate, "human": human.human, "human_results": human.human_results,
-            "preferences": preferences.preferences}
+            "preferences": preferences.preferences, "leaderboard": leaderboard.leaderboard}
 
 
 def main(argv: list[str] | None = None) -> object:

@@ -20,7 +20,8 @@ soft preference). Identical answers are a tie without a call. A reply without a 
 Every verdict is appended to `output_dir/judgments.jsonl` as soon as it arrives, keyed by judge model, mode and
 prompt (which holds both answers): a re-run makes no calls and gives the same results, a changed answer is judged
 anew, a killed run loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
-length-controlled win rate, counts, lengths, per category; paired differences between models), `annotations.jsonl`
+length-controlled win rate, counts, lengths, per category; paired differences between models; `provenance`: the
+sha256 of every input file, the judge, its mode and prompt template hash, the seed), `annotations.jsonl`
 (every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
 win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs;
 `python judge.py preferences` (alpaca/evaluate/preferences.py) judges K sampled answers per instruction against
@@ -37,8 +38,11 @@ import random
 
 from alpaca import files
 from alpaca.errors import DataError, UsageError, UserError
+from alpaca.evaluate import provenance
 from alpaca.evaluate.win_rates import (  # noqa: F401 - the metrics are judge.py's public interface too (human_eval.py uses them)
     DIFFERENCES_KEY,
+    NOT_MODELS,
+    PROVENANCE_KEY,
     compute_results,
     format_table,
     length_controlled_win_rate,
@@ -166,8 +170,13 @@ def load_pairs(model_path: str, reference_path: str) -> list[dict]:
 
     Raises DataError naming the instructions one file has and the other lacks (a silent subset would change
     what the win rate means)."""
-    model_name, model = load_outputs(model_path)
-    reference_name, reference = load_outputs(reference_path)
+    return match_pairs(load_outputs(model_path), load_outputs(reference_path), model_path, reference_path)
+
+
+def match_pairs(model_outputs: tuple[str, dict], reference_outputs: tuple[str, dict], model_path: str,
+                reference_path: str) -> list[dict]:
+    """load_pairs of two files already read by load_outputs (judge.py reads the reference once for every model)."""
+    (model_name, model), (reference_name, reference) = model_outputs, reference_outputs
     missing = [key for key in reference if key not in model]
     extra = [key for key in model if key not in reference]
     if missing or extra:
@@ -381,12 +390,14 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     if not paths:
         raise UsageError("--model_outputs names no file.")
     # Every input is read and checked, and the endpoint settings too, before any file is written or call made.
-    runs = [load_pairs(path, reference_outputs) for path in paths]
+    reference = load_outputs(reference_outputs)
+    models = [load_outputs(path) for path in paths]
+    runs = [match_pairs(model, reference, path, reference_outputs) for model, path in zip(models, paths, strict=True)]
     names = [pairs[0]["model_generator"] for pairs in runs]
     reference_name = runs[0][0]["reference_generator"]
     for name, path in zip(names, paths, strict=True):
         clash = "another model file" if names.count(name) > 1 else "the reference" if name == reference_name else \
-            "a key of results.json" if name == DIFFERENCES_KEY else None
+            "a key of results.json" if name in NOT_MODELS else None
         if clash:
             raise DataError(f"{path} is named '{name}', as is {clash}; give each answers file a distinct "
                                 "'generator' field (inference.py --generator) or file name.")
@@ -397,9 +408,15 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     outputs = [os.path.join(output_dir, name) for name in ("results.json", "annotations.jsonl", "win_rates.png")]
     for output in outputs:
         files.check_output_file(output, inputs=paths + [reference_outputs], flag="judge.py's output")
+    run_provenance = provenance.of_run(
+        judge_model, judge_mode, seed,
+        model_outputs={name: provenance.input_file(path, list(model[1].values()))
+                       for name, path, model in zip(names, paths, models, strict=True)},
+        reference_outputs=provenance.input_file(reference_outputs, list(reference[1].values())))
     with files.claimed_directory(output_dir, LOCK_NAME, "judge"):
-        return judge_and_report(runs, names, paths, output_dir, judge_model=judge_model, api_type=api_type,
-                                api_base=api_base, judge_mode=judge_mode, seed=seed, max_concurrency=max_concurrency,
+        return judge_and_report(runs, names, paths, output_dir, run_provenance, judge_model=judge_model,
+                                api_type=api_type, api_base=api_base, judge_mode=judge_mode, seed=seed,
+                                max_concurrency=max_concurrency,
                                 verdict_retries=verdict_retries, max_retries=max_retries, max_tokens=max_tokens,
                                 temperature=temperature,
                                 requests_per_minute=requests_per_minute, tokens_per_minute=tokens_per_minute,
@@ -408,14 +425,15 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
                                 price_per_1k_completion_tokens=price_per_1k_completion_tokens)
 
 
-def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str], output_dir: str, *, judge_model: str,
+def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str], output_dir: str,
+                     run_provenance: dict, *, judge_model: str,
                      api_type: str, api_base: str | None, judge_mode: str, seed: int, max_concurrency: int,
                      verdict_retries: int, max_retries: int, max_tokens: int | None, temperature: float,
                      requests_per_minute: float | None, tokens_per_minute: float | None, request_timeout: float,
                      max_response_bytes: int, plot: bool, price_per_1k_prompt_tokens: float | None,
                      price_per_1k_completion_tokens: float | None) -> dict:
-    """Ask what the journal lacks, then compute and write the results (evaluate's work, under the directory's
-    lock)."""
+    """Ask what the journal lacks, then compute and write the results, `run_provenance` under PROVENANCE_KEY
+    (evaluate's work, under the directory's lock)."""
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
     judgments = load_judgments(journal_path)
     jobs = {id(pair): jobs_of_pair(pair, judge_model, judge_mode, seed) for pairs in runs for pair in pairs}
@@ -463,6 +481,7 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
         results[DIFFERENCES_KEY] = [{"model_a": a, "model_b": b,
                                      **paired_difference_ci(preferences_of[a], preferences_of[b], seed)}
                                     for i, a in enumerate(ordered) for b in ordered[i + 1:]]
+    results[PROVENANCE_KEY] = run_provenance
 
     files.write_json(os.path.join(output_dir, "results.json"), results, indent=2, ensure_ascii=False)
     files.write_atomically(os.path.join(output_dir, "annotations.jsonl"), "".join(line + "\n" for line in annotations))

@@ -9,7 +9,9 @@ import math
 
 import numpy as np
 
-DIFFERENCES_KEY = "win_rate_differences"  # the one key of results.json that is not a model
+DIFFERENCES_KEY = "win_rate_differences"  # results.json's paired differences between its models
+PROVENANCE_KEY = "provenance"  # results.json's record of what produced it (alpaca/evaluate/provenance.py)
+NOT_MODELS = (DIFFERENCES_KEY, PROVENANCE_KEY)  # the keys of results.json that are not models
 N_BOOTSTRAP = 2000  # resamples of the instructions for the win rate's interval
 N_BOOTSTRAP_LC = 200  # for the length-controlled one: each resample refits the regression (a few ms)
 # L2 strength of the length regression (sklearn's C; the intercept is not penalised). A judge that always picks the
@@ -112,7 +114,7 @@ def paired_difference_ci(preferences_a: list[float | None], preferences_b: list[
 
 def model_names(results: dict) -> list[str]:
     """The models of a results dict, best length-controlled win rate first (unjudged models last)."""
-    names = [name for name in results if name != DIFFERENCES_KEY]
+    names = [name for name in results if name not in NOT_MODELS]
     return sorted(names, key=lambda name: -(results[name]["lc_win_rate"] if results[name]["lc_win_rate"] is not None
                                             else -1.0))
 
@@ -135,16 +137,23 @@ def format_table(results: dict) -> str:
                      f"{number(r['lc_win_rate']):>11}  {interval(r['lc_win_rate_ci95']):<16}  "
                      f"{r['n_wins']:>4}/{r['n_losses']}/{r['n_ties']:<8}  {r['n_unjudged']:>8}  "
                      f"{r['avg_length']['model']:.0f}/{r['avg_length']['reference']:.0f}")
-    for name in names:
-        if results[name].get("lc_extrapolates"):
-            lengths = results[name]["avg_length"]
-            side = "longer" if lengths["model"] > lengths["reference"] else "shorter"
-            lines.append(f"note: {name}'s answers are all {side} than the reference's: its LC win rate extrapolates "
-                         "to an equal length no pair has, and rests on the form of the fit; read the raw win rate.")
+    lines += lc_notes(results)
     for entry in results.get(DIFFERENCES_KEY, []):
         lines.append(f"win rate {entry['model_a']} - {entry['model_b']}: {number(entry['difference'])} "
                      f"(paired 95% CI {interval(entry['ci95'])}, {entry['n']} instructions)")
     return "\n".join(lines)
+
+
+def lc_notes(results: dict) -> list[str]:
+    """A note for each model (table order) whose LC win rate extrapolates (lc_extrapolates): read its raw one."""
+    notes = []
+    for name in model_names(results):
+        if results[name].get("lc_extrapolates"):
+            lengths = results[name]["avg_length"]
+            side = "longer" if lengths["model"] > lengths["reference"] else "shorter"
+            notes.append(f"note: {name}'s answers are all {side} than the reference's: its LC win rate extrapolates "
+                         "to an equal length no pair has, and rests on the form of the fit; read the raw win rate.")
+    return notes
 
 
 def model_colours(results: dict) -> dict[str, str]:

@@ -3,6 +3,8 @@
 log-probability judge answers the single letter A or B. Other tools and held-out checks rely on this contract
 (docs/evaluation.md shows the prompt)."""
 
+import hashlib
+import json
 import re
 
 JUDGE_PROMPT = """\
@@ -53,3 +55,11 @@ def parse_verdict(reply: str) -> str | None:
     ("I cannot decide between [[A]] and [[B]]" is no verdict: it is asked again, then left unjudged)."""
     found = {verdict.upper() for verdict in VERDICT_PATTERN.findall(reply or "")}
     return found.pop() if len(found) == 1 else None
+
+
+def template_sha256(judge_mode: str) -> str:
+    """sha256 (hex) of the judge's prompt in one mode as `judge_prompt` lays it out, with placeholders for the
+    texts, with an input and without: it changes when the template, the mode's ending or the task's layout changes,
+    never with the answers. Results record it, so that numbers from different prompts are never put side by side."""
+    shown = [judge_prompt("{instruction}", input, "{answer_a}", "{answer_b}", judge_mode) for input in ("{input}", "")]
+    return hashlib.sha256(json.dumps(shown, ensure_ascii=False).encode("utf-8")).hexdigest()

@@ -341,6 +341,77 @@ def test_rerun_makes_no_calls_and_gives_identical_results_a_changed_answer_rejud
     assert len(new_calls) == 2 and all("a rewritten answer" in b["messages"][0]["content"] for b in new_calls)
 
 
+# -- provenance: what produced a results.json ------------------------------------------------------------------
+
+
+def test_results_record_their_inputs_judge_and_seed_and_a_rerun_writes_the_same_bytes(openai_server, tmp_path):
+    import hashlib
+
+    from alpaca.evaluate import win_rates
+    from alpaca.prompts.judge import template_sha256
+
+    model, reference = write_pair_files(tmp_path, [f"model answer {i}" for i in range(4)],
+                                        [f"reference answer {i}" for i in range(4)])
+    records = json.loads(open(model).read())
+    for i, record in enumerate(records):  # settings another tool wrote beside each answer
+        record.update(temperature=1.0 if i == 3 else 0.7, top_p=0.9)
+    with open(model, "w") as f:
+        json.dump(records, f)
+    openai_server.responder = lambda path, prompt, body: ("[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]",
+                                                         "stop")
+    out = tmp_path / "out"
+    results = run(openai_server, model, reference, out)
+
+    def sha256(path) -> str:
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    recorded = results["provenance"]
+    assert recorded == {
+        "judge_model": "judge-test", "judge_mode": "swap", "judge_prompt_sha256": template_sha256("swap"), "seed": 42,
+        "model_outputs": {"model": {"path": model, "sha256": sha256(model), "records": 4, "generators": ["model"],
+                                    "decoding": {"temperature": [0.7, 1.0], "top_p": 0.9}}},
+        "reference_outputs": {"path": reference, "sha256": sha256(reference), "records": 4,
+                              "generators": ["reference"], "decoding": {}}}  # inference.py writes no settings
+    assert json.loads((out / "results.json").read_text())["provenance"] == recorded
+    # every reader of results.json sees one model, not a model named "provenance"
+    assert win_rates.model_names(results) == ["model"] and "provenance" not in win_rates.format_table(results)
+    win_rates.plot_win_rates(results, str(tmp_path / "w.png"))
+
+    first, calls = (out / "results.json").read_bytes(), len(openai_server.requests)
+    run(openai_server, model, reference, out, "--max_concurrency", "1")
+    assert len(openai_server.requests) == calls and (out / "results.json").read_bytes() == first
+
+    # The same answers in a file written differently: no call, the same numbers, another sha256 on record.
+    reference_records = json.loads(open(reference).read())
+    with open(reference, "w") as f:
+        json.dump(reference_records, f, indent=2)
+    again = run(openai_server, model, reference, out, "--seed", "7")
+    assert len(openai_server.requests) == calls and again["model"]["win_rate"] == results["model"]["win_rate"]
+    assert again["provenance"]["reference_outputs"]["sha256"] == sha256(reference) != \
+        recorded["reference_outputs"]["sha256"]
+    assert again["provenance"]["model_outputs"] == recorded["model_outputs"] and again["provenance"]["seed"] == 7
+
+
+def test_the_prompt_hash_follows_the_template_and_the_mode(monkeypatch):
+    from alpaca.prompts import judge as judge_prompts
+
+    swap = judge_prompts.template_sha256("swap")
+    assert swap == judge_prompts.template_sha256("swap") != judge_prompts.template_sha256("logprobs")
+    monkeypatch.setitem(judge_prompts.ENDINGS, "swap", judge_prompts.ENDINGS["swap"] + " Be brief.")
+    assert judge_prompts.template_sha256("swap") != swap
+    monkeypatch.undo()
+    monkeypatch.setattr(judge_prompts, "JUDGE_PROMPT", judge_prompts.JUDGE_PROMPT.replace("careful", "demanding"))
+    assert judge_prompts.template_sha256("swap") != swap
+
+
+def test_a_model_named_like_a_key_of_results_json_is_refused(openai_server, tmp_path):
+    for key in ("provenance", judge.DIFFERENCES_KEY):
+        model, reference = write_pair_files(tmp_path, ["a", "b"], ["x", "y"], name=key)
+        with pytest.raises(errors.DataError, match=f"is named '{key}', as is a key of results.json"):
+            run(openai_server, model, reference, tmp_path / "out")
+    assert not openai_server.requests
+
+
 def test_identical_answers_are_a_tie_without_a_call(openai_server, tmp_path):
     model, reference = write_pair_files(tmp_path, ["same", "model's"], ["same", "reference's"])
     openai_server.responder = lambda path, prompt, body: ("[[A]]" if "<answer_a>\nmodel" in prompt else "[[B]]",

@@ -98,6 +98,90 @@ def test_the_pairs_train_dpo_reads_are_the_pairs_written(openai_server, tmp_path
     assert load_preferences(str(tmp_path / "prefs" / "preferences.jsonl")) == read_pairs(tmp_path / "prefs")
 
 
+def test_every_pair_records_its_samples_file_judge_and_seed(openai_server, tmp_path):
+    import hashlib
+
+    from alpaca.prompts.judge import template_sha256
+
+    openai_server.responder = marker_judge
+    samples = write_samples(tmp_path, SAMPLES)
+    records = json.loads(open(samples).read())
+    for record in records:  # settings a sampler wrote beside the answers
+        record["temperature"] = 1.0
+    with open(samples, "w") as f:
+        json.dump(records, f)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    written = (tmp_path / "prefs" / "preferences.jsonl").read_bytes()
+    sha256 = hashlib.sha256(open(samples, "rb").read()).hexdigest()
+    expected = {"judge_model": "judge-test", "judge_mode": "swap", "judge_prompt_sha256": template_sha256("swap"),
+                "seed": 3, "samples": {"path": samples, "sha256": sha256, "records": 4, "generators": ["sft"],
+                                       "decoding": {"temperature": 1.0}}}
+    assert [pair["provenance"] for pair in read_pairs(tmp_path / "prefs")] == [expected, expected]
+    calls = len(openai_server.requests)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    assert (tmp_path / "prefs" / "preferences.jsonl").read_bytes() == written  # no timestamp: the same bytes
+    with open(samples, "w") as f:  # the same samples, written differently: no call, another sha256 on record
+        json.dump(records, f, indent=1)
+    run(openai_server, samples, tmp_path / "prefs", "--seed", "3")
+    assert len(openai_server.requests) == calls
+    assert {pair["provenance"]["samples"]["sha256"] for pair in read_pairs(tmp_path / "prefs")} == \
+        {hashlib.sha256(open(samples, "rb").read()).hexdigest()} != {expected["samples"]["sha256"]}
+
+
+def test_best_of_k_is_the_judges_best_answer_from_the_same_verdicts(openai_server, tmp_path, capsys):
+    openai_server.responder = marker_judge
+    samples = write_samples(tmp_path, SAMPLES)
+    run(openai_server, samples, tmp_path / "plain")
+    calls = len(openai_server.requests)
+    counts = run(openai_server, samples, tmp_path / "prefs", "--best_of_k", str(tmp_path / "best.json"))
+    assert len(openai_server.requests) == 2 * calls  # the same judgments as without --best_of_k: no extra call
+    assert counts["best_of_k"] == 4 and "for 4 of 4 instructions" in capsys.readouterr().out
+    best = json.loads((tmp_path / "best.json").read_text())
+    # the most wins, the earlier sample on a tie; an instruction the judge could not separate gives its first sample
+    assert [record["output"] for record in best] == ["river river", "a", "river x", "meadow"]
+    assert [(r["instruction"], r["input"]) for r in best] == [(f"Describe thing {i}.", "with care" if i == 2 else "")
+                                                              for i in range(4)]
+    assert all("outputs" not in r and r["generator"] == "sft-best-of-k" for r in best)  # K is 4, 3, 3 and 2 here
+    chosen = {pair["instruction"]: pair["chosen"] for pair in read_pairs(tmp_path / "prefs")}
+    assert all(chosen[r["instruction"]] == r["output"] for r in best if r["instruction"] in chosen)
+
+    # judge.py takes it as a model's answers, against answers to the same instructions
+    reference = tmp_path / "sft.json"
+    reference.write_text(json.dumps([{**r, "output": r["outputs"][-1], "generator": "sft"}
+                                     for r in json.loads(open(samples).read())]))
+    results = judge_command.main(["--model_outputs", str(tmp_path / "best.json"), "--reference_outputs",
+                                  str(reference), "--output_dir", str(tmp_path / "judged"), "--judge_model",
+                                  "judge-test", "--api_base", openai_server.url, "--plot", "False"])
+    assert (results["sft-best-of-k"]["n_wins"], results["sft-best-of-k"]["n_ties"]) == (2, 2)
+
+
+def test_best_of_k_leaves_out_unjudged_instructions_and_says_how_many(openai_server, tmp_path, capsys):
+    def flaky(path, prompt, body):
+        if "Describe thing 0." in prompt and "river river" in prompt:
+            return "I cannot decide.", "stop"
+        return marker_judge(path, prompt, body)
+
+    openai_server.responder = flaky
+    samples = write_samples(tmp_path, [SAMPLES[0], ["stone", "river", "lantern", "river river"]])
+    counts = run(openai_server, samples, tmp_path / "prefs", "--verdict_retries", "0", "--best_of_k",
+                 str(tmp_path / "best.json"))
+    assert counts["unjudged"] == 1 and counts["best_of_k"] == 1
+    out = capsys.readouterr().out
+    assert "for 1 of 2 instructions" in out and "left out 1 with pairs still unjudged" in out
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert [(r["instruction"], r["output"], r["generator"]) for r in best] == \
+        [("Describe thing 1.", "river river", "sft-best-of-4")]
+
+
+def test_best_of_k_may_not_replace_the_runs_own_files(openai_server, tmp_path):
+    samples = write_samples(tmp_path, SAMPLES[:1])
+    for target in (tmp_path / "prefs" / "preferences.jsonl", tmp_path / "prefs" / judge.JOURNAL_NAME,
+                   tmp_path / "samples.json"):
+        with pytest.raises(cli.UserError, match="--best_of_k"):
+            run(openai_server, samples, tmp_path / "prefs", "--best_of_k", str(target))
+    assert openai_server.requests == []
+
+
 def test_a_judge_that_prefers_the_worse_answer_head_to_head_is_not_written(openai_server, tmp_path):
     """A cycle: c beats a and b on wins, but loses to the worst answer a in their own pair; not a clean preference."""
     order = {"a": 0, "b": 1, "c": 2}
