@@ -66,7 +66,7 @@ def check_messages(messages: object, where: str, last: str | None = "assistant")
     ending = "assistant" if messages[-1]["role"] == "assistant" else "user"
     if last is not None and ending != last:
         raise DataError(f"{where}: the conversation must end with {'an assistant' if last == 'assistant' else 'a user'}"
-                        f" turn, not with {'an' if messages[-1]['role'][0] in 'aeiou' else 'a'} "
+                        f" turn, not with {'an' if messages[-1]['role'] in ('assistant', 'input') else 'a'} "
                         f"{messages[-1]['role']} message.")
     if messages[-1]["role"] == "system":
         raise DataError(f"{where}: the conversation has no user turn.")
