@@ -69,6 +69,21 @@ def saved_figures(monkeypatch) -> dict:
     return saved
 
 
+def kill_once_journaled(argv: list[str], journal: pathlib.Path, lines: int = 5) -> None:
+    """Run `python ARGV` in the repository and SIGKILL it as soon as `journal` holds `lines` lines (at most 60 s),
+    as a crash mid-run would; then wait a moment for the server to record any request sent just before."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < lines):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    time.sleep(0.5)
+
+
 def task(n: int, instruction: str, task_input: str = "<noinput>", output: str = "An answer.") -> str:
     """Task number `n` as a model continuing the Self-Instruct prompt writes it, ending with its `###` line."""
     return f"{n}. Instruction: {instruction}\n{n}. Input:\n{task_input}\n{n}. Output:\n{output}\n###\n"

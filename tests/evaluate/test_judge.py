@@ -9,10 +9,8 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ import pytest
 from alpaca import errors
 from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
+from conftest import kill_once_journaled
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CATEGORIES = ["writing", "coding", "math", "advice"]
@@ -449,17 +448,10 @@ def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
     openai_server.responder = quality_judge(quality)
     openai_server.delay = 0.1
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "judge.py", "--model_outputs", model, "--reference_outputs", reference, "--output_dir",
-         str(out), "--judge_model", "judge-test", "--api_base", openai_server.url, "--max_concurrency", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     journal = out / judge.JOURNAL_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    time.sleep(0.5)  # let the server record any request that reached it just before the kill
+    kill_once_journaled(["judge.py", "--model_outputs", model, "--reference_outputs", reference, "--output_dir",
+                         str(out), "--judge_model", "judge-test", "--api_base", openai_server.url,
+                         "--max_concurrency", "2"], journal)
     kept = judge.load_judgments(str(journal))
     assert 5 <= len(kept) < 80, "the run must be killed mid-way"
     sent_before_kill = len(openai_server.requests)

@@ -4,10 +4,6 @@ marker word is better) ranks K sampled answers per instruction in a round robin;
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -15,6 +11,7 @@ from alpaca import cli
 from alpaca.evaluate import command as judge_command
 from alpaca.evaluate import judge
 from alpaca.prompts.alpaca import format_prompt
+from conftest import kill_once_journaled
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARKER = "river"
@@ -235,17 +232,10 @@ def test_kill_mid_run_loses_no_verdict(openai_server, tmp_path):
     openai_server.delay = 0.1
     samples = write_samples(tmp_path, [[f"river {'x ' * i}", *(f"word{i}{j}" for j in range(4))] for i in range(4)])
     out = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "judge.py", "preferences", "--samples", samples, "--output_dir", str(out), "--judge_model",
-         "judge-test", "--api_base", openai_server.url, "--max_concurrency", "2"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
     journal = out / judge.JOURNAL_NAME
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not journal.exists() or journal.read_text().count("\n") < 5):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    time.sleep(0.5)
+    kill_once_journaled(["judge.py", "preferences", "--samples", samples, "--output_dir", str(out),
+                         "--judge_model", "judge-test", "--api_base", openai_server.url, "--max_concurrency", "2"],
+                        journal)
     kept = judge.load_judgments(str(journal))
     total = 4 * 5 * 4  # 4 instructions, K = 5: K(K-1) orders each
     assert 5 <= len(kept) < total, "the run must be killed mid-way"
