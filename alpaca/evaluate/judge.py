@@ -241,7 +241,7 @@ def reply_of(judgment: dict) -> str:
     return judgment["reply"] if "reply" in judgment else judgment["raw_reply"]
 
 
-# -- calling the judge: the one annotate loop (alpaca/llm/annotate.py) with the judge's prompt and parser ---
+# -- pairs, orders and jobs ------------------------------------------------------------------------
 
 
 def model_shown_first(seed: int, instruction: str, input: str) -> bool:
@@ -508,6 +508,9 @@ def report_unjudged(results: dict, names: list[str], verdict_retries: int) -> No
               f"retries); they are not counted, and a re-run asks again. "
               + ("Most pairs are unjudged: this judge rarely answers in the asked format, so these numbers rest on "
                  f"{judged} pairs and mean little." if r["n_unjudged"] * 2 > r["n_total"] else ""))
+
+
+# -- calling the judge: the one annotate loop (alpaca/llm/annotate.py) with the judge's prompt and parser ---
 
 
 def ask_judge(jobs: list[dict], judgments: dict, journal_path: str, spent: dict, *, judge_model: str,
