@@ -17,9 +17,10 @@ B (`--judge_mode logprobs`: one order per instruction, drawn from `--seed`; the 
 soft preference). Identical answers are a tie without a call. A reply without a verdict is asked again
 (`--verdict_retries`); a pair still without one is unjudged: reported, never counted, and asked again next run.
 
-Every verdict is appended to `output_dir/judgments.jsonl` as soon as it arrives, keyed by judge model, mode and
-prompt (which holds both answers): a re-run makes no calls and gives the same results, a changed answer is judged
-anew, a killed run loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
+Every reply, with its verdict or without one, is appended to `output_dir/judgments.jsonl` as soon as it arrives
+(the one annotate loop, alpaca/llm/annotate.py), keyed by judge model, mode and prompt (which holds both answers): a
+re-run makes no calls for what was judged and gives the same results, a changed answer is judged anew, a killed run
+loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
 length-controlled win rate, counts, lengths, per category; paired differences between models; `provenance`: the
 sha256 of every input file, the judge, its mode and prompt template hash, the seed), `annotations.jsonl`
 (every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
