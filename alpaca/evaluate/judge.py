@@ -25,8 +25,9 @@ length-controlled win rate, counts, lengths, per category; paired differences be
 sha256 of every input file, the judge, its mode and prompt template hash, the seed), `annotations.jsonl`
 (every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
 win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs;
-`python judge.py preferences` (alpaca/evaluate/preferences.py) judges K sampled answers per instruction against
-each other and writes the preference pairs train_dpo.py trains on.
+`python judge.py preferences` (alpaca/evaluate/preferences.py) judges K sampled answers per instruction (or per
+conversation, shown to the judge with its earlier turns) against each other and writes the preference pairs
+train_dpo.py trains on.
 """
 
 import asyncio
@@ -61,11 +62,13 @@ from alpaca.llm.client import (
     OpenAIDecodingArguments,
     check_settings,
 )
+from alpaca.prompts.conversation import system_message, turns
 from alpaca.prompts.judge import (  # noqa: F401  (judge.py's names; the prompt lives in prompts/judge.py)
     ENDINGS,
     JUDGE_PROMPT,
     PREFERENCE_FOR_A,
     VERDICT_PATTERN,
+    conversation_judge_prompt,
     judge_prompt,
     neutralised,
     parse_verdict,
@@ -209,10 +212,22 @@ def split_model_outputs(model_outputs: str | list | tuple, more: tuple = ()) -> 
 # -- the judgment journal (the cache) ----------------------------------------------------------------
 
 
-def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, answer_b: str) -> str:
-    """sha256 of what defines a judgment: judge model, mode, the prompt and the two answers (never the API key)."""
-    canonical = json.dumps([judge_model, judge_mode, prompt, answer_a, answer_b], ensure_ascii=False)
+def judgment_key(judge_model: str, judge_mode: str, prompt: str, answer_a: str, answer_b: str,
+                 conversation: list | None = None) -> str:
+    """sha256 of what defines a judgment: judge model, mode, the prompt and the two answers (never the API key), and
+    for a conversation's answers its whole text (`conversation_fields`): the prompt shows every text neutralised, so
+    two conversations, like two answers, may differ where the prompt does not."""
+    fields = [judge_model, judge_mode, prompt, answer_a, answer_b]
+    if conversation is not None:
+        fields.append(conversation)
+    canonical = json.dumps(fields, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def conversation_fields(messages: list[dict]) -> list:
+    """A conversation's content as [system message or None, its turns (instruction, input, output)]: the same for
+    the same texts however the messages spell them (an input as a message or as a second text part)."""
+    return [system_message(messages), turns(messages)]
 
 
 def judgment_problem(record: dict) -> str | None:
@@ -245,16 +260,21 @@ def reply_of(judgment: dict) -> str:
 # -- pairs, orders and jobs ------------------------------------------------------------------------
 
 
-def model_shown_first(seed: int, instruction: str, input: str) -> bool:
-    """logprobs mode: whether the model's answer is shown as A, drawn per instruction from the seed alone (so every
-    model meets the same order on the same instruction)."""
-    return random.Random(f"{seed}\0{instruction}\0{input}").random() < 0.5
+def model_shown_first(seed: int, instruction: str, input: str, messages: list[dict] | None = None) -> bool:
+    """logprobs mode: whether the model's answer is shown as A, drawn per instruction (per conversation, given its
+    `messages`) from the seed alone (so every model meets the same order on the same instruction)."""
+    drawn = f"{seed}\0{instruction}\0{input}" if messages is None else \
+        f"{seed}\0{json.dumps(conversation_fields(messages), ensure_ascii=False)}"
+    return random.Random(drawn).random() < 0.5
 
 
 def orders_of(pair: dict, judge_mode: str, seed: int) -> list[bool]:
-    """The orders a pair is judged in, as "model shown first" flags: both in swap mode, one in logprobs mode."""
+    """The orders a pair is judged in, as "model shown first" flags: both in swap mode, one in logprobs mode.
+    A pair answers an instruction (`instruction`, `input`) or the last user turn of a conversation (`messages`)."""
     if judge_mode == "swap":
         return [True, False]
+    if "messages" in pair:
+        return [model_shown_first(seed, "", "", pair["messages"])]
     return [model_shown_first(seed, pair["instruction"], pair["input"])]
 
 
@@ -262,6 +282,10 @@ def order_job(pair: dict, model_first: bool, judge_model: str, judge_mode: str) 
     """The prompt and cache key of judging `pair` in one order."""
     a, b = (pair["model_output"], pair["reference_output"]) if model_first else \
         (pair["reference_output"], pair["model_output"])
+    if "messages" in pair:
+        prompt = conversation_judge_prompt(pair["messages"], a, b, judge_mode)
+        return {"key": judgment_key(judge_model, judge_mode, prompt, a, b, conversation_fields(pair["messages"])),
+                "prompt": prompt}
     prompt = judge_prompt(pair["instruction"], pair["input"], a, b, judge_mode)
     return {"key": judgment_key(judge_model, judge_mode, prompt, a, b), "prompt": prompt}
 

@@ -15,17 +15,27 @@ has more wins than the worst AND the judge preferred it in their own pair, so `c
 preferred to `rejected`. An instruction with a pair still unjudged after the retries is skipped this run (never
 counted from part of its verdicts) and asked again on the next.
 
+A sample may also be a conversation, as inference.py writes it for a conversation record: {"messages": [... ending
+with the user turn the samples answer], "outputs": [K answers], ...}, alone or mixed with Alpaca records in one file.
+The judge sees its earlier turns, then its last user turn as the instruction (prompts/judge.py), and the journal key
+covers the whole conversation. Its pair is written as train_dpo.py reads a conversation: `messages` (no `prompt`:
+train_dpo.py renders them with the chat template), `chosen`, `rejected` and the same other fields, without
+`instruction` and `input`.
+
 With `--best_of_k PATH` the same verdicts also give a baseline: the best answer of each instruction (the most wins,
 the earlier sample on a tie, as for `chosen`; an instruction the judge did not separate gives its first sample) as an
-answers file in inference.py's format, which judge.py judges against a reference as it would a model's; instructions
-with a pair still unjudged are left out and counted.
+answers file in inference.py's format, which judge.py judges against a reference as it would a model's (a
+conversation's best answer is a {"messages", "output", "generator"} record, inference.py's format for an answered
+conversation, which judge.py does not read yet); instructions with a pair still unjudged are left out and counted.
 
 Every verdict goes to output_dir/judgments.jsonl (judge.py's journal: the cache, safe against a kill), so a re-run
 makes no calls. Output: output_dir/preferences.jsonl, one line per separated instruction: `prompt` (the exact Alpaca
-prompt training uses), `chosen`, `rejected`, `instruction`, `input`, `wins` (per sample), `chosen_index`,
-`rejected_index`, `judge_model`, `judge_mode`, and `provenance` (alpaca/evaluate/provenance.py: the samples file's
-path, sha256, generators and decoding fields, the judge, its mode and prompt template hash, the seed; the same on
-every line, so each pair says where it came from; train_dpo.py reads prompt, chosen and rejected and ignores the rest).
+prompt training uses; `messages` for a conversation), `chosen`, `rejected`, `instruction`, `input` (not for a
+conversation), `wins` (per sample), `chosen_index`, `rejected_index`, `judge_model`, `judge_mode`, and `provenance`
+(alpaca/evaluate/provenance.py: the samples file's path, sha256, generators and decoding fields, the judge, its mode
+and prompt template hash (and the conversation layout's, when there are conversations), the seed; the same on every
+line, so each pair says where it came from; train_dpo.py reads prompt (or messages), chosen and rejected and ignores
+the rest).
 """
 
 import json
@@ -36,17 +46,21 @@ from itertools import combinations
 from alpaca import errors, files
 from alpaca.evaluate import judge, provenance
 from alpaca.prompts.alpaca import format_prompt
+from alpaca.prompts.conversation import check_messages, is_conversation
 
 OUTPUT_NAME = "preferences.jsonl"
 
 
 def load_samples(path: str) -> list[dict]:
     """The records of an answers file written by `inference.py --num_samples K`: each with `outputs`, a list of at
-    least two answer strings (K may differ between records). A record without them is a DataError naming it."""
-    records = files.load_alpaca_records(path, require_output=False)
+    least two answer strings (K may differ between records), and either an instruction (and input) or `messages`, a
+    conversation ending with the user turn the outputs answer. A record otherwise is a DataError naming it."""
+    records = files.load_alpaca_records(path, require_output=False, conversations=True)
     for index, record in enumerate(records):
         outputs = record.get("outputs")
         where = f"{path}, record {index}"
+        if is_conversation(record):
+            check_sampled_conversation(record["messages"], where)
         if outputs is None:
             raise errors.DataError(f"{where}: field 'outputs' is missing; write the samples with inference.py "
                                 "--do_sample True --num_samples K (K >= 2).")
@@ -58,11 +72,21 @@ def load_samples(path: str) -> list[dict]:
     return records
 
 
+def check_sampled_conversation(messages: list[dict], where: str) -> None:
+    """A conversation sample's messages must end with the user turn its outputs answer (DataError naming `where`)."""
+    if messages[-1]["role"] == "assistant":
+        raise errors.DataError(f"{where}: the messages end with an assistant turn; the samples in 'outputs' answer "
+                               "a user turn, so the messages must end with it: drop the trailing answer (inference.py "
+                               "answers the last user turn and leaves such an answer in the record).")
+    check_messages(messages, where, last="user")
+
+
 def round_robin(record: dict) -> list[dict]:
     """The pairs of one record's answers, (i, j) for i < j, as judge.py's pairs: answer i plays the 'model', j the
-    'reference'."""
-    return [{"instruction": record["instruction"], "input": record["input"], "i": i, "j": j,
-             "model_output": record["outputs"][i], "reference_output": record["outputs"][j]}
+    'reference'; a conversation's pairs carry its `messages`, an instruction's its `instruction` and `input`."""
+    shown = {"messages": record["messages"]} if is_conversation(record) else \
+        {"instruction": record["instruction"], "input": record["input"]}
+    return [{**shown, "i": i, "j": j, "model_output": record["outputs"][i], "reference_output": record["outputs"][j]}
             for i, j in combinations(range(len(record["outputs"])), 2)]
 
 
@@ -98,10 +122,13 @@ def choose_pair(record: dict, pairs: list[dict], preference_of: dict) -> tuple[s
     head_to_head = preference_of[(best, worst)] if best < worst else 1 - preference_of[(worst, best)]
     if wins[best] <= wins[worst] or head_to_head <= 0.5:
         return "not_separated", None
+    fields = {"wins": [round(w, 6) for w in wins], "chosen_index": best, "rejected_index": worst}
+    if is_conversation(record):  # train_dpo.py renders the messages with the chat template
+        return "written", {"messages": record["messages"], "chosen": answers[best], "rejected": answers[worst],
+                           **fields}
     return "written", {"prompt": format_prompt(record["instruction"], record["input"]),
                        "chosen": answers[best], "rejected": answers[worst],
-                       "instruction": record["instruction"], "input": record["input"],
-                       "wins": [round(w, 6) for w in wins], "chosen_index": best, "rejected_index": worst}
+                       "instruction": record["instruction"], "input": record["input"], **fields}
 
 
 def best_of_k_name(records: list[dict], samples: str) -> str:
@@ -115,8 +142,9 @@ def best_of_k_name(records: list[dict], samples: str) -> str:
 
 
 def best_answer_record(record: dict, best: int, generator: str) -> dict:
-    """A record of inference.py's answers format (the instruction's fields, `output`, `generator`) holding the
-    best of its samples; `outputs` is left out, so that the file reads as one model's answers."""
+    """A record of inference.py's answers format (the instruction's fields or the conversation's `messages`,
+    `output`, `generator`) holding the best of its samples; `outputs` is left out, so that the file reads as one
+    model's answers."""
     fields = {key: value for key, value in record.items() if key not in ("outputs", "output", "generator")}
     return {**fields, "output": record["outputs"][best], "generator": generator}
 
@@ -141,7 +169,8 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
     as a preference pair for train_dpo.py: output_dir/preferences.jsonl.
 
     Arguments:
-        samples: answers file from `inference.py --do_sample True --num_samples K` (records with `outputs`).
+        samples: answers file from `inference.py --do_sample True --num_samples K` (records with `outputs`): Alpaca
+            records, conversations ({"messages": [... ending with a user turn], "outputs"}), or both.
         output_dir: preferences.jsonl and the judgment journal (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
         judge_mode: "swap" (both orders of every pair) or "logprobs" (one order, P(A) vs P(B)).
@@ -164,7 +193,9 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
     files.check_output_file(os.path.join(output_dir, OUTPUT_NAME), inputs=[samples], flag="the output")
     if best_of_k is not None:
         check_best_of_k(str(best_of_k), output_dir, samples)
-    run_provenance = provenance.of_run(judge_model, judge_mode, seed, samples=provenance.input_file(samples, records))
+    conversations = sum(map(is_conversation, records))
+    run_provenance = provenance.of_run(judge_model, judge_mode, seed, conversations=conversations > 0,
+                                       samples=provenance.input_file(samples, records))
     with files.claimed_directory(output_dir, judge.LOCK_NAME, "judge"):  # the judge's lock: one journal
         journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
         judgments = judge.load_judgments(journal_path)
@@ -175,7 +206,9 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
                    if job["key"] not in judgments}
         needed = sum(map(len, jobs.values()))
         sizes = sorted({len(record["outputs"]) for record in records})
-        print(f"Preferences from {len(records)} instructions x {'/'.join(map(str, sizes))} samples, judged by "
+        print(f"Preferences from {len(records)} instructions"
+              + (f" ({conversations} of them a conversation's last turn)" if conversations else "")
+              + f" x {'/'.join(map(str, sizes))} samples, judged by "
               f"{judge_model} ({judge_mode} mode) in a round robin: {needed} judgments needed, "
               f"{needed - len(to_send)} found in {journal_path}, {len(to_send)} judge calls to make.")
         spent = {"prompt_tokens": 0, "completion_tokens": 0}
