@@ -8,12 +8,13 @@ r"""Blind pairwise human evaluation in the browser, and how far the LLM judge ag
     # win rates from the human verdicts, and agreement with the LLM judge's verdicts in the same directory
     python judge.py human_results --output_dir judged
 
-The pairs are judge.py's: the two files matched on (instruction, input). The page shows one instruction (and input)
-at a time and the two answers side by side as "A" and "B", in an order drawn per (annotator, instruction) from
-`--seed`; no generator name, file name or path reaches the browser. Identical answers are a tie without being
-shown, as for the LLM judge. Every verdict is appended to `output_dir/human_annotations.jsonl` as it is given
-(flushed and fsynced, under a file lock shared by every server on that directory); an undo appends an undo record.
-The file is the only state: a restarted server resumes at the first pair its annotator has not judged.
+The pairs are judge.py's: the two files matched on (instruction, input); files with conversation records are
+refused (the page shows single-turn instructions only). The page shows one instruction (and input) at a time and the
+two answers side by side as "A" and "B", in an order drawn per (annotator, instruction) from `--seed`; no generator
+name, file name or path reaches the browser. Identical answers are a tie without being shown, as for the LLM judge.
+Every verdict is appended to `output_dir/human_annotations.jsonl` as it is given (flushed and fsynced, under a file
+lock shared by every server on that directory); an undo appends an undo record. The file is the only state: a
+restarted server resumes at the first pair its annotator has not judged.
 
 `human_results` writes `human_results.json` (judge.py's results.json fields, pooled over annotators and per
 annotator; agreement as share agreeing and Cohen's kappa with the number of shared pairs, each annotator against
@@ -69,6 +70,12 @@ def prepare_pairs(model_outputs: str, reference_outputs: str, output_dir: str) -
     `human_results` and every other annotator work on the same set. A directory that already holds another set
     (other instructions or answers) is an error: verdicts on old answers would be counted for new ones."""
     pairs = judge.load_pairs(model_outputs, reference_outputs)
+    conversations = sum("messages" in pair for pair in pairs)
+    if conversations:
+        raise errors.DataError(
+            f"{reference_outputs} holds {conversations} conversation(s), and the annotation page shows single-turn "
+            "instructions only: annotate a file of Alpaca records, and judge conversations with the LLM judge "
+            "(python judge.py --model_outputs ... --reference_outputs ...).")
     for pair in pairs:
         pair["key"] = pair_key(pair)
     path = os.path.join(output_dir, PAIRS_NAME)
@@ -427,8 +434,8 @@ def judge_preferences(output_dir: str, pairs: list[dict]) -> list[float | None] 
     model, reference = pairs[0]["model_generator"], pairs[0]["reference_generator"]
     orders: dict[tuple[str, str], list] = {}
     for _, line in files.read_jsonl(path):
-        if line.get("model") != model or line.get("reference") != reference:
-            continue
+        if line.get("model") != model or line.get("reference") != reference or "messages" in line:
+            continue  # a conversation's lines (judge.py on a file with conversations) match no pair of a person's
         mode = "logprobs" if "p_a" in line else "swap"
         preference = None if line.get("verdict") is None else judge.model_preference(
             line, line["shown_first"] == model, mode)

@@ -17,13 +17,20 @@ B (`--judge_mode logprobs`: one order per instruction, drawn from `--seed`; the 
 soft preference). Identical answers are a tie without a call. A reply without a verdict is asked again
 (`--verdict_retries`); a pair still without one is unjudged: reported, never counted, and asked again next run.
 
+A record may also be a conversation answered by inference.py ({"messages": [... ending with the user turn answered],
+"output", "generator"}), alone or mixed with Alpaca records: it is matched on its whole conversation up to that turn
+(a trailing assistant turn is left aside), the judge sees its earlier turns, then its last user turn as the
+instruction (prompts/judge.py), its journal key covers the conversation, and in logprobs mode its order is drawn
+per conversation.
+
 Every reply, with its verdict or without one, is appended to `output_dir/judgments.jsonl` as soon as it arrives
 (the one annotate loop, alpaca/llm/annotate.py), keyed by judge model, mode and prompt (which holds both answers): a
 re-run makes no calls for what was judged and gives the same results, a changed answer is judged anew, a killed run
 loses nothing it judged. Outputs: `results.json` (win rate with a bootstrap 95% interval,
 length-controlled win rate, counts, lengths, per category; paired differences between models; `provenance`: the
 sha256 of every input file, the judge, its mode and prompt template hash, the seed), `annotations.jsonl`
-(every judged order with the judge's raw reply) and `win_rates.png`. The numbers and the picture are computed in
+(every judged order with the judge's raw reply; a conversation's lines carry `messages` instead of instruction and
+input) and `win_rates.png`. The numbers and the picture are computed in
 win_rates.py; `python judge.py human` (human_eval.py) collects blind verdicts from people on the same pairs;
 `python judge.py preferences` (alpaca/evaluate/preferences.py) judges K sampled answers per instruction (or per
 conversation, shown to the judge with its earlier turns) against each other and writes the preference pairs
@@ -62,7 +69,7 @@ from alpaca.llm.client import (
     OpenAIDecodingArguments,
     check_settings,
 )
-from alpaca.prompts.conversation import system_message, turns
+from alpaca.prompts.conversation import is_conversation, prompt_messages, system_message, turns
 from alpaca.prompts.judge import (  # noqa: F401  (judge.py's names; the prompt lives in prompts/judge.py)
     ENDINGS,
     JUDGE_PROMPT,
@@ -138,28 +145,55 @@ def read_reply(choice: dict, judge_mode: str) -> dict | None:
 # -- inputs ------------------------------------------------------------------------------------------
 
 
-def record_key(record: dict) -> tuple[str, str]:
+def conversation_key(messages: list[dict]) -> str:
+    """A conversation's key: its conversation_fields as JSON text, from the messages up to its last user turn (a
+    trailing assistant turn, the reference answer inference.py leaves in a record, is not part of what was asked)."""
+    return json.dumps(conversation_fields(prompt_messages(messages)), ensure_ascii=False)
+
+
+def record_key(record: dict) -> tuple[str, str] | str:
+    """What records are matched on: (instruction, input), or a conversation record's conversation_key."""
+    if is_conversation(record):
+        return conversation_key(record["messages"])
     return record["instruction"], record["input"]
 
 
-def short(key: tuple[str, str], width: int = 60) -> str:
+def short(key: tuple[str, str] | str, width: int = 60) -> str:
+    """A record's key as an error sentence names it: the instruction (and input), or a conversation's first and
+    last user turns."""
+    if isinstance(key, str):
+        shown = json.loads(key)[1]
+        first, last = (short((turn["instruction"], turn["input"]), width // 2) for turn in (shown[0], shown[-1]))
+        return f"the 1-turn conversation {first}" if len(shown) == 1 else \
+            f"the {len(shown)}-turn conversation starting {first} and ending {last}"
     text = key[0] + (f" [input: {key[1]}]" if key[1] else "")
     return repr(text if len(text) <= width else text[:width - 3] + "...")
 
 
-def load_outputs(path: str) -> tuple[str, dict[tuple[str, str], dict]]:
-    """(generator name, {(instruction, input): record}) of one answers file. The name is the records' common
-    `generator` field (inference.py writes it), else the file name without its extension."""
-    records = files.load_alpaca_records(path, require_output=True)
-    by_key: dict[tuple[str, str], dict] = {}
-    first_index: dict[tuple[str, str], int] = {}
+def load_outputs(path: str) -> tuple[str, dict[tuple[str, str] | str, dict]]:
+    """(generator name, {record_key: record}) of one answers file: Alpaca records, conversation records
+    ({"messages": [... ending with the user turn answered, or with a trailing assistant turn], "output"}, as
+    inference.py writes them), or both. The name is the records' common `generator` field (inference.py writes it),
+    else the file name without its extension."""
+    records = files.load_alpaca_records(path, require_output=False, conversations=True)
+    by_key: dict[tuple[str, str] | str, dict] = {}
+    first_index: dict[tuple[str, str] | str, int] = {}
     for index, record in enumerate(records):
+        output = record.get("output")
+        if output is None:
+            raise DataError(f"{path}, record {index}: field 'output' is missing.")
+        if not isinstance(output, str):
+            raise DataError(f"{path}, record {index}: field 'output' must be a string, got {type(output).__name__}.")
         category = record.get("category")
         if category is not None and not isinstance(category, str):
             raise DataError(f"{path}, record {index}: field 'category' is {json.dumps(category)[:40]}, not a string; "
                             "categories name groups of instructions (e.g. \"coding\"): fix or remove the field.")
         key = record_key(record)
         if key in by_key:
+            if isinstance(key, str):
+                raise DataError(f"{path}, record {index}: the same conversation as record {first_index[key]} "
+                                f"({short(key)}); conversations are matched on their messages up to the last user "
+                                "turn, so each must be unique.")
             raise DataError(f"{path}, record {index}: the same instruction and input as record {first_index[key]} "
                                 f"({short(key)}); records are matched on (instruction, input), so each must be unique.")
         by_key[key], first_index[key] = record, index
@@ -170,10 +204,11 @@ def load_outputs(path: str) -> tuple[str, dict[tuple[str, str], dict]]:
 
 def load_pairs(model_path: str, reference_path: str) -> list[dict]:
     """The model's and the reference's answers to the same instructions, in the reference file's order: dicts with
-    instruction, input, category, model_output, reference_output, model_generator, reference_generator.
+    instruction and input (a conversation's pair: `messages`, up to its last user turn, instead), category,
+    model_output, reference_output, model_generator, reference_generator.
 
-    Raises DataError naming the instructions one file has and the other lacks (a silent subset would change
-    what the win rate means)."""
+    Raises DataError naming the instructions (or conversations) one file has and the other lacks (a silent subset
+    would change what the win rate means)."""
     return match_pairs(load_outputs(model_path), load_outputs(reference_path), model_path, reference_path)
 
 
@@ -184,16 +219,21 @@ def match_pairs(model_outputs: tuple[str, dict], reference_outputs: tuple[str, d
     missing = [key for key in reference if key not in model]
     extra = [key for key in model if key not in reference]
     if missing or extra:
-        parts = [f"{len(missing)} of the reference's instructions are missing (e.g. {short(missing[0])})"] if missing \
+        conversations = any(isinstance(key, str) for key in [*model, *reference])
+        noun = "instructions or conversations" if conversations else "instructions"
+        parts = [f"{len(missing)} of the reference's {noun} are missing (e.g. {short(missing[0])})"] if missing \
             else []
         parts += [f"{len(extra)} are not in the reference (e.g. {short(extra[0])})"] if extra else []
-        raise DataError(f"{model_path} does not answer the instructions of {reference_path}: {'; '.join(parts)}. "
-                            "Records are matched on (instruction, input); answer the same file with both models.")
+        raise DataError(f"{model_path} does not answer the {noun} of {reference_path}: {'; '.join(parts)}. "
+                        "Records are matched on (instruction, input)"
+                        + (", conversations on their messages up to the last user turn" if conversations else "")
+                        + "; answer the same file with both models.")
     pairs = []
     for key, ref in reference.items():
         answer = model[key]
-        pairs.append({"instruction": key[0], "input": key[1],
-                      "category": ref.get("category") or answer.get("category") or "uncategorized",
+        shown = {"messages": prompt_messages(ref["messages"])} if isinstance(key, str) else \
+            {"instruction": key[0], "input": key[1]}
+        pairs.append({**shown, "category": ref.get("category") or answer.get("category") or "uncategorized",
                       "model_output": answer["output"], "reference_output": ref["output"],
                       "model_generator": model_name, "reference_generator": reference_name})
     return pairs
@@ -263,8 +303,7 @@ def reply_of(judgment: dict) -> str:
 def model_shown_first(seed: int, instruction: str, input: str, messages: list[dict] | None = None) -> bool:
     """logprobs mode: whether the model's answer is shown as A, drawn per instruction (per conversation, given its
     `messages`) from the seed alone (so every model meets the same order on the same instruction)."""
-    drawn = f"{seed}\0{instruction}\0{input}" if messages is None else \
-        f"{seed}\0{json.dumps(conversation_fields(messages), ensure_ascii=False)}"
+    drawn = f"{seed}\0{instruction}\0{input}" if messages is None else f"{seed}\0{conversation_key(messages)}"
     return random.Random(drawn).random() < 0.5
 
 
@@ -340,9 +379,10 @@ def annotation_lines(pairs: list[dict], judge_mode: str, seed: int, jobs: dict, 
         for model_first in orders_of(pair, judge_mode, seed):
             first, second = ("model_generator", "reference_generator") if model_first else \
                 ("reference_generator", "model_generator")
-            line = {"instruction": pair["instruction"], "input": pair["input"], "category": pair["category"],
-                    "model": pair["model_generator"], "reference": pair["reference_generator"],
-                    "shown_first": pair[first], "shown_second": pair[second]}
+            shown = {"messages": pair["messages"]} if "messages" in pair else \
+                {"instruction": pair["instruction"], "input": pair["input"]}
+            line = {**shown, "category": pair["category"], "model": pair["model_generator"],
+                    "reference": pair["reference_generator"], "shown_first": pair[first], "shown_second": pair[second]}
             if identical(pair):
                 line.update(verdict="TIE", raw_reply=None, note="identical answers: a tie without a call")
             else:
@@ -392,10 +432,11 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     """Judge each model's answers against the reference's; write results.json, annotations.jsonl, win_rates.png.
 
     Arguments:
-        model_outputs: answers files (JSON list or JSONL of instruction/input/output records, e.g. from
+        model_outputs: answers files (JSON list or JSONL of instruction/input/output records, or of conversation
+            records {"messages": [... ending with the user turn answered], "output"}, or both, e.g. from
             inference.py); several as `--model_outputs a.json b.json` or `--model_outputs a.json,b.json`.
             A model's name is its records' `generator` field, else the file name.
-        reference_outputs: the reference model's answers to the same instructions.
+        reference_outputs: the reference model's answers to the same instructions (and conversations).
         output_dir: results, annotations, picture and the judgment cache (judgments.jsonl); re-runs reuse it.
         judge_model: the judge: a model name at the endpoint, or a local model directory with --api_type local.
         judge_mode: "swap" (both orders, [[A]]/[[B]]/[[TIE]]) or "logprobs" (one call per pair, P(A) vs P(B);
@@ -434,7 +475,7 @@ def evaluate(*more_model_outputs: str, model_outputs: str, reference_outputs: st
     for output in outputs:
         files.check_output_file(output, inputs=paths + [reference_outputs], flag="judge.py's output")
     run_provenance = provenance.of_run(
-        judge_model, judge_mode, seed,
+        judge_model, judge_mode, seed, conversations=any(isinstance(key, str) for key in reference[1]),
         model_outputs={name: provenance.input_file(path, list(model[1].values()))
                        for name, path, model in zip(names, paths, models, strict=True)},
         reference_outputs=provenance.input_file(reference_outputs, list(reference[1].values())))
@@ -467,8 +508,10 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     needed = sum(map(len, jobs.values()))
     spent = {"prompt_tokens": 0, "completion_tokens": 0}
     failed: dict[str, str] = {}
+    conversations = sum("messages" in pair for pair in runs[0])
     print(f"Judging {len(paths)} model(s) against {runs[0][0]['reference_generator']} on {len(runs[0])} instructions "
-          f"with {judge_model} ({judge_mode} mode): {needed} judgments needed, "
+          + (f"({conversations} of them a conversation's last turn) " if conversations else "")
+          + f"with {judge_model} ({judge_mode} mode): {needed} judgments needed, "
           f"{needed - len(to_send)} found in {journal_path}, {len(to_send)} to ask.")
     if to_send:
         failed = ask_judge(list(to_send.values()), judgments, journal_path, spent, judge_model=judge_model,

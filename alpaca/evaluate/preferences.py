@@ -26,7 +26,7 @@ With `--best_of_k PATH` the same verdicts also give a baseline: the best answer 
 the earlier sample on a tie, as for `chosen`; an instruction the judge did not separate gives its first sample) as an
 answers file in inference.py's format, which judge.py judges against a reference as it would a model's (a
 conversation's best answer is a {"messages", "output", "generator"} record, inference.py's format for an answered
-conversation, which judge.py does not read yet); instructions with a pair still unjudged are left out and counted.
+conversation, which judge.py reads too); instructions with a pair still unjudged are left out and counted.
 
 Every verdict goes to output_dir/judgments.jsonl (judge.py's journal: the cache, safe against a kill), so a re-run
 makes no calls. Output: output_dir/preferences.jsonl, one line per separated instruction: `prompt` (the exact Alpaca

@@ -91,6 +91,29 @@ def test_a_directory_holding_another_comparison_is_refused(tmp_path):
         human_eval.prepare_pairs(other_model, reference, str(tmp_path / "out"))
 
 
+def test_conversation_pairs_are_refused_in_one_sentence_and_the_judges_conversation_lines_skipped(tmp_path):
+    model, reference = write_answer_files(tmp_path / "files")
+    conversation = {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."},
+                                 {"role": "user", "content": "Name a colour."}], "category": "chat"}
+    for path, generator in ((model, MODEL), (reference, REFERENCE)):
+        records = json.loads(pathlib.Path(path).read_text())
+        pathlib.Path(path).write_text(json.dumps([*records, {**conversation, "output": generator,
+                                                             "generator": generator}]))
+    with pytest.raises(errors.DataError, match=r"holds 1 conversation\(s\), and the annotation page shows "
+                                               r"single-turn instructions only"):
+        judge_command.main(["human", "--model_outputs", model, "--reference_outputs", reference, "--output_dir",
+                            str(tmp_path / "out"), "--annotator", "alice"])
+    assert not (tmp_path / "out").exists()
+
+    # human_results beside a judge run on a file with conversations: their lines match no person's pair
+    pairs = human_eval.prepare_pairs(*write_answer_files(tmp_path / "alpaca"), str(tmp_path / "human"))
+    shown = {"model": MODEL, "reference": REFERENCE, "shown_first": MODEL, "verdict": "A"}
+    (tmp_path / "human" / "annotations.jsonl").write_text("".join(json.dumps(line) + "\n" for line in (
+        {**shown, "messages": conversation["messages"]},
+        {**shown, "instruction": pairs[0]["instruction"], "input": pairs[0]["input"]})))
+    assert human_eval.judge_preferences(str(tmp_path / "human"), pairs)[:2] == [1.0, None]
+
+
 def test_help_and_bad_flags(tmp_path, capsys):
     judge_command.main(["human", "--help"])
     helped = capsys.readouterr().out

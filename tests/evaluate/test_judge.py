@@ -699,3 +699,177 @@ def test_win_rates_picture_leaves_out_categories_nobody_judged_and_draws_a_real_
     assert widths == [0.0, 0.0, 1.0]  # m and other in a (both 0 with n > 0), m in b; no bar for other in b
     assert [text.get_text() for text in right.texts].count("0.00") == 2  # a bar of width 0 is seen by its label
     assert left.get_xlabel() == "share of instructions where the annotators preferred the model"
+
+
+# -- conversations: answers to the last user turn of a conversation, alone or mixed with Alpaca records ----------
+
+
+def conversation_messages(i: int, parts: bool = False, answered: bool = False) -> list[dict]:
+    """Conversation i: a system message (odd i), one earlier turn of its own, then the same last user turn ("Go on.")
+    with an input, as a message or (`parts`) as a second text part; `answered` adds a trailing assistant turn (a
+    reference answer, which inference.py leaves in the record)."""
+    system = [{"role": "system", "content": f"You are assistant {i}."}] if i % 2 else []
+    last = [{"role": "user", "content": [{"type": "text", "text": "Go on."}, {"type": "text", "text": "briefly"}]}] \
+        if parts else [{"role": "user", "content": "Go on."}, {"role": "input", "content": "briefly"}]
+    return [*system, {"role": "user", "content": f"Earlier question {i}."},
+            {"role": "assistant", "content": f"Earlier answer {i}."}, *last,
+            *([{"role": "assistant", "content": "A reference answer."}] if answered else [])]
+
+
+def write_mixed_files(tmp_path, n: int, name: str = "model") -> tuple[str, str]:
+    """Answers of a model and a reference to n records: even i an Alpaca instruction, odd i conversation i (category
+    "chat"); the model's file spells the conversations' inputs as text parts and keeps a trailing assistant turn, as
+    inference.py writes a record that had one, so matching must look through both."""
+    model, reference = [], []
+    for i in range(n):
+        answers = {"output": f"model answer {i}", "generator": name}, \
+            {"output": f"reference answer {i}", "generator": "reference"}
+        if i % 2 == 0:
+            record = {"instruction": f"Do task number {i}.", "input": f"context {i}" if i % 4 == 0 else "",
+                      "category": CATEGORIES[i % len(CATEGORIES)]}
+            model.append({**record, **answers[0]})
+            reference.append({**record, **answers[1]})
+        else:
+            model.append({"messages": conversation_messages(i, parts=True, answered=True), "category": "chat",
+                          **answers[0]})
+            reference.append({"messages": conversation_messages(i), "category": "chat", **answers[1]})
+    model_path, reference_path = tmp_path / f"{name}.json", tmp_path / "reference.json"
+    model_path.write_text(json.dumps(model))
+    reference_path.write_text(json.dumps(reference))
+    return str(model_path), str(reference_path)
+
+
+def model_judge(losing: set[str] = frozenset()):
+    """Prefers the model's answer, except the answers in `losing`."""
+    def responder(path, prompt, body):
+        a, b = answers_of(prompt)
+        model_is_a = a.startswith("model")
+        model_wins = (a if model_is_a else b) not in losing
+        return ("[[A]]" if model_is_a == model_wins else "[[B]]"), "stop"
+    return responder
+
+
+def test_a_mixed_file_of_alpaca_and_conversation_answers_is_judged_and_a_rerun_writes_the_same_bytes(
+        openai_server, tmp_path):
+    from alpaca.prompts.conversation import prompt_messages
+    from alpaca.prompts.judge import conversation_template_sha256, template_sha256
+
+    model, reference = write_mixed_files(tmp_path, 6)
+    openai_server.responder = model_judge(losing={"model answer 5"})
+    out = tmp_path / "out"
+    results = run(openai_server, model, reference, out)
+    prompts = [body["messages"][0]["content"] for body in openai_server.bodies()]
+    assert len(prompts) == 12  # both orders of the 3 instructions and the 3 conversations
+
+    # An Alpaca pair's prompt is the single-turn prompt, byte for byte; a conversation's holds its earlier turns.
+    assert judge.judge_prompt("Do task number 0.", "context 0", "model answer 0", "reference answer 0", "swap") \
+        in prompts
+    shown = prompt_messages(conversation_messages(3))
+    expected = judge.conversation_judge_prompt(shown, "model answer 3", "reference answer 3", "swap")
+    assert expected in prompts and "A reference answer." not in expected
+    assert "System:\nYou are assistant 3.\n" in expected and "User:\nEarlier question 3.\n" in expected
+    assert "Assistant:\nEarlier answer 3.\n" in expected and "Instruction:\nGo on.\n\nInput:\nbriefly\n" in expected
+
+    result = results["model"]
+    assert (result["n_total"], result["n_wins"], result["n_losses"], result["n_unjudged"]) == (6, 5, 1, 0)
+    assert result["per_category"]["chat"] == {"win_rate": round(2 / 3, 4), "n": 3}
+    assert results["provenance"]["judge_prompt_sha256"] == template_sha256("swap")
+    assert results["provenance"]["judge_conversation_prompt_sha256"] == conversation_template_sha256("swap")
+
+    lines = [json.loads(line) for line in (out / "annotations.jsonl").read_text().splitlines()]
+    conversations = [line for line in lines if "messages" in line]
+    assert len(lines) == 12 and len(conversations) == 6
+    assert all("instruction" not in line and "input" not in line for line in conversations)
+    assert conversations[0]["messages"] == prompt_messages(conversation_messages(1))
+    assert set(conversations[0]) == set(lines[0]) - {"instruction", "input"} | {"messages"}
+    assert [line["verdict"] for line in conversations if line["messages"][-1] == shown[-1]
+            and "assistant 5" in line["messages"][0]["content"]] == ["B", "A"]  # the model's 5 loses in both orders
+
+    first = {name: (out / name).read_bytes() for name in ("results.json", "annotations.jsonl")}
+    calls = len(openai_server.requests)
+    run(openai_server, model, reference, out, "--max_concurrency", "1")
+    assert len(openai_server.requests) == calls
+    assert {name: (out / name).read_bytes() for name in first} == first
+
+
+def test_a_file_without_conversations_records_no_conversation_prompt_hash(openai_server, tmp_path):
+    model, reference = write_pair_files(tmp_path, ["m1"], ["r1"])
+    openai_server.responder = model_judge()
+    assert "judge_conversation_prompt_sha256" not in run(openai_server, model, reference, tmp_path / "out")[
+        "provenance"]
+
+
+def test_a_missing_changed_or_duplicate_conversation_is_refused_naming_it(openai_server, tmp_path):
+    model, reference = write_mixed_files(tmp_path, 4)
+    records = json.loads(open(model).read())
+    with open(model, "w") as f:
+        json.dump(records[:3], f)  # conversation 3 left out
+    with pytest.raises(errors.DataError) as error:
+        run(openai_server, model, reference, tmp_path / "out")
+    assert "1 of the reference's instructions or conversations are missing (e.g. the 2-turn conversation starting " \
+        "'Earlier question 3.' and ending 'Go on. [input: briefly]')" in str(error.value)
+    assert "conversations on their messages up to the last user turn" in str(error.value)
+
+    changed = json.loads(json.dumps(records))
+    changed[1]["messages"][1]["content"] = "Another earlier question."  # the same last turn after another history
+    with open(model, "w") as f:
+        json.dump(changed, f)
+    with pytest.raises(errors.DataError, match=r"1 are not in the reference \(e.g. the 2-turn conversation starting "
+                                               r"'Another earlier question.'"):
+        run(openai_server, model, reference, tmp_path / "out")
+
+    with open(model, "w") as f:
+        json.dump([*records, {**records[1], "messages": conversation_messages(1)}], f)  # spelled otherwise: the same
+    with pytest.raises(errors.DataError, match=r"record 4: the same conversation as record 1 \(the 2-turn "
+                                               r"conversation starting 'Earlier question 1.'"):
+        run(openai_server, model, reference, tmp_path / "out")
+    assert not openai_server.requests and not (tmp_path / "out").exists()
+
+
+def test_logprobs_mode_draws_each_conversations_order_from_the_seed(openai_server, tmp_path):
+    from alpaca.prompts.conversation import prompt_messages
+
+    model, reference = write_mixed_files(tmp_path, 24)
+
+    def responder(path, prompt, body):
+        a, _ = answers_of(prompt)
+        p_a = 0.9 if a.startswith("model") else 0.1
+        return "A", "stop", {"A": math.log(p_a), "B": math.log(1 - p_a)}
+    openai_server.responder = responder
+    drawn = {}
+    for seed in ("42", "7"):
+        run(openai_server, model, reference, tmp_path / seed, "--judge_mode", "logprobs", "--seed", seed)
+        lines = [json.loads(line) for line in (tmp_path / seed / "annotations.jsonl").read_text().splitlines()]
+        drawn[seed] = [line["shown_first"] == "model" for line in lines if "messages" in line]
+        expected = [judge.model_shown_first(int(seed), "", "", prompt_messages(conversation_messages(i)))
+                    for i in range(1, 24, 2)]
+        assert drawn[seed] == expected and 0 < sum(expected) < 12  # per conversation, both orders occur
+        assert all(line["p_a"] == pytest.approx(0.9 if line["shown_first"] == "model" else 0.1) for line in lines)
+    assert drawn["42"] != drawn["7"]
+    assert len(openai_server.requests) == 2 * 24  # one call per pair
+
+
+def test_a_conversation_best_of_k_file_is_judged_against_a_reference(openai_server, tmp_path):
+    def marker_judge(path, prompt, body):  # prefers the answer that says "river" more often
+        a, b = (answer.split().count("river") for answer in answers_of(prompt))
+        return ("[[A]]" if a > b else "[[B]]" if b > a else "[[TIE]]"), "stop"
+    openai_server.responder = marker_judge
+    asked = [{"instruction": "Describe thing 0.", "input": ""}, {"messages": conversation_messages(1)},
+             {"messages": conversation_messages(2)}]
+    samples = [["stone", "river stone", "lantern"], ["lantern", "river river", "stone"], ["meadow", "stone river"]]
+    samples_path, reference_path = tmp_path / "samples.json", tmp_path / "reference.json"
+    samples_path.write_text(json.dumps([{**record, "output": outputs[0], "outputs": outputs, "generator": "sft"}
+                                        for record, outputs in zip(asked, samples, strict=True)]))
+    reference_path.write_text(json.dumps([{**record, "output": "a river", "generator": "reference"}
+                                          for record in asked]))
+    best = tmp_path / "best_of_k.json"
+    judge_command.main(["preferences", "--samples", str(samples_path), "--output_dir", str(tmp_path / "prefs"),
+                        "--judge_model", "judge-test", "--api_base", openai_server.url, "--best_of_k", str(best)])
+    assert [record["output"] for record in json.loads(best.read_text())] == ["river stone", "river river",
+                                                                            "stone river"]
+    before = len(openai_server.requests)
+    results = run(openai_server, str(best), str(reference_path), tmp_path / "judged")["sft-best-of-k"]
+    assert len(openai_server.requests) - before == 6
+    assert (results["n_wins"], results["n_ties"], results["n_losses"]) == (1, 2, 0)  # 2 rivers beat 1; 1 ties 1
+    sent = [body["messages"][0]["content"] for body in openai_server.bodies()[before:]]
+    assert sum("User:\nEarlier question 1.\n" in prompt for prompt in sent) == 2
