@@ -7,7 +7,8 @@ by length-controlled win rate, with the 95% intervals (win_rates.format_table), 
 as Markdown (or as JSON for a .json path) with the picture of win_rates.png for every model beside it (the same
 path ending in .png). Runs are put side by side only when their provenance (alpaca/evaluate/provenance.py) agrees
 on COMPARED: the reference answers (the file's sha256), the judge model, the judge mode and the hash of the judge
-prompt; a win rate against another reference, or from another judge, is another number. The same model in two runs
+prompt (and of its conversation layout, where conversations were judged); a win rate against another reference,
+or from another judge, is another number. The same model in two runs
 is listed once when its answers file is the same, and refused when it is not. Paired differences between models stay
 within a run (results.json's win_rate_differences).
 """
@@ -22,6 +23,8 @@ from alpaca.evaluate.win_rates import NOT_MODELS, PROVENANCE_KEY, format_table, 
 
 RESULTS_NAME = "results.json"
 COMPARED = ("reference_outputs", "judge_model", "judge_mode", "judge_prompt_sha256")  # what runs must share
+# ... and this too, recorded only by runs whose reference holds conversations (on one reference, all runs or none)
+COMPARED_WHERE_RECORDED = ("judge_conversation_prompt_sha256",)
 RESULT_FIELDS = ("win_rate", "win_rate_ci95", "lc_win_rate", "lc_win_rate_ci95", "n_total", "n_wins", "n_losses",
                  "n_ties", "n_unjudged", "avg_length", "per_category")  # what every model entry of ours has
 
@@ -97,7 +100,7 @@ def read_run(directory: str) -> dict:
 def shown(field: str, record: dict) -> str:
     """A provenance field as a sentence names it: the reference by its path and sha256, a hash by its first 12
     hex digits, anything else as it is."""
-    value = record[field]
+    value = record.get(field)
     if field == "reference_outputs":
         return f"{value.get('path', '?')} (sha256 {str(value['sha256'])[:12]})"
     return str(value)[:12] if field.endswith("sha256") else repr(value)
@@ -106,7 +109,7 @@ def shown(field: str, record: dict) -> str:
 def same_value(field: str, a: dict, b: dict) -> bool:
     if field == "reference_outputs":  # the same answers, wherever the file was
         return a[field]["sha256"] == b[field]["sha256"]
-    return a[field] == b[field]
+    return a.get(field) == b.get(field)
 
 
 def merge(runs: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
@@ -117,7 +120,7 @@ def merge(runs: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
     source: dict[str, str] = {}
     answers_file: dict[str, dict] = {}  # {model: the provenance of its answers file}
     for directory, results in runs:
-        for field in COMPARED:
+        for field in (*COMPARED, *COMPARED_WHERE_RECORDED):
             if not same_value(field, first[PROVENANCE_KEY], results[PROVENANCE_KEY]):
                 raise DataError(
                     f"{directory} cannot join {first_directory} in one leaderboard: its {field} is "
@@ -212,7 +215,7 @@ def leaderboard(*directories: str, output: str | None = None, plot: bool = True)
     summary = {
         "leaderboard": [{"rank": rank, "model": name, "run": source[name], **table[name]}
                         for rank, name in enumerate(model_names(table), start=1)],
-        "provenance": {**{field: first[field] for field in COMPARED},
+        "provenance": {**{field: first[field] for field in (*COMPARED, *COMPARED_WHERE_RECORDED) if field in first},
                        "runs": {directory: results[PROVENANCE_KEY] for directory, results in runs}}}
     print(f"Leaderboard of {len(table)} models from {len(runs)} runs, judged by {first['judge_model']} "
           f"({first['judge_mode']} mode) against {shown('reference_outputs', first)}:")

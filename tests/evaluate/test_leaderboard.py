@@ -110,6 +110,8 @@ def edited_copy(run: str, to: str, edit) -> str:
 @pytest.mark.parametrize("field, value, shown", [
     ("judge_mode", "logprobs", "its judge_mode is 'logprobs', not 'swap'"),
     ("judge_prompt_sha256", "a" * 64, "its judge_prompt_sha256 is aaaaaaaaaaaa, not "),
+    # a run judged with another layout of the conversation prompt (this run has none: its reference holds none)
+    ("judge_conversation_prompt_sha256", "b" * 64, "its judge_conversation_prompt_sha256 is bbbbbbbbbbbb, not None"),
 ])
 def test_runs_that_differ_in_judge_mode_or_prompt_are_refused(openai_server, tmp_path, field, value, shown):
     ours = judge_run(openai_server, tmp_path, "ours", "strong")
