@@ -25,6 +25,7 @@ from alpaca.llm.client import (
     OpenAIDecodingArguments,
     check_settings,
 )
+from alpaca.llm.settings import dollars
 from alpaca.prompts.rating import MAX_SCORE, RATING_PROMPT, REMINDER, SCORE_AT_END, parse_score  # noqa: F401
 
 
@@ -154,8 +155,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     data_records.write_records(output, rated, [data_path])
     data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
     num_rated = sum(s is not None for s in scores)
-    cost = (totals["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
-            + totals["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
+    cost = dollars(totals, price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
     attempts_text = f"{score_retries + 1} attempt{'s' if score_retries else ''}"
     print(f"Rated {num_rated:,} of {len(records):,} records with {judge_model} ({len(records) - num_rated:,} unrated "

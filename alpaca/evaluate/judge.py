@@ -69,6 +69,7 @@ from alpaca.llm.client import (
     OpenAIDecodingArguments,
     check_settings,
 )
+from alpaca.llm.settings import dollars
 from alpaca.prompts.conversation import is_conversation, prompt_messages, system_message, turns
 from alpaca.prompts.judge import (  # noqa: F401  (judge.py's names; the prompt lives in prompts/judge.py)
     ENDINGS,
@@ -523,9 +524,8 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
 
     priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
 
-    def dollars(usage: dict) -> float:
-        return (usage.get("prompt_tokens", 0) * (price_per_1k_prompt_tokens or 0)
-                + usage.get("completion_tokens", 0) * (price_per_1k_completion_tokens or 0)) / 1000
+    def cost_of(usage: dict) -> float:
+        return dollars(usage, price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
 
     results: dict = {}
     preferences_of: dict[str, list] = {}
@@ -535,7 +535,7 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
         for pair in pairs:
             pair_jobs = jobs[id(pair)]
             preferences.append(judged_preference(pair, pair_jobs, judgments, judge_mode))
-            cost += sum(dollars(judgments[job["key"]].get("usage", {})) for job in pair_jobs.values()
+            cost += sum(cost_of(judgments[job["key"]].get("usage", {})) for job in pair_jobs.values()
                         if job["key"] in judgments)
         result = compute_results(preferences, [len(p["model_output"]) for p in pairs],
                                  [len(p["reference_output"]) for p in pairs], [p["category"] for p in pairs], seed)
@@ -560,7 +560,7 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     if to_send:
         print(f"This run asked the judge {len(to_send)} judgments, {len(failed)} without a verdict; tokens "
               f"{spent['prompt_tokens']:,} prompt, {spent['completion_tokens']:,} completion"
-              + (f"; cost ${dollars(spent):.4f}" if priced else "") + ".")
+              + (f"; cost ${cost_of(spent):.4f}" if priced else "") + ".")
     print(f"Wrote results.json, annotations.jsonl{', win_rates.png' if plot else ''} to {output_dir}")
     return results
 

@@ -45,6 +45,7 @@ from itertools import combinations
 
 from alpaca import errors, files
 from alpaca.evaluate import judge, provenance
+from alpaca.llm.settings import dollars
 from alpaca.prompts.alpaca import format_prompt
 from alpaca.prompts.conversation import check_messages, is_conversation
 
@@ -249,8 +250,7 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
                   + (f"; left out {counts['unjudged']} with pairs still unjudged (a re-run asks again; judge.py needs "
                      "the file to answer every instruction of the reference)" if counts["unjudged"] else "") + ".")
         priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
-        cost = (spent["prompt_tokens"] * (price_per_1k_prompt_tokens or 0)
-                + spent["completion_tokens"] * (price_per_1k_completion_tokens or 0)) / 1000
+        cost = dollars(spent, price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
         print(f"Judging cost of this run: {len(to_send)} judgments asked, {spent['prompt_tokens']:,} prompt + "
               f"{spent['completion_tokens']:,} completion tokens" + (f", ${cost:.4f}" if priced else "") + ".")
         return counts

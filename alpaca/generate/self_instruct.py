@@ -57,7 +57,7 @@ from alpaca.llm.client import (
     check_settings,
     complete_in_order,
 )
-from alpaca.llm.settings import ENDPOINT_FLAGS
+from alpaca.llm.settings import ENDPOINT_FLAGS, dollars
 
 __all__ = ["RougeLIndex", "encode_prompt", "post_process_gpt3_response", "generate_instruction_following_data"]
 
@@ -399,8 +399,7 @@ class Totals:
         """Count one processed request and print its line."""
         usage = result["usage"]
         paid = {k: 0 if result["cached"] else v for k, v in usage.items()}  # a replayed response costs nothing now
-        cost = (paid["prompt_tokens"] * (self.price_per_1k_prompt_tokens or 0)
-                + paid["completion_tokens"] * (self.price_per_1k_completion_tokens or 0)) / 1000
+        cost = dollars(paid, self.price_per_1k_prompt_tokens, self.price_per_1k_completion_tokens)
         self.requests += 1
         self.cached += result["cached"]
         self.parsed += parsed
@@ -517,8 +516,7 @@ def translated_seed_tasks(seed_tasks: list[dict], language: str, output_dir: str
 
     start = time.time()
     asyncio.run(translate())
-    spent = (usage["prompt_tokens"] * (totals.price_per_1k_prompt_tokens or 0)
-             + usage["completion_tokens"] * (totals.price_per_1k_completion_tokens or 0)) / 1000
+    spent = dollars(usage, totals.price_per_1k_prompt_tokens, totals.price_per_1k_completion_tokens)
     tasks = [parse_translation(reply["text"], endpoint_settings["api_type"]) for reply in replies]
     translated = [task for task in tasks if task is not None]
     lines = [json.dumps({"id": f"seed_task_{i}", "instruction": task["instruction"],

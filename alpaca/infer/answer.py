@@ -69,7 +69,7 @@ from alpaca.llm.model import (  # noqa: F401  (inference.py's names since 2023; 
     resolve_dtype,
     warn_if_not_servable,
 )
-from alpaca.llm.settings import ENDPOINT_FLAGS
+from alpaca.llm.settings import ENDPOINT_FLAGS, dollars
 from alpaca.prompts import conversation
 from alpaca.prompts.alpaca import (
     INPUT_ROLE,
@@ -218,8 +218,7 @@ def usage_line(totals: dict, args: argparse.Namespace) -> str:
             f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens")
     if args.price_per_1k_prompt_tokens is None and args.price_per_1k_completion_tokens is None:
         return line
-    cost = (totals["prompt_tokens"] * (args.price_per_1k_prompt_tokens or 0)
-            + totals["completion_tokens"] * (args.price_per_1k_completion_tokens or 0)) / 1000
+    cost = dollars(totals, args.price_per_1k_prompt_tokens, args.price_per_1k_completion_tokens)
     return f"{line}; cost ${cost:.4f}"
 
 

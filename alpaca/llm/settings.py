@@ -29,3 +29,11 @@ ENDPOINT_FLAGS: dict[str, str] = {
 def describe(flag: str) -> str | None:
     """The one description of an endpoint flag (without its dashes), or None for a flag that is not one."""
     return ENDPOINT_FLAGS.get(flag)
+
+
+def dollars(usage: dict, price_per_1k_prompt_tokens: float | None,
+            price_per_1k_completion_tokens: float | None) -> float:
+    """What `usage` ({"prompt_tokens", "completion_tokens"}; a missing count is 0) costs at the
+    --price_per_1k_prompt_tokens / --price_per_1k_completion_tokens prices (a price not given counts 0)."""
+    return (usage.get("prompt_tokens", 0) * (price_per_1k_prompt_tokens or 0)
+            + usage.get("completion_tokens", 0) * (price_per_1k_completion_tokens or 0)) / 1000
