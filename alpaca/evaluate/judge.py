@@ -358,6 +358,16 @@ def jobs_of_pair(pair: dict, judge_model: str, judge_mode: str, seed: int) -> di
     return {first: order_job(pair, first, judge_model, judge_mode) for first in orders_of(pair, judge_mode, seed)}
 
 
+def jobs_to_ask(pairs: list[dict], judgments: dict, judge_model: str, judge_mode: str,
+                seed: int) -> tuple[dict[int, dict[bool, dict]], dict[str, dict]]:
+    """({id(pair): jobs_of_pair}, {key: job} of the jobs the journal holds no verdict for, each key once: pairs that
+    show the same answers in the same order are one judgment)."""
+    jobs = {id(pair): jobs_of_pair(pair, judge_model, judge_mode, seed) for pair in pairs}
+    to_send = {job["key"]: job for pair_jobs in jobs.values() for job in pair_jobs.values()
+               if job["key"] not in judgments}
+    return jobs, to_send
+
+
 def judged_preference(pair: dict, pair_jobs: dict[bool, dict], judgments: dict, judge_mode: str) -> float | None:
     """A pair's preference for the model from the verdicts on its jobs (jobs_of_pair): 0.5 for identical answers,
     None while an order is unjudged."""
@@ -503,9 +513,7 @@ def judge_and_report(runs: list[list[dict]], names: list[str], paths: list[str],
     (evaluate's work, under the directory's lock)."""
     journal_path = os.path.join(output_dir, JOURNAL_NAME)
     judgments = load_judgments(journal_path)
-    jobs = {id(pair): jobs_of_pair(pair, judge_model, judge_mode, seed) for pairs in runs for pair in pairs}
-    to_send = {job["key"]: job for pair_jobs in jobs.values() for job in pair_jobs.values()
-               if job["key"] not in judgments}
+    jobs, to_send = jobs_to_ask([pair for pairs in runs for pair in pairs], judgments, judge_model, judge_mode, seed)
     needed = sum(map(len, jobs.values()))
     spent = {"prompt_tokens": 0, "completion_tokens": 0}
     failed: dict[str, str] = {}

@@ -201,10 +201,8 @@ def preferences(samples: str, output_dir: str, judge_model: str, api_base: str |
         journal_path = os.path.join(output_dir, judge.JOURNAL_NAME)
         judgments = judge.load_judgments(journal_path)
         pairs_of = [round_robin(record) for record in records]
-        jobs = {id(pair): judge.jobs_of_pair(pair, judge_model, judge_mode, seed)
-                for pairs in pairs_of for pair in pairs}
-        to_send = {job["key"]: job for pair_jobs in jobs.values() for job in pair_jobs.values()
-                   if job["key"] not in judgments}
+        jobs, to_send = judge.jobs_to_ask([pair for pairs in pairs_of for pair in pairs], judgments, judge_model,
+                                          judge_mode, seed)
         needed = sum(map(len, jobs.values()))
         sizes = sorted({len(record["outputs"]) for record in records})
         print(f"Preferences from {len(records)} instructions"
