@@ -171,6 +171,15 @@ def eval_index(eval_path: str, num_cpus: int | None, language: str = "en") -> tu
     return instructions, RougeLIndex(instructions, num_threads=num_cpus, language=language)
 
 
+def nearest_above(index: RougeLIndex, texts: list[str], instruction: str,
+                  threshold: float) -> tuple[str, float] | None:
+    """(the text of `index` (`texts`, in the index's order) closest to `instruction` by ROUGE-L F1, that F1) when
+    the F1 is above `threshold`, else None. The index must hold at least one text."""
+    scores = index.scores(instruction)
+    best = int(np.argmax(scores))
+    return (texts[best], float(scores[best])) if scores[best] > threshold else None
+
+
 def turn_drop_reason(task: dict, language: str, generator_filters: bool, clean_filters: bool,
                      excluded: tuple[list[str], RougeLIndex] | None, threshold: float) -> tuple[str | None, dict]:
     """(the first reason `clean` drops one user turn's task for, or None; its details): the generator's filters, its
@@ -183,11 +192,9 @@ def turn_drop_reason(task: dict, language: str, generator_filters: bool, clean_f
     if reason is None and clean_filters:
         reason = clean_drop_reason(task)
     if reason is None and excluded is not None and len(excluded[1]):
-        eval_instructions, index = excluded
-        scores = index.scores(task["instruction"])
-        best = int(np.argmax(scores))
-        if scores[best] > threshold:
-            return "contamination", {"similar_to": eval_instructions[best], "rouge_l": float(scores[best])}
+        near = nearest_above(excluded[1], excluded[0], task["instruction"], threshold)
+        if near:
+            return "contamination", {"similar_to": near[0], "rouge_l": near[1]}
     return reason, {}
 
 
@@ -249,12 +256,10 @@ def clean(data_path: str, output: str, exclude: str | None = None, generator_fil
         instruction = tasks[0]["instruction"]  # the novelty filter's instruction: the first turn's
         if reason is None and instruction in seen:
             reason, turn = "duplicate", 1
-        if reason is None and len(kept_index):
-            scores = kept_index.scores(instruction)
-            best = int(np.argmax(scores))
-            if scores[best] > similarity_threshold:
-                reason, turn = "similarity", 1
-                detail = {"similar_to": kept_instructions[best], "rouge_l": float(scores[best])}
+        near = nearest_above(kept_index, kept_instructions, instruction, similarity_threshold) \
+            if reason is None and len(kept_index) else None
+        if near:
+            reason, turn, detail = "similarity", 1, {"similar_to": near[0], "rouge_l": near[1]}
         if reason:
             counts[reason] += 1
             if is_conversation(record):
@@ -316,17 +321,14 @@ def contamination(train_path: str, eval: str, output: str | None = None, thresho
         check_output_path(output, [train_path, eval])
     found, n_instructions = [], 0
     for record_index, record in enumerate(tqdm(records, desc="contamination", unit="record", leave=False)):
-        instructions = [t["instruction"] for t in turns(record["messages"])] if is_conversation(record) else \
-            [record["instruction"]]
+        instructions = [task["instruction"] for task in data_conversations.user_turn_tasks(record)]
         n_instructions += len(instructions)
         for turn, instruction in enumerate(instructions, start=1):
-            scores = index.scores(instruction)
-            best = int(np.argmax(scores))
-            if scores[best] > threshold:
+            near = nearest_above(index, eval_instructions, instruction, threshold)
+            if near:
                 where = {"record_index": record_index, "turn": turn} if is_conversation(record) else \
                     {"record_index": record_index}
-                found.append({**where, "instruction": instruction, "eval_instruction": eval_instructions[best],
-                              "rouge_l": float(scores[best])})
+                found.append({**where, "instruction": instruction, "eval_instruction": near[0], "rouge_l": near[1]})
     for item in found:
         place = f"record {item['record_index']}" + (f", turn {item['turn']}" if "turn" in item else "")
         print(f"{place} (ROUGE-L {item['rouge_l']:.3f}): {item['instruction']!r} ~ {item['eval_instruction']!r}")
