@@ -75,11 +75,9 @@ def load_samples(path: str) -> list[dict]:
 
 def check_sampled_conversation(messages: list[dict], where: str) -> None:
     """A conversation sample's messages must end with the user turn its outputs answer (DataError naming `where`)."""
-    if messages[-1]["role"] == "assistant":
-        raise errors.DataError(f"{where}: the messages end with an assistant turn; the samples in 'outputs' answer "
-                               "a user turn, so the messages must end with it: drop the trailing answer (inference.py "
-                               "answers the last user turn and leaves such an answer in the record).")
-    check_messages(messages, where, last="user")
+    check_messages(messages, where, last="user", why_last=(
+        "the samples in 'outputs' answer a user turn, so the messages must end with it: drop the trailing answer "
+        "(inference.py answers the last user turn and leaves such an answer in the record)."))
 
 
 def round_robin(record: dict) -> list[dict]:

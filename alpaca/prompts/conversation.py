@@ -30,10 +30,10 @@ def message_texts(message: dict) -> list[str]:
     return [part["text"] for part in content]
 
 
-def check_messages(messages: object, where: str, last: str | None = "assistant") -> None:
+def check_messages(messages: object, where: str, last: str | None = "assistant", why_last: str | None = None) -> None:
     """Check one record's `messages`; DataError (one sentence naming `where`) when the Alpaca chat template could
     not render them. `last` is the role the conversation must end with ("assistant" for training, "user" for a
-    prompt), or None for either."""
+    prompt), or None for either; `why_last`, when given, says why and what to do, in place of the plain sentence."""
     if not isinstance(messages, list) or not messages:
         raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects.")
     expected = ["system", "user"]
@@ -64,6 +64,9 @@ def check_messages(messages: object, where: str, last: str | None = "assistant")
         expected = {"system": ["user"], "user": [INPUT_ROLE, "assistant"], INPUT_ROLE: ["assistant"],
                     "assistant": ["user"]}[role]
     ending = "assistant" if messages[-1]["role"] == "assistant" else "user"
+    if last is not None and ending != last and why_last is not None:
+        raise DataError(f"{where}: the messages end with {'an assistant' if ending == 'assistant' else 'a user'} turn; "
+                        f"{why_last}")
     if last is not None and ending != last:
         raise DataError(f"{where}: the conversation must end with {'an assistant' if last == 'assistant' else 'a user'}"
                         f" turn, not with {'an' if messages[-1]['role'] in ('assistant', 'input') else 'a'} "

@@ -103,12 +103,9 @@ def check_pair(record: object, where: str) -> None:
         raise DataError(f"{where}: give the prompt once, as 'prompt' (the Alpaca prompt) or as 'messages' (a "
                         "conversation ending with a user turn), not both.")
     if "messages" in record:
-        messages = record["messages"]
-        if isinstance(messages, list) and messages and isinstance(messages[-1], dict) \
-                and messages[-1].get("role") == "assistant":
-            raise DataError(f"{where}: the messages end with an assistant turn; a pair's messages end with the user "
-                            "turn that chosen and rejected answer, so leave its answer out of them.")
-        check_messages(messages, where, last="user")
+        check_messages(record["messages"], where, last="user", why_last=(
+            "a pair's messages end with the user turn that chosen and rejected answer, so leave its answer out of "
+            "them."))
     for name in PREFERENCE_FIELDS:
         if name == "prompt" and "messages" in record:
             continue
