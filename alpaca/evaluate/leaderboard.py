@@ -78,7 +78,7 @@ def read_run(directory: str) -> dict:
                                "(judge into it first).")
     try:
         with open(path, encoding="utf-8") as f:
-            results = json.load(f)
+            results = files.parse_json(f.read(), path)  # a hostile file is a sentence, not a RecursionError
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataError(f"{path} is not valid JSON ({error}); it is not a results.json of judge.py.") from None
     problem = not_ours(results)

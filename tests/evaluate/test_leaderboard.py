@@ -167,6 +167,7 @@ def test_a_directory_that_is_no_judge_run_is_one_sentence(openai_server, tmp_pat
         ("broken", '{"model": ', "is not valid JSON"),
         ("listed", "[1, 2]", "is not a results.json of judge.py: it holds a JSON list"),
         ("foreign", '{"accuracy": 0.9}', "is not a results.json of judge.py: its entry 'accuracy' lacks win_rate"),
+        ("deep", "[" * 100_000, "JSON nested too deeply to read"),  # was a RecursionError traceback
     ]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
