@@ -475,7 +475,26 @@ def _parsed_line(line: bytes, record_problem: Callable[[dict], str | None] | Non
     return (None, problem) if problem else (record, None)
 
 
-# -- the lock of an output directory ----------------------------------------------------------------------
+# -- the lock of an output directory (or file) -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def held_lock(lock_path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold the flock of `lock_path` (created if missing; it names the holding process) for the block. Another
+    process holding it is a BusyError: `busy` with {holder} filled in. The OS drops an flock when its process dies,
+    so a killed run never leaves it stuck."""
+    with open(lock_path, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "a process that has not written its name yet"
+            raise BusyError(busy.replace("{holder}", holder)) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 @contextlib.contextmanager
@@ -492,20 +511,10 @@ def claimed_directory(directory: str | os.PathLike, lock_name: str, what: str, f
                               "missing).")
     created = not os.path.exists(directory)
     os.makedirs(directory, exist_ok=True)
-    lock_path = os.path.join(directory, lock_name)
     try:
-        with open(lock_path, "a+", encoding="utf-8") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                lock.seek(0)
-                holder = lock.read().strip() or "a process that has not written its name yet"
-                raise BusyError(f"{directory} is in use by another {what} ({holder}); wait for it to finish or "
-                                f"stop it, or pass another {flag}.") from None
-            lock.seek(0)
-            lock.truncate()
-            lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            lock.flush()
+        with held_lock(os.path.join(directory, lock_name),
+                       f"{directory} is in use by another {what} ({{holder}}); wait for it to finish or stop it, or "
+                       f"pass another {flag}."):
             yield
     finally:
         if created and os.path.isdir(directory) and os.listdir(directory) == [lock_name]:

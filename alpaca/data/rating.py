@@ -14,6 +14,7 @@ import os
 import random
 import time
 
+from alpaca import files
 from alpaca.data import records as data_records
 from alpaca.errors import UsageError, UserError
 from alpaca.llm import annotate
@@ -66,7 +67,8 @@ def read_ratings(path: str) -> dict[str, dict]:
 def output_paths(output: str, min_score: float | None, num_kept: int) -> dict[str, str]:
     """Files `rate` writes next to --output."""
     root, ext = os.path.splitext(output)
-    paths = {"journal": f"{output}.journal.jsonl", "cache": f"{output}.responses", "picture": f"{output}.scores.png"}
+    paths = {"journal": f"{output}.journal.jsonl", "cache": f"{output}.responses", "picture": f"{output}.scores.png",
+             "lock": f"{output}.lock"}
     if min_score is not None:
         paths["kept"] = f"{root}.min_score_{min_score:g}{ext}"
         paths["random"] = f"{root}.random_{num_kept}{ext}"
@@ -109,7 +111,7 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
     (records,) = data_records.load_inputs([data_path])
     beside = output_paths(output, min_score, 0)  # the random subset's name needs the count: checked when written
     data_records.check_output_path(output, [data_path],
-                                   also=tuple(beside[k] for k in ("kept", "picture") if k in beside))
+                                   also=tuple(beside[k] for k in ("kept", "picture", "lock") if k in beside))
     check_rate_flags(max_concurrency, max_tokens, score_retries, min_score)
     judge_model = judge_model or DEFAULT_MODEL_NAMES.get(api_type)
     check_settings(api_type, judge_model, api_base, requests_per_minute=requests_per_minute,
@@ -118,55 +120,60 @@ def rate_records(data_path: str, output: str, judge_model: str | None, api_type:
                    max_response_bytes=max_response_bytes)
     paths = output_paths(output, min_score, 0)
 
-    ratings = read_ratings(paths["journal"])
-    keys = [record_key(r, judge_model) for r in records]
-    jobs = {key: {"key": key, "record": record} for key, record in zip(keys, records, strict=True)
-            if key not in ratings}  # a record found twice is rated once
-    stale = len(ratings.keys() - set(keys))
-    if stale:
-        print(f"note: {stale} ratings in {paths['journal']} match no record of {data_path} rated by {judge_model} "
-              "(the file or the judge changed); records without a rating are rated now.")
-    done = len(records) - sum(key in jobs for key in keys)
-    if done:
-        print(f"Resuming: {done:,} of {len(records):,} records already rated in {paths['journal']}")
-    decoding_args = OpenAIDecodingArguments(max_tokens=max_tokens, temperature=temperature, top_p=1.0, n=1)
-
-    async def run() -> dict:
-        async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
-                               max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
-                               tokens_per_minute=tokens_per_minute, max_retries=max_retries,
-                               retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
-                               request_timeout=request_timeout,
-                               cache_dir=paths["cache"] if cache else None,
-                               max_response_bytes=max_response_bytes) as endpoint:
-            return await annotate.annotate(
-                endpoint, list(jobs.values()), paths["journal"],
-                prompt_of=lambda job, attempt: rating_prompt(job["record"], attempt), parse=parse_reply,
-                decoding_args=decoding_args, retries=score_retries, answers=ratings, unit="record", desc="rated")
-
-    start = time.time()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    try:
-        totals = asyncio.run(run()) if jobs else dict.fromkeys(annotate.COUNTS, 0)
-    except LLMError as error:
-        raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
-    scores = [ratings[key]["score"] if key in ratings else None for key in keys]
-    rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
-    data_records.write_records(output, rated, [data_path])
-    data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
-    num_rated = sum(s is not None for s in scores)
-    cost = dollars(totals, price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
-    priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
-    attempts_text = f"{score_retries + 1} attempt{'s' if score_retries else ''}"
-    print(f"Rated {num_rated:,} of {len(records):,} records with {judge_model} ({len(records) - num_rated:,} unrated "
-          f"after {attempts_text}) in {time.time() - start:.1f}s: {totals['requests']:,} requests "
-          f"({totals['cached']:,} replayed from the cache, {totals['unparsed']:,} replies without a score), "
-          f"tokens {totals['prompt_tokens'] + totals['completion_tokens']:,} (prompt {totals['prompt_tokens']:,}, "
-          f"completion {totals['completion_tokens']:,})" + (f", cost ${cost:.4f}" if priced else "")
-          + f". Wrote {output} and {paths['picture']}.")
-    summary = {"records": len(records), "rated": num_rated, "requests": totals["requests"],
-               "cached": totals["cached"], "unparsed_replies": totals["unparsed"],
-               "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"], "cost": cost}
-    if min_score is not None:
-        summary.update(write_best_and_random(rated, data_path, output, min_score, seed))
-    return summary
+    # One rater per output: a second would pay every rating again and write each into the journal twice.
+    with files.held_lock(paths["lock"], f"{output} is being rated by another run ({{holder}}); wait for it to "
+                         "finish or stop it, or pass another --output."):
+        ratings = read_ratings(paths["journal"])
+        keys = [record_key(r, judge_model) for r in records]
+        jobs = {key: {"key": key, "record": record} for key, record in zip(keys, records, strict=True)
+                if key not in ratings}  # a record found twice is rated once
+        stale = len(ratings.keys() - set(keys))
+        if stale:
+            print(f"note: {stale} ratings in {paths['journal']} match no record of {data_path} rated by {judge_model} "
+                  "(the file or the judge changed); records without a rating are rated now.")
+        done = len(records) - sum(key in jobs for key in keys)
+        if done:
+            print(f"Resuming: {done:,} of {len(records):,} records already rated in {paths['journal']}")
+        decoding_args = OpenAIDecodingArguments(max_tokens=max_tokens, temperature=temperature, top_p=1.0, n=1)
+
+        async def run() -> dict:
+            async with LLMEndpoint(api_type=api_type, model_name=judge_model, api_base=api_base,
+                                   max_concurrency=max_concurrency, requests_per_minute=requests_per_minute,
+                                   tokens_per_minute=tokens_per_minute, max_retries=max_retries,
+                                   retry_base_delay=retry_base_delay, retry_max_delay=retry_max_delay,
+                                   request_timeout=request_timeout,
+                                   cache_dir=paths["cache"] if cache else None,
+                                   max_response_bytes=max_response_bytes) as endpoint:
+                return await annotate.annotate(
+                    endpoint, list(jobs.values()), paths["journal"],
+                    prompt_of=lambda job, attempt: rating_prompt(job["record"], attempt), parse=parse_reply,
+                    decoding_args=decoding_args, retries=score_retries, answers=ratings, unit="record", desc="rated")
+
+        start = time.time()
+        try:
+            totals = asyncio.run(run()) if jobs else dict.fromkeys(annotate.COUNTS, 0)
+        except LLMError as error:
+            raise UserError(f"{error} Ratings so far are kept in {paths['journal']}.") from error
+        scores = [ratings[key]["score"] if key in ratings else None for key in keys]
+        rated = [{**record, "score": score} for record, score in zip(records, scores, strict=True)]
+        data_records.write_records(output, rated, [data_path])
+        data_plots.score_histogram(scores, paths["picture"], os.path.basename(output), min_score)
+        num_rated = sum(s is not None for s in scores)
+        cost = dollars(totals, price_per_1k_prompt_tokens, price_per_1k_completion_tokens)
+        priced = price_per_1k_prompt_tokens is not None or price_per_1k_completion_tokens is not None
+        attempts_text = f"{score_retries + 1} attempt{'s' if score_retries else ''}"
+        print(f"Rated {num_rated:,} of {len(records):,} records with {judge_model} "
+              f"({len(records) - num_rated:,} unrated after {attempts_text}) in {time.time() - start:.1f}s: "
+              f"{totals['requests']:,} requests "
+              f"({totals['cached']:,} replayed from the cache, {totals['unparsed']:,} replies without a score), "
+              f"tokens {totals['prompt_tokens'] + totals['completion_tokens']:,} (prompt {totals['prompt_tokens']:,}, "
+              f"completion {totals['completion_tokens']:,})" + (f", cost ${cost:.4f}" if priced else "")
+              + f". Wrote {output} and {paths['picture']}.")
+        summary = {"records": len(records), "rated": num_rated, "requests": totals["requests"],
+                   "cached": totals["cached"], "unparsed_replies": totals["unparsed"],
+                   "prompt_tokens": totals["prompt_tokens"], "completion_tokens": totals["completion_tokens"],
+                   "cost": cost}
+        if min_score is not None:
+            summary.update(write_best_and_random(rated, data_path, output, min_score, seed))
+        return summary

@@ -3,6 +3,7 @@ extraction on hand-built spaCy Docs, and the command-line contract (one `error:`
 
 import inspect
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import pytest
 from rouge_score import rouge_scorer
 
-from alpaca import errors
+from alpaca import errors, files
 from alpaca.cli import DataError, MissingPathError, UsageError
 from alpaca.data import rating, verb_objects
 from alpaca.data import tools as data_tools
@@ -702,3 +703,15 @@ def test_stats_never_runs_code_shipped_with_a_tokenizer(tmp_path, monkeypatch):
     with pytest.raises(Exception):  # noqa: B017  (transformers' own refusal: what matters is that nothing ran)
         data_stats.load_tokenizer(str(directory))
     assert not planted.exists()
+
+
+def test_a_second_rater_on_the_same_output_is_refused(tmp_path, judge_server):
+    """Two raters writing one output would pay every rating twice and journal each twice: the second is refused
+    in one sentence naming the first, and asks nothing."""
+    data = write_json(tmp_path / "d.json", RATE_RECORDS[:2])
+    output = str(tmp_path / "rated.json")
+    with files.held_lock(output + ".lock", "held by the test"):
+        with pytest.raises(errors.BusyError, match=r"rated.json is being rated by another run \(pid \d+"):
+            run_rate(judge_server, data, output)
+    assert not judge_server.requests and not os.path.exists(output + ".journal.jsonl")
+    assert run_rate(judge_server, data, output)["rated"] == 2  # the lock is gone with its holder
