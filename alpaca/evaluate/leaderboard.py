@@ -19,7 +19,16 @@ import pathlib
 
 from alpaca import files
 from alpaca.errors import DataError, MissingPathError, UsageError
-from alpaca.evaluate.win_rates import NOT_MODELS, PROVENANCE_KEY, format_table, lc_notes, model_names, plot_win_rates
+from alpaca.evaluate.win_rates import (
+    NOT_MODELS,
+    PROVENANCE_KEY,
+    format_table,
+    interval,
+    lc_notes,
+    model_names,
+    number,
+    plot_win_rates,
+)
 
 RESULTS_NAME = "results.json"
 COMPARED = ("reference_outputs", "judge_model", "judge_mode", "judge_prompt_sha256")  # what runs must share
@@ -145,14 +154,6 @@ def merge(runs: list[tuple[str, dict]]) -> tuple[dict, dict[str, str]]:
 
 
 # -- writing the table ----------------------------------------------------------------------------------------
-
-
-def interval(ci: list[float] | None) -> str:
-    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-
-
-def number(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None else "-"
 
 
 def markdown(summary: dict) -> str:

@@ -119,14 +119,18 @@ def model_names(results: dict) -> list[str]:
                                             else -1.0))
 
 
+def interval(ci: list[float] | None) -> str:
+    """A 95% interval as the tables show it: [0.412, 0.588], or "-" when there is none."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
+
+
+def number(value: float | None) -> str:
+    """A rate as the tables show it: 0.500, or "-" when there is none."""
+    return f"{value:.3f}" if value is not None else "-"
+
+
 def format_table(results: dict) -> str:
     """The printed summary: one row per model, sorted by length-controlled win rate, then the paired differences."""
-    def interval(ci):
-        return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
-
-    def number(value):
-        return f"{value:.3f}" if value is not None else "-"
-
     names = model_names(results)
     width = max([5, *map(len, names)])
     lines = [f"{'model':<{width}}  win rate  95% CI            LC win rate  95% CI            wins/losses/ties  "
