@@ -242,6 +242,22 @@ def raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def exit_with(error: UserError) -> NoReturn:
+    """End the process on a user's mistake: `error: <sentence>` on stderr (rank 0 only), exit 1 (2 for usage)."""
+    if is_main_process():
+        print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.exit_code)
+
+
+def check_first(check: Callable[[], None]) -> None:
+    """Run `check()` (a script's checks before its heavy imports); a UserError ends the process as report_errors
+    does (exit_with), and the script goes on otherwise."""
+    try:
+        check()
+    except UserError as error:
+        exit_with(error)
+
+
 def report_errors(main: Callable[[], object], interrupted_message: str = "interrupted.",
                   sigterm_as_interrupt: bool = True) -> NoReturn:
     """Run `main()` and exit: 0 on success; a `UserError` prints `error: <sentence>` (rank 0 only) and exits 1
@@ -252,9 +268,7 @@ def report_errors(main: Callable[[], object], interrupted_message: str = "interr
     try:
         main()
     except UserError as error:
-        if is_main_process():
-            print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+        exit_with(error)
     except KeyboardInterrupt:
         if is_main_process():
             print(interrupted_message, file=sys.stderr)

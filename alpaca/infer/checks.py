@@ -5,7 +5,6 @@ import os
 import sys
 
 from alpaca import cli, files
-from alpaca.errors import UserError
 
 
 def check_paths(argv: list[str]) -> None:
@@ -22,9 +21,6 @@ def check_paths(argv: list[str]) -> None:
 
 
 def check_paths_first(argv: list[str] | None = None) -> None:
-    """`check_paths` for `python inference.py`: a mistake is one `error:` line and exit 1, before the heavy imports."""
-    try:
-        check_paths(sys.argv[1:] if argv is None else argv)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    """`check_paths` for `python inference.py`: a mistake is one `error:` line and exit 1 (cli.check_first), before
+    the heavy imports."""
+    cli.check_first(lambda: check_paths(sys.argv[1:] if argv is None else argv))

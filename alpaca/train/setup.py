@@ -17,7 +17,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from alpaca import cli, files
-from alpaca.errors import MissingPathError, OutputExistsError, UsageError, UserError
+from alpaca.errors import MissingPathError, OutputExistsError, UsageError
 from alpaca.train.legacy_flags import translate_legacy_flags
 
 if TYPE_CHECKING:
@@ -129,12 +129,7 @@ def check_paths(argv: list[str]) -> None:
 def check_paths_first(argv: list[str] | None = None) -> None:
     """`check_paths` for `python train.py`, before it imports torch: a mistake is reported as every other one is
     (one `error:` line, on rank 0 only under torchrun) and exits, 1 (2 for a flag left out)."""
-    try:
-        check_paths(sys.argv[1:] if argv is None else argv)
-    except UserError as error:
-        if cli.is_main_process():
-            print(f"error: {error}", file=sys.stderr)
-        sys.exit(error.exit_code)
+    cli.check_first(lambda: check_paths(sys.argv[1:] if argv is None else argv))
 
 
 def resume_checkpoint(training_args: transformers.TrainingArguments) -> str | bool | None:
