@@ -16,6 +16,7 @@ import inspect
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import NoReturn, get_args
 
@@ -232,6 +233,9 @@ def run_commands(commands: dict[str, Callable], argv: list[str] | None = None, p
 
 # ----------------------------------------------------------------------------- error reporting
 
+RANK_EXIT_DELAY = 10.0  # seconds; rank 0 exits long before, and torchrun then stops this rank
+
+
 def is_main_process() -> bool:
     """True outside torchrun and on its rank 0: the process that speaks for the run."""
     return os.environ.get("RANK", "0") == "0"
@@ -243,9 +247,16 @@ def raise_keyboard_interrupt(signum, frame) -> None:
 
 
 def exit_with(error: UserError) -> NoReturn:
-    """End the process on a user's mistake: `error: <sentence>` on stderr (rank 0 only), exit 1 (2 for usage)."""
+    """End the process on a user's mistake: `error: <sentence>` on stderr (rank 0 only), exit 1 (2 for usage).
+
+    Under torchrun every rank finds the same mistake, and torchrun stops the others as soon as one exits: a rank
+    other than 0 waits up to RANK_EXIT_DELAY seconds first, so that rank 0 has said the sentence (a silent rank 1
+    that exited first got rank 0 killed before it printed)."""
     if is_main_process():
         print(f"error: {error}", file=sys.stderr)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # torchrun's stop ends this rank quietly, as intended
+        time.sleep(RANK_EXIT_DELAY)
     sys.exit(error.exit_code)
 
 

@@ -2,6 +2,7 @@
 
 import functools
 import pathlib
+import signal
 import subprocess
 import sys
 import textwrap
@@ -192,3 +193,20 @@ def test_compare_checkpoints_help_is_no_error():
     shown = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and "DIR_A DIR_B" in shown.stdout
     assert subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=60).returncode == 2
+
+
+def test_a_rank_other_than_0_waits_for_rank_0_and_ends_quietly_when_torchrun_stops_it(tmp_path, repo_dir):
+    """Under torchrun the rank that exits first makes torchrun stop the others: a silent rank 1 exiting at once got
+    rank 0 killed before it printed its sentence. Rank 1 now waits, and torchrun's SIGTERM ends it without a word."""
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT.format(repo=str(repo_dir)))
+    rank1 = subprocess.Popen([sys.executable, str(script), "user"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={"RANK": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        rank1.wait(timeout=3)  # rank 0 prints and exits well within this
+    except subprocess.TimeoutExpired:
+        pass
+    assert rank1.returncode is None, "rank 1 exited before rank 0 could speak"
+    rank1.send_signal(signal.SIGTERM)
+    _, stderr = rank1.communicate(timeout=60)
+    assert rank1.returncode == -signal.SIGTERM and stderr == ""
